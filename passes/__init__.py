@@ -1,0 +1,9 @@
+"""The pass library (installed as graphprune.passes): one pass per module, registered by name."""
+
+from __future__ import annotations
+
+from . import allocate, couple, lint, rewrite, score, verify  # noqa: F401  (registration)
+from .infra import PASSES, Pass, PassContext, PassResult, parse_pipeline, register_pass, run_pipeline
+from .pipelines import default_pipeline
+
+__all__ = ["PASSES", "Pass", "PassContext", "PassResult", "default_pipeline", "parse_pipeline", "register_pass", "run_pipeline"]

@@ -1,0 +1,8 @@
+"""Analyses over the IR: coupling (what is removed together), importance (scores only)."""
+
+from __future__ import annotations
+
+from .coupling import CHANNEL, FIXED, Coupling, CouplingBuilder, Group, couple
+from .importance import CRITERIA, magnitude, normalize_per_group
+
+__all__ = ["CHANNEL", "CRITERIA", "FIXED", "Coupling", "CouplingBuilder", "Group", "couple", "magnitude", "normalize_per_group"]

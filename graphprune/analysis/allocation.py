@@ -1,0 +1,178 @@
+"""Allocation: choose which units to remove so the pruned cost lands on a budget.
+
+The cost is a function ``removed_mask -> cost`` (FLOPs or params now, measured latency later),
+evaluated by recomputing every value's shape from the kept element counts. Two policies:
+
+- uniform: every group removes the same fraction r of its units (lowest scores first); r is
+  found by bisection so that cost(r) is as close as possible to the target.
+- global: all units ranked by group-normalized score; the k lowest are removed (bisection on k),
+  skipping units whose removal would take a group below its minimum.
+
+Both keep at least ``max(1, round_to)`` units per group and round kept channel counts to a
+multiple of ``round_to`` where a unit is one channel wide. Nothing here touches a model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import Value
+from .coupling import Coupling
+
+__all__ = ["Allocation", "ShapeTable", "allocate"]
+
+log = logging.getLogger(__name__)
+
+CostFn = Callable[[Callable[[Value], tuple[int, ...]]], float]
+
+
+class ShapeTable:
+    """Fast pruned shapes: for a removal mask, the kept size of every axis of every value."""
+
+    def __init__(self, coupling: Coupling) -> None:
+        self.coupling = coupling
+        spaces: list[tuple[int, int]] = []
+        units: list[np.ndarray] = []
+        space_idx: list[np.ndarray] = []
+        for v in coupling.graph.values:
+            for ax in range(v.rank):
+                u = coupling.units_of(v, ax)
+                ok = u >= 0
+                if ok.any():
+                    space_idx.append(np.full(int(ok.sum()), len(spaces), dtype=np.int64))
+                    units.append(u[ok])
+                    spaces.append((v.index, ax))
+        self.spaces = spaces
+        self.units = np.concatenate(units) if units else np.zeros(0, dtype=np.int64)
+        self.space_idx = np.concatenate(space_idx) if space_idx else np.zeros(0, dtype=np.int64)
+
+    def shapes(self, removed: np.ndarray) -> Callable[[Value], tuple[int, ...]]:
+        gone = np.bincount(self.space_idx, weights=removed[self.units].astype(np.float64), minlength=len(self.spaces))
+        delta: dict[int, dict[int, int]] = {}
+        for (vi, ax), g in zip(self.spaces, gone.tolist(), strict=True):
+            if g:
+                delta.setdefault(vi, {})[ax] = int(g)
+
+        def shape(v: Value) -> tuple[int, ...]:
+            d = delta.get(v.index)
+            if not d:
+                return v.shape
+            return tuple(s - d.get(i, 0) for i, s in enumerate(v.shape))
+
+        return shape
+
+
+@dataclass(frozen=True)
+class Allocation:
+    removed: np.ndarray  # bool per unit
+    cost_before: float
+    cost_after: float
+    target: float  # absolute cost target
+    reachable: bool
+    policy: str
+
+
+def _min_keep(n: int, round_to: int) -> int:
+    return min(n, max(1, round_to))
+
+
+def _kept_count(n: int, frac_removed: float, width: int, round_to: int) -> int:
+    keep = n - int(np.floor(frac_removed * n + 1e-9))
+    if width == 1 and round_to > 1:
+        keep = int(np.ceil(keep / round_to) * round_to)
+    return int(min(n, max(_min_keep(n, round_to if width == 1 else 1), keep)))
+
+
+def allocate(
+    coupling: Coupling,
+    scores: np.ndarray,
+    cost: CostFn,
+    target_fraction: float,
+    policy: str = "uniform",
+    round_to: int = 1,
+) -> Allocation:
+    """Remove units so that ``cost(shapes) ~= target_fraction * cost(original)``."""
+    table = ShapeTable(coupling)
+    n = coupling.n_units
+    base = cost(lambda v: v.shape)
+    target = target_fraction * base
+    none = np.zeros(n, dtype=bool)
+    if n == 0 or target_fraction >= 1.0:
+        return Allocation(none, base, base, target, target_fraction >= 1.0, policy)
+    order_in_group = [g.units[np.argsort(scores[g.units], kind="stable")] for g in coupling.groups]
+
+    def uniform(r: float) -> np.ndarray:
+        rem = np.zeros(n, dtype=bool)
+        for g, order in zip(coupling.groups, order_in_group, strict=True):
+            keep = _kept_count(g.size, r, g.width, round_to)
+            rem[order[: g.size - keep]] = True
+        return rem
+
+    ranked = np.argsort(scores, kind="stable")
+
+    def global_k(k: int) -> np.ndarray:
+        rem = np.zeros(n, dtype=bool)
+        left = np.array([g.size for g in coupling.groups], dtype=np.int64)
+        floor = np.array(
+            [_min_keep(g.size, round_to if g.width == 1 else 1) for g in coupling.groups], dtype=np.int64
+        )
+        taken = 0
+        for u in ranked:
+            if taken >= k:
+                break
+            gid = coupling.unit_group[u]
+            if left[gid] > floor[gid]:
+                rem[u] = True
+                left[gid] -= 1
+                taken += 1
+        if round_to > 1:  # give back the best removed units until kept widths are multiples
+            for g, order in zip(coupling.groups, order_in_group, strict=True):
+                if g.width != 1:
+                    continue
+                kept = int((~rem[g.units]).sum())
+                want = min(g.size, int(np.ceil(kept / round_to) * round_to))
+                back = [u for u in order[::-1] if rem[u]][: want - kept]
+                rem[back] = False
+        return rem
+
+    def price(rem: np.ndarray) -> float:
+        return cost(table.shapes(rem))
+
+    if policy == "uniform":
+        lo, hi = 0.0, 1.0
+        best, best_cost = none, base
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            rem = uniform(mid)
+            c = price(rem)
+            if abs(c - target) < abs(best_cost - target):
+                best, best_cost = rem, c
+            if c > target:
+                lo = mid
+            else:
+                hi = mid
+        floor_rem = uniform(1.0)
+    elif policy == "global":
+        lo_k, hi_k = 0, n
+        best, best_cost = none, base
+        while lo_k <= hi_k:
+            mid_k = (lo_k + hi_k) // 2
+            rem = global_k(mid_k)
+            c = price(rem)
+            if abs(c - target) < abs(best_cost - target):
+                best, best_cost = rem, c
+            if c > target:
+                lo_k = mid_k + 1
+            else:
+                hi_k = mid_k - 1
+        floor_rem = global_k(n)
+    else:
+        raise ValueError(f"unknown allocation policy {policy!r}; use 'uniform' or 'global'")
+    floor_cost = price(floor_rem)
+    reachable = floor_cost <= target * 1.03
+    log.info("allocation %s: cost %.4g -> %.4g (target %.4g)", policy, base, best_cost, target)
+    return Allocation(best, base, best_cost, target, reachable, policy)

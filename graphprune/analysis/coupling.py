@@ -1,0 +1,309 @@
+"""Coupling analysis: which channels must be removed together.
+
+Every axis of every tensor Value is a *channel space*; each position on it is an *element* with a
+global integer id. Rules (``graphprune.rules``) declare ties between elements with pure index maps
+(identity, offset for concat/split, blocks for reshape into heads, repeat for GQA) and pin what
+must keep its size. A union-find over all elements (scipy connected components, linear time)
+turns the ties into **units**: sets of elements that are removed together. A unit containing a
+pinned element is frozen. Units touching the same set of spaces form a **group** (one conv's
+filters, a residual stream, the KV-head groups of one attention layer).
+
+Anything a rule does not declare is pinned, so an op without a rule is a barrier: it freezes the
+spaces it touches and is reported by name.
+
+Each axis also carries a static *factor structure* (sizes with a CHANNEL/FIXED tag per factor),
+propagated forward while rules run. Reshape rules use it to decide which factor of a split axis
+is the prunable one (heads vs head_dim, channel-shuffle groups); the choice affects what can be
+pruned, never correctness.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from ..ir import Graph, Node, Value
+
+__all__ = ["CHANNEL", "FIXED", "Coupling", "CouplingBuilder", "Factor", "Group", "couple"]
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "channel"  # a factor that can carry prunable units
+FIXED = "fixed"  # batch, sequence, spatial, broadcast, or a non-carrier factor
+
+Factor = tuple[int, str]  # (size, tag)
+
+
+class CouplingBuilder:
+    """The API rules use to declare ties; owns element ids and the growing edge list."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.base = np.zeros(len(graph.values) + 1, dtype=np.int64)
+        sizes = [sum(v.shape) for v in graph.values]
+        self.base[1:] = np.cumsum(sizes)
+        self.axis_offset: list[list[int]] = []
+        for v in graph.values:
+            offs, o = [], 0
+            for s in v.shape:
+                offs.append(o)
+                o += s
+            self.axis_offset.append(offs)
+        self.n_elements = int(self.base[-1])
+        self._src: list[np.ndarray] = []
+        self._dst: list[np.ndarray] = []
+        self.pinned = np.zeros(self.n_elements, dtype=bool)
+        self.factors: dict[tuple[int, int], tuple[Factor, ...]] = {}
+        self.readers: set[tuple[int, int]] = set()  # (weight value index, axis): consumer-side axes
+        self.declared: set[tuple[int, int]] = set()  # (value index, axis) declared by the current rule
+        self.barriers: dict[str, list[str]] = {}  # op/target -> node names
+        self.fired: list[tuple[str, str]] = []  # (node name, rule name): the rule trace
+
+    # -- element ids -------------------------------------------------------------------------
+    def ids(self, v: Value, axis: int) -> np.ndarray:
+        axis = axis % v.rank
+        start = self.base[v.index] + self.axis_offset[v.index][axis]
+        return np.arange(start, start + v.shape[axis], dtype=np.int64)
+
+    # -- static factor structure ---------------------------------------------------------------
+    def structure(self, v: Value, axis: int) -> tuple[Factor, ...]:
+        axis = axis % v.rank
+        got = self.factors.get((v.index, axis))
+        if got is not None:
+            return got
+        size = v.shape[axis]
+        tag = CHANNEL if v.is_weight and size > 1 else FIXED
+        return ((size, tag),)
+
+    def set_structure(self, v: Value, axis: int, factors: Sequence[Factor]) -> None:
+        self.factors[(v.index, axis % v.rank)] = tuple(factors)
+
+    # -- ties ----------------------------------------------------------------------------------
+    def _declare(self, v: Value, axis: int) -> None:
+        self.declared.add((v.index, axis % v.rank))
+
+    def same(self, a: Value, ax: int, b: Value, bx: int) -> None:
+        """Identity tie: element i of ``a``'s axis ``ax`` is element i of ``b``'s axis ``bx``."""
+        if a.shape[ax] != b.shape[bx]:
+            raise ValueError(f"identity tie between {a}[{ax}] and {b}[{bx}] of different sizes")
+        self.pair(a, ax, np.arange(a.shape[ax]), b, bx, np.arange(b.shape[bx]))
+
+    def pair(self, a: Value, ax: int, ia: np.ndarray, b: Value, bx: int, ib: np.ndarray) -> None:
+        """Tie element ``ia[k]`` of ``a``'s axis with element ``ib[k]`` of ``b``'s axis, for all k."""
+        self._declare(a, ax)
+        self._declare(b, bx)
+        if len(ia):
+            self._src.append(self.ids(a, ax)[np.asarray(ia, dtype=np.int64)])
+            self._dst.append(self.ids(b, bx)[np.asarray(ib, dtype=np.int64)])
+        self._inherit(a, ax, b, bx)
+
+    def _inherit(self, a: Value, ax: int, b: Value, bx: int) -> None:
+        """Propagate factor structure forward: an activation axis learns it from its tie partner."""
+        ka, kb = (a.index, ax % a.rank), (b.index, bx % b.rank)
+        if a.shape[ax] != b.shape[bx]:
+            return
+        if kb not in self.factors and b.producer is not None and not b.is_weight:
+            if ka in self.factors or a.is_weight:
+                self.factors[kb] = self.structure(a, ax)
+        elif ka not in self.factors and a.producer is not None and not a.is_weight:
+            if kb in self.factors or b.is_weight:
+                self.factors[ka] = self.structure(b, bx)
+
+    def block(self, v: Value, axis: int, block: int) -> None:
+        """Tie elements ``i`` and ``j`` of an axis when ``i // block == j // block``."""
+        n = v.shape[axis]
+        if block <= 1 or n == 0:
+            self._declare(v, axis)
+            return
+        idx = np.arange(n)
+        self.pair(v, axis, idx, v, axis, (idx // block) * block)
+
+    def pin(self, v: Value, axis: int | None = None) -> None:
+        """Freeze one axis (or all axes) of a value: no unit touching it may be removed."""
+        axes = range(v.rank) if axis is None else [axis % v.rank]
+        for ax in axes:
+            self._declare(v, ax)
+            ids = self.ids(v, ax)
+            self.pinned[ids] = True
+
+    def reader(self, w: Value, axis: int) -> None:
+        """Mark a weight axis as consumer-side: it reads input channels (zeroed by the oracle)."""
+        self.readers.add((w.index, axis % w.rank))
+
+    def barrier(self, node: Node) -> None:
+        self.barriers.setdefault(node.target, []).append(node.name)
+
+    # -- per-node bookkeeping ----------------------------------------------------------------
+    def begin(self, node: Node) -> None:
+        self.declared = set()
+
+    def end(self, node: Node) -> None:
+        """Pin every axis of the node's inputs and outputs that its rule did not declare."""
+        for v in [*node.inputs, *node.outputs]:
+            if v is None:
+                continue
+            for ax in range(v.rank):
+                if (v.index, ax) not in self.declared:
+                    self.pinned[self.ids(v, ax)] = True
+
+    # -- finish ----------------------------------------------------------------------------------
+    def finish(self) -> Coupling:
+        for v in self.graph.values:
+            if v.producer is None and not v.users:  # unused weights and inputs
+                self.pinned[self.base[v.index] : self.base[v.index + 1]] = True
+        for v in list(self.graph.inputs) + list(self.graph.outputs):
+            for ax in range(v.rank):
+                self.pinned[self.ids(v, ax)] = True
+        n = self.n_elements
+        if self._src:
+            src = np.concatenate(self._src)
+            dst = np.concatenate(self._dst)
+        else:
+            src = dst = np.zeros(0, dtype=np.int64)
+        adj = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
+        n_comp, labels = connected_components(adj, directed=False)
+        comp_pinned = np.zeros(n_comp, dtype=bool)
+        np.logical_or.at(comp_pinned, labels, self.pinned)
+        return Coupling.build(self, labels.astype(np.int64), comp_pinned)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Units that touch the same set of channel spaces; the allocator's unit of uniformity."""
+
+    id: int
+    units: np.ndarray  # unit ids (indices into Coupling.unit_*)
+    spaces: tuple[tuple[str, int], ...]  # (value name, axis) of every space the group touches
+    width: int  # elements each unit has in its widest space (1 for channels, head_dim for heads)
+
+    @property
+    def size(self) -> int:
+        return len(self.units)
+
+
+@dataclass
+class Coupling:
+    """Result of coupling analysis: units (removable element sets), groups and barriers."""
+
+    graph: Graph
+    base: np.ndarray
+    axis_offset: list[list[int]]
+    labels: np.ndarray  # element id -> component id
+    unit_of_comp: np.ndarray  # component id -> unit id, or -1 when frozen
+    n_units: int
+    groups: list[Group]
+    unit_group: np.ndarray  # unit id -> group id
+    readers: frozenset[tuple[int, int]]
+    barriers: dict[str, list[str]]
+    factors: dict[tuple[int, int], tuple[Factor, ...]] = field(repr=False, default_factory=dict)
+    fired: list[tuple[str, str]] = field(repr=False, default_factory=list)
+
+    @staticmethod
+    def build(b: CouplingBuilder, labels: np.ndarray, comp_pinned: np.ndarray) -> Coupling:
+        free = np.flatnonzero(~comp_pinned)
+        unit_of_comp = np.full(len(comp_pinned), -1, dtype=np.int64)
+        unit_of_comp[free] = np.arange(len(free))
+        n_units = len(free)
+        elem_unit = unit_of_comp[labels]
+        # signature of each unit: the sorted set of spaces it touches
+        space_of_elem = np.zeros(b.n_elements, dtype=np.int64)
+        space_names: list[tuple[str, int]] = []
+        space_is_param: list[bool] = []
+        for v in b.graph.values:
+            for ax in range(v.rank):
+                ids = b.ids(v, ax)
+                space_of_elem[ids] = len(space_names)
+                space_names.append((v.name, ax))
+                space_is_param.append(v.kind == "param")
+        sel = elem_unit >= 0
+        pairs, counts = np.unique(
+            np.stack([elem_unit[sel], space_of_elem[sel]], axis=1), axis=0, return_counts=True
+        )
+        # width: channels per unit in a weight tensor (1 for a filter, head_dim for a head)
+        sig_spaces: dict[int, list[int]] = {}
+        sig_width: dict[int, int] = {}
+        for (u, s), c in zip(pairs.tolist(), counts.tolist(), strict=True):
+            sig_spaces.setdefault(u, []).append(s)
+            if space_is_param[s]:
+                sig_width[u] = min(sig_width.get(u, c), c)
+        by_sig: dict[tuple[int, ...], list[int]] = {}
+        for u in range(n_units):
+            by_sig.setdefault(tuple(sig_spaces.get(u, ())), []).append(u)
+        groups: list[Group] = []
+        unit_group = np.full(n_units, -1, dtype=np.int64)
+        for sig, units in sorted(by_sig.items(), key=lambda kv: kv[1][0]):
+            gid = len(groups)
+            arr = np.asarray(units, dtype=np.int64)
+            unit_group[arr] = gid
+            width = max(sig_width.get(u, 1) for u in units)
+            groups.append(Group(gid, arr, tuple(space_names[s] for s in sig), width))
+        log.debug("coupling: %d elements, %d units, %d groups", b.n_elements, n_units, len(groups))
+        return Coupling(
+            graph=b.graph,
+            base=b.base,
+            axis_offset=b.axis_offset,
+            labels=labels,
+            unit_of_comp=unit_of_comp,
+            n_units=n_units,
+            groups=groups,
+            unit_group=unit_group,
+            readers=frozenset(b.readers),
+            barriers=dict(b.barriers),
+            factors=dict(b.factors),
+            fired=list(b.fired),
+        )
+
+    # -- queries ---------------------------------------------------------------------------------
+    def ids(self, v: Value, axis: int) -> np.ndarray:
+        axis = axis % v.rank
+        start = self.base[v.index] + self.axis_offset[v.index][axis]
+        return np.arange(start, start + v.shape[axis], dtype=np.int64)
+
+    def units_of(self, v: Value, axis: int) -> np.ndarray:
+        """Unit id of each element on an axis (-1 where frozen)."""
+        return self.unit_of_comp[self.labels[self.ids(v, axis)]]
+
+    def kept(self, v: Value, axis: int, removed: np.ndarray) -> np.ndarray:
+        """Indices kept on an axis when the boolean per-unit mask ``removed`` is applied."""
+        u = self.units_of(v, axis)
+        gone = np.zeros(len(u), dtype=bool)
+        ok = u >= 0
+        gone[ok] = removed[u[ok]]
+        return np.flatnonzero(~gone)
+
+    def prunable(self, v: Value, axis: int) -> bool:
+        return bool((self.units_of(v, axis) >= 0).any())
+
+
+def couple(graph: Graph) -> Coupling:
+    """Run every node's coupling rule (in topological order) and solve the union-find."""
+    from ..rules import COUPLING
+
+    b = CouplingBuilder(graph)
+    for node in graph.nodes:
+        rule = COUPLING.get(node.op)
+        if rule is None:
+            _barrier(b, node)
+            continue
+        b.begin(node)
+        try:
+            rule(node, b)
+            b.end(node)
+        except (AssertionError, ValueError, IndexError, KeyError, TypeError, ZeroDivisionError) as exc:
+            log.warning("rule %s failed on node %s (%s); treating the node as a barrier", rule.__name__, node.name, exc)
+            _barrier(b, node)
+            continue
+        b.fired.append((node.name, rule.__name__))
+    return b.finish()
+
+
+def _barrier(b: CouplingBuilder, node: Node) -> None:
+    b.barrier(node)
+    for v in [*node.inputs, *node.outputs]:
+        if v is not None:
+            b.pin(v)

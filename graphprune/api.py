@@ -1,0 +1,217 @@
+"""The public Python API: ``prune``, ``analyze``, ``count_flops``.
+
+    import graphprune as gp
+    res = gp.prune(model, example_inputs, flops=0.5)   # keep 50% of FLOPs; or params=0.5
+    res.model; res.report; res.plan; res.save("small.pt"); res.save("small.onnx")
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .analysis import Coupling, couple
+from .cost import count
+from .errors import BudgetError, OptionError
+from .export import save_model
+from .frontends import ExampleInputs, capture
+from .ir import Graph
+from .plan import GroupPlan, PruningPlan
+from .rewrite import kept_indices
+
+__all__ = ["Analysis", "PruneResult", "analyze", "count_flops", "prune"]
+
+
+@dataclass
+class Analysis:
+    """Coupling analysis of a model: groups, barriers and per-layer cost, before any pruning."""
+
+    graph: Graph
+    coupling: Coupling
+    program: Any
+    seconds: float
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    report: dict[str, Any]
+    plan: PruningPlan
+    example_inputs: Any = None
+
+    def save(self, path: str | os.PathLike[str], opset: int | None = None) -> dict[str, Any]:
+        """Write ``.pt`` or ``.onnx`` (checked in onnxruntime) atomically."""
+        return save_model(self.model, path, self.example_inputs, opset)
+
+
+def _check_model(model: Any, example_inputs: Any) -> None:
+    if isinstance(model, (str, Path)):
+        raise OptionError(
+            f"{str(model)!r}: ONNX files are not supported by this version yet; pass an nn.Module and example inputs"
+        )
+    if not isinstance(model, nn.Module):
+        raise OptionError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if example_inputs is None:
+        raise OptionError("example_inputs is required for a PyTorch model (a tensor, a tuple, or a dict)")
+
+
+def analyze(model: nn.Module, example_inputs: ExampleInputs) -> Analysis:
+    _check_model(model, example_inputs)
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        cap = capture(model, example_inputs)
+    finally:
+        model.train(was_training)
+    coupling = couple(cap.graph)
+    a = Analysis(cap.graph, coupling, cap.program, time.perf_counter() - t0)
+    a.report = analysis_report(cap.graph, coupling)
+    return a
+
+
+def count_flops(model: nn.Module, example_inputs: ExampleInputs) -> tuple[int, int]:
+    """(FLOPs, params) of any module, with graphprune's per-op counting conventions."""
+    cap = capture(model, example_inputs)
+    rep = count(cap.graph)
+    return int(rep.flops), rep.params
+
+
+def prune(
+    model: nn.Module,
+    example_inputs: ExampleInputs = None,
+    *,
+    flops: float | None = None,
+    params: float | None = None,
+    criterion: str = "l2",
+    allocation: str = "uniform",
+    round_to: int = 1,
+    verify: bool = True,
+    pipeline: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PruneResult:
+    """Prune ``model`` to keep ``flops`` (or ``params``) fraction; returns a new, verified model.
+
+    ``verify=False`` keeps a model that fails the oracle instead of raising (the report says so).
+    """
+    from graphprune.passes import PassContext, default_pipeline, parse_pipeline, run_pipeline
+
+    _check_model(model, example_inputs)
+    if (flops is None) == (params is None) and pipeline is None:
+        raise BudgetError("give exactly one budget: flops=FRACTION or params=FRACTION (fraction to keep, in (0, 1])")
+    metric, frac = ("flops", flops) if flops is not None else ("params", params)
+    text = pipeline or default_pipeline(metric, float(frac), criterion, allocation, round_to, strict=verify)  # type: ignore[arg-type]
+    passes = parse_pipeline(text)
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        if progress:
+            progress("capture")
+        cap = capture(model, example_inputs)
+        ctx = PassContext(model=model, example_inputs=example_inputs, program=cap.program)
+        ctx.timings["capture"] = cap.seconds
+        graph = run_pipeline(passes, cap.graph, ctx, progress)
+    finally:
+        model.train(was_training)
+    if ctx.pruned is None or ctx.allocation is None or ctx.coupling is None:
+        raise OptionError(f"pipeline {text!r} did not produce a model; it needs couple, allocate and rewrite")
+    ctx.timings["total"] = time.perf_counter() - t0
+    plan = _plan(graph, ctx)
+    report = prune_report(graph, ctx)
+    return PruneResult(ctx.pruned.eval(), report, plan, example_inputs)
+
+
+def _plan(graph: Graph, ctx: Any) -> PruningPlan:
+    coupling: Coupling = ctx.coupling
+    removed: np.ndarray = ctx.allocation.removed
+    groups = tuple(
+        GroupPlan(g.id, g.size, int((~removed[g.units]).sum()), g.width, tuple(f"{n}[{a}]" for n, a in g.spaces))
+        for g in coupling.groups
+    )
+    kept = {
+        k.value.source or k.value.name: {ax: tuple(int(i) for i in idx) for ax, idx in k.axes.items()}
+        for k in kept_indices(coupling, removed)
+    }
+    return PruningPlan(
+        model=graph.name, target=dict(ctx.target), criterion=ctx.criterion or "l2",
+        allocation=ctx.allocation.policy, round_to=ctx.round_to, groups=groups,
+        removed_units=tuple(int(u) for u in np.flatnonzero(removed)), kept=kept,
+        provenance={"graphprune": __version__, "torch": torch.__version__},
+    )
+
+
+def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:
+    cost = count(graph)
+    layers = []
+    for node in graph.nodes:
+        w = [v for v in node.inputs if v is not None and v.kind == "param"]
+        if node.op in ("conv", "linear", "embedding", "matmul", "sdpa") or w:
+            layers.append({
+                "node": node.name, "op": node.op, "scope": node.scope,
+                "weight": w[0].source if w else None, "shape": list(w[0].shape) if w else list(node.output.shape),
+                "flops": cost.per_node.get(node.name, 0.0),
+                "params": int(sum(int(np.prod(v.shape)) for v in w)),
+                "prunable": bool(w and any(coupling.prunable(w[0], ax) for ax in range(w[0].rank))),
+            })
+    return {
+        "model": graph.name,
+        "nodes": len(graph.nodes),
+        "flops": cost.flops,
+        "params": cost.params,
+        "units": coupling.n_units,
+        "groups": [
+            {"id": g.id, "units": g.size, "width": g.width, "spaces": [f"{n}[{a}]" for n, a in g.spaces]}
+            for g in coupling.groups
+        ],
+        "barriers": {op: names for op, names in coupling.barriers.items()},
+        "layers": layers,
+    }
+
+
+def prune_report(graph: Graph, ctx: Any) -> dict[str, Any]:
+    from .analysis.allocation import ShapeTable
+
+    coupling: Coupling = ctx.coupling
+    removed: np.ndarray = ctx.allocation.removed
+    before = count(graph)
+    after = count(graph, ShapeTable(coupling).shapes(removed))
+    widths = {
+        k.value.source or k.value.name: {"before": list(k.value.shape), "after": [
+            len(k.axes[ax]) if ax in k.axes else s for ax, s in enumerate(k.value.shape)
+        ]}
+        for k in kept_indices(coupling, removed)
+    }
+    metric, frac = next(iter(ctx.target.items()))
+    achieved = (after.flops / before.flops if metric == "flops" else after.params / before.params) if before.flops else 1.0
+    return {
+        "model": graph.name,
+        "target": dict(ctx.target),
+        "achieved": {metric: achieved},
+        "target_reachable": bool(ctx.allocation.reachable),
+        "flops_before": before.flops,
+        "flops_after": after.flops,
+        "params_before": before.params,
+        "params_after": after.params,
+        "criterion": ctx.criterion,
+        "allocation": ctx.allocation.policy,
+        "units": coupling.n_units,
+        "units_removed": int(removed.sum()),
+        "groups": len(coupling.groups),
+        "barriers": {op: names for op, names in coupling.barriers.items()},
+        "route": ctx.route,
+        "route_reason": ctx.route_reason,
+        "verification": ctx.verification.as_dict() if ctx.verification is not None else None,
+        "widths": widths,
+        "timings": {k: round(v, 4) for k, v in ctx.timings.items()},
+    }

@@ -1,0 +1,44 @@
+"""User-facing errors. Each message names the thing (op, node, file, option) and what to do.
+
+The CLI turns any :class:`GraphpruneError` into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetError",
+    "CaptureError",
+    "ExportError",
+    "GraphpruneError",
+    "OptionError",
+    "SourceError",
+    "VerificationError",
+]
+
+
+class GraphpruneError(Exception):
+    """Base class for errors meant for a person, not a traceback."""
+
+
+class SourceError(GraphpruneError):
+    """The model source (a name, a ``module:factory`` spec or a file) cannot be loaded."""
+
+
+class CaptureError(GraphpruneError):
+    """The model could not be traced into the IR."""
+
+
+class OptionError(GraphpruneError):
+    """An option or pipeline string is invalid."""
+
+
+class BudgetError(GraphpruneError):
+    """A FLOPs/params budget is out of range or cannot be reached."""
+
+
+class VerificationError(GraphpruneError):
+    """The pruned model does not match the masked original."""
+
+
+class ExportError(GraphpruneError):
+    """Writing the pruned model (``.pt`` / ``.onnx``) failed."""

@@ -1,0 +1,102 @@
+"""Writing results: ``.pt`` (pickled module) and ``.onnx`` (exported, then checked in onnxruntime
+against the pruned PyTorch module). Every write goes to a temporary file that replaces the target
+only after the checks pass, so a failed save never leaves a half-written file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from .errors import ExportError
+from .frontends.inputs import ExampleInputs, as_args_kwargs
+
+__all__ = ["check_onnx", "save_model"]
+
+log = logging.getLogger(__name__)
+
+
+def _tmp_beside(path: Path, suffix: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def save_model(model: nn.Module, path: str | os.PathLike[str], example_inputs: ExampleInputs, opset: int | None = None) -> dict[str, Any]:
+    """Save to ``.pt`` or ``.onnx`` (by suffix) atomically; returns what was checked."""
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in (".pt", ".pth", ".onnx"):
+        raise ExportError(f"cannot save to {str(target)!r}: use a .pt or .onnx file name")
+    tmp = _tmp_beside(target, suffix)
+    try:
+        if suffix == ".onnx":
+            info = _export_onnx(model, tmp, example_inputs, opset)
+        else:
+            torch.save(model, tmp)
+            info = {"format": "pt"}
+        os.replace(tmp, target)
+        return info
+    finally:
+        for leftover in (tmp, tmp.with_suffix(tmp.suffix + ".data")):
+            if leftover.exists():
+                leftover.unlink()
+
+
+def _export_onnx(model: nn.Module, path: Path, example_inputs: ExampleInputs, opset: int | None) -> dict[str, Any]:
+    args, kwargs = as_args_kwargs(example_inputs)
+    errors = []
+    for dynamo in (True, False):
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model, args, str(path), kwargs=kwargs or None, dynamo=dynamo,
+                    external_data=False, opset_version=opset, **({"verbose": False} if dynamo else {}),
+                )
+            break
+        except Exception as exc:  # exporter failures come in many types
+            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}")
+    else:
+        raise ExportError("ONNX export failed: " + "; ".join(errors))
+    err = check_onnx(path, model, example_inputs)
+    return {"format": "onnx", "onnxruntime_max_abs_err": err}
+
+
+def check_onnx(path: Path, model: nn.Module, example_inputs: ExampleInputs, rtol: float = 1e-3) -> float:
+    """Run the .onnx in onnxruntime and compare with the module; raise ExportError on mismatch."""
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(str(path))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    args, kwargs = as_args_kwargs(example_inputs)
+    flat, _ = tree_flatten((args, kwargs))
+    tensors = [t for t in flat if isinstance(t, torch.Tensor)]
+    feeds = {}
+    for inp, t in zip(sess.get_inputs(), tensors, strict=False):
+        feeds[inp.name] = t.detach().cpu().numpy()
+    got = sess.run(None, feeds)
+    with torch.no_grad():
+        ref_out = model(*args, **kwargs)
+    ref = [t.detach().cpu().numpy() for t in tree_flatten(ref_out)[0] if isinstance(t, torch.Tensor)]
+    worst = 0.0
+    for r, g in zip(ref, got, strict=False):
+        if r.shape != g.shape:
+            raise ExportError(f"onnxruntime output shape {g.shape} differs from the module's {r.shape}")
+        if r.dtype.kind == "f":
+            err = float(np.abs(r.astype(np.float64) - g.astype(np.float64)).max()) if r.size else 0.0
+            scale = max(1.0, float(np.abs(r).max()) if r.size else 0.0)
+            if err > rtol * scale:
+                raise ExportError(f"onnxruntime output differs from the pruned module by {err:.3g}")
+            worst = max(worst, err)
+    return worst

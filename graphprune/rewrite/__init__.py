@@ -1,0 +1,10 @@
+"""Rewriters: build a NEW, physically smaller model; never mutate the input."""
+
+from __future__ import annotations
+
+from .module_attrs import NotRewritable
+from .slicing import kept_indices, new_shapes
+from .to_fx import rewrite_fx
+from .to_torch import rewrite_module
+
+__all__ = ["NotRewritable", "kept_indices", "new_shapes", "rewrite_fx", "rewrite_module"]

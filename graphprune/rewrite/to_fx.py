@@ -1,0 +1,180 @@
+"""fx route: the exported graph as a GraphModule with sliced weights and rewritten shape args.
+
+Used when the model's Python code hard-codes a shape that cannot follow the pruning (e.g.
+``nn.MultiheadAttention`` requires num_heads * head_dim == embed_dim). The exported program is
+unlifted into a GraphModule; weights are sliced and every ATen call whose integer arguments
+encode a size (view/reshape/expand sizes, split sizes, slice bounds, groups) is rewritten from
+the pruned shapes computed by coupling analysis. The module is specialized to the example
+input shapes, like the exported program it comes from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.export import ExportedProgram
+
+from ..analysis.coupling import Coupling
+from ..ir import Graph, Node
+from .slicing import kept_indices, set_tensor, slice_tensor, tensor_owners
+
+__all__ = ["rewrite_fx"]
+
+aten = torch.ops.aten
+ArgRewriter = Callable[[torch.fx.Node, Node, "_Ctx"], None]
+ARG_REWRITERS: dict[str, ArgRewriter] = {}
+
+
+class _Ctx:
+    def __init__(self, coupling: Coupling, removed: np.ndarray) -> None:
+        self.coupling = coupling
+        self.removed = removed
+
+    def shape(self, v: Any) -> tuple[int, ...]:
+        return tuple(len(self.coupling.kept(v, ax, self.removed)) for ax in range(v.rank))
+
+    def kept(self, v: Any, axis: int) -> np.ndarray:
+        return self.coupling.kept(v, axis, self.removed)
+
+
+def _reg(*names: str) -> Callable[[ArgRewriter], ArgRewriter]:
+    def deco(fn: ArgRewriter) -> ArgRewriter:
+        for n in names:
+            ARG_REWRITERS[n] = fn
+        return fn
+
+    return deco
+
+
+def _set_arg(fx: torch.fx.Node, i: int, name: str, value: Any) -> None:
+    if i < len(fx.args):
+        args = list(fx.args)
+        args[i] = value
+        fx.args = tuple(args)
+    else:
+        kwargs = dict(fx.kwargs)
+        kwargs[name] = value
+        fx.kwargs = kwargs
+
+
+def _get_arg(fx: torch.fx.Node, i: int, name: str, default: Any = None) -> Any:
+    return fx.args[i] if i < len(fx.args) else fx.kwargs.get(name, default)
+
+
+@_reg("view", "reshape", "_unsafe_view", "expand")
+def _shape_arg(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
+    _set_arg(fx, 1, "size", list(ctx.shape(node.output)))
+
+
+@_reg("unflatten")
+def _unflatten(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
+    x = node.inputs[0]
+    assert x is not None
+    dim = int(fx.args[1]) % x.rank
+    n = len(fx.args[2])  # type: ignore[arg-type]
+    _set_arg(fx, 2, "sizes", list(ctx.shape(node.output)[dim : dim + n]))
+
+
+@_reg("split", "split_with_sizes", "chunk", "unsafe_split", "tensor_split")
+def _split(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
+    axis = int(node.attrs["axis"])
+    sizes = [ctx.shape(v)[axis] for v in node.outputs]
+    fx.target = aten.split_with_sizes.default
+    fx.args = (fx.args[0], sizes, axis)
+    fx.kwargs = {}
+
+
+@_reg("slice")
+def _slice(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
+    x = node.inputs[0]
+    assert x is not None
+    axis = int(node.attrs["axis"])
+    kept = ctx.kept(x, axis)
+    if len(kept) == x.shape[axis]:
+        return
+    start = int(np.searchsorted(kept, int(node.attrs["start"])))
+    end = int(np.searchsorted(kept, int(node.attrs["end"])))
+    fx.args = (fx.args[0], axis, start, end, int(node.attrs.get("step", 1)))
+    fx.kwargs = {}
+
+
+@_reg("narrow")
+def _narrow(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
+    x = node.inputs[0]
+    assert x is not None
+    axis = int(node.attrs["axis"])
+    kept = ctx.kept(x, axis)
+    start = int(np.searchsorted(kept, int(node.attrs["start"])))
+    fx.args = (fx.args[0], axis, start, ctx.shape(node.output)[axis])
+
+
+def _new_groups(old_groups: int, old: int, new: int) -> int:
+    return max(1, old_groups * new // old) if old_groups > 1 else 1
+
+
+@_reg("conv1d", "conv2d", "conv3d")
+def _conv(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
+    g = int(_get_arg(fx, 6, "groups", 1))
+    if g > 1:
+        _set_arg(fx, 6, "groups", _new_groups(g, node.output.shape[1], ctx.shape(node.output)[1]))
+
+
+@_reg("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
+def _conv_t(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
+    g = int(_get_arg(fx, 6, "groups", 1))
+    x = node.inputs[0]
+    assert x is not None
+    if g > 1:
+        _set_arg(fx, 6, "groups", _new_groups(g, x.shape[1], ctx.shape(x)[1]))
+
+
+@_reg("convolution", "_convolution")
+def _convolution(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
+    g = int(_get_arg(fx, 8, "groups", 1))
+    if g > 1:
+        _set_arg(fx, 8, "groups", _new_groups(g, node.output.shape[1], ctx.shape(node.output)[1]))
+
+
+@_reg("group_norm")
+def _group_norm(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
+    g = int(fx.args[1])  # type: ignore[arg-type]
+    _set_arg(fx, 1, "num_groups", _new_groups(g, node.output.shape[1], ctx.shape(node.output)[1]) if g > 1 else 1)
+
+
+@_reg("layer_norm", "rms_norm")
+def _norm_shape(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
+    k = len(fx.args[1])  # type: ignore[arg-type]
+    _set_arg(fx, 1, "normalized_shape", list(ctx.shape(node.output)[-k:]))
+
+
+def rewrite_fx(program: ExportedProgram, graph: Graph, coupling: Coupling, removed: np.ndarray) -> torch.fx.GraphModule:
+    gm = program.module()
+    owners = tensor_owners(gm)
+    with torch.no_grad():
+        for k in kept_indices(coupling, removed):
+            if k.value.source is None:
+                continue
+            mod_path, _, name = k.value.source.rpartition(".")
+            mod = gm.get_submodule(mod_path) if mod_path else gm
+            old = getattr(mod, name)
+            sliced = slice_tensor(old.detach(), k.axes)
+            set_tensor(owners.get(id(old), [(mod, name)]), sliced, isinstance(old, nn.Parameter), old.requires_grad)
+    ir_nodes = {n.name: n for n in graph.nodes}
+    ctx = _Ctx(coupling, removed)
+    for fx in list(gm.graph.nodes):
+        if fx.op != "call_function":
+            continue
+        node = ir_nodes.get(fx.name)
+        packet = getattr(fx.target, "_overloadpacket", None)
+        if node is None or packet is None:
+            continue
+        fn = ARG_REWRITERS.get(packet.__name__)
+        if fn is not None and any(ctx.shape(v) != v.shape for v in [*node.inputs, *node.outputs] if v is not None):
+            fn(fx, node, ctx)
+    gm.graph.lint()
+    gm.recompile()
+    return gm

@@ -1,0 +1,53 @@
+"""Scaled dot-product attention with head structure, including grouped-query attention.
+
+q: [*B, Hq, Sq, D], k: [*B, Hkv, Sk, D], v: [*B, Hkv, Sk, Dv] -> y: [*B, Hq, Sq, Dv]
+    y[h] = softmax(q[h] k[h // r]^T * scale) v[h // r],   r = Hq / Hkv
+Heads are batch-like: query head h ties to output head h and to KV head h // r, so a unit is a
+whole KV group (one KV head and its r query heads). The contracted head_dim D is pinned (the
+default scale 1/sqrt(D) depends on it); Dv ties v to y. Masks tie nothing.
+FLOPs = 2*B*Hq*Sq*Sk*(D + Dv).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..ir import Node
+from .registry import ShapeFn, register_cost, register_coupling
+
+if TYPE_CHECKING:
+    from ..analysis.coupling import CouplingBuilder
+
+__all__: list[str] = []
+
+
+@register_coupling("sdpa")
+def couple_sdpa(node: Node, b: CouplingBuilder) -> None:
+    q, k, v = node.inputs[0], node.inputs[1], node.inputs[2]
+    y = node.output
+    assert q is not None and k is not None and v is not None
+    nb = q.rank - 2  # batch-like axes, heads included
+    for ax in range(nb - 1 if q.rank >= 4 else nb):
+        for t in (k, v):
+            if t.shape[ax] == q.shape[ax]:
+                b.same(q, ax, t, ax)
+        b.same(q, ax, y, ax)
+    if q.rank >= 4:
+        h = q.rank - 3
+        hq, hkv = q.shape[h], k.shape[h]
+        b.same(q, h, y, h)
+        b.same(k, h, v, h)
+        if hq % hkv == 0:
+            b.pair(q, h, np.arange(hq), k, h, np.arange(hq) // (hq // hkv))
+    b.same(q, -2, y, -2)
+    b.same(k, -2, v, -2)
+    b.same(v, -1, y, -1)
+
+
+@register_cost("sdpa")
+def cost_sdpa(node: Node, shape: ShapeFn) -> float:
+    q, k, v = (shape(t) for t in node.inputs[:3] if t is not None)
+    return 2.0 * math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])

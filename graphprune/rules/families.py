@@ -1,0 +1,36 @@
+"""Op families as data: one rule covers each family."""
+
+from __future__ import annotations
+
+__all__ = ["BINARY", "IDENTITY", "NORMS", "POOL", "REDUCE", "SOURCES", "UNARY"]
+
+#: ops that return their input unchanged in shape and channel order
+IDENTITY = frozenset({"identity", "dropout", "clone", "contiguous", "cast"})
+
+#: one-input elementwise maths; channel i of the output depends only on channel i of the input
+UNARY = frozenset(
+    {
+        "relu", "relu6", "leaky_relu", "prelu_scalar", "elu", "selu", "celu", "gelu", "silu", "mish",
+        "sigmoid", "hardsigmoid", "hardswish", "hardtanh", "tanh", "softplus", "softsign", "erf",
+        "exp", "log", "sqrt", "rsqrt", "reciprocal", "neg", "abs", "sin", "cos", "square", "clamp",
+        "pow", "logical_not", "sign", "floor", "ceil", "round",
+    }
+)
+
+#: multi-input elementwise maths with numpy broadcasting
+BINARY = frozenset(
+    {"add", "sub", "mul", "div", "maximum", "minimum", "where", "masked_fill", "eq", "ne", "gt",
+     "lt", "ge", "le", "logical_and", "logical_or", "floor_divide", "remainder", "atan2", "lerp"}
+)
+
+#: ops whose reduced axes are consumed (pinned) and other axes pass through
+REDUCE = frozenset({"reduce", "softmax", "cumsum"})
+
+#: spatial ops: leading (batch, channel) axes pass through, trailing spatial axes are pinned
+POOL = frozenset({"pool", "adaptive_pool", "resize", "tri"})
+
+#: normalizations over a per-channel axis
+NORMS = frozenset({"batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"})
+
+#: ops that create tensors without tensor inputs (constants): nothing to tie, not a barrier
+SOURCES = frozenset({"constant"})

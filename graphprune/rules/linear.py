@@ -1,0 +1,125 @@
+"""Dense contractions: linear, matmul/bmm with a weight or activation operand, embedding.
+
+linear:    y[..., o] = b[o] + sum_i w[o, i] x[..., i]      (w axis 1 is consumer-side)
+matmul:    y[..., m, n] = sum_k a[..., m, k] c[..., k, n]  batch axes broadcast; the contracted k
+           is tied only when one operand is a weight (masking the weight zeroes it); between two
+           activations it is pinned, since no weight can mask it.
+embedding: y[..., d] = w[idx[...], d]                      (w axis 1 ties the output channels)
+FLOPs: 2 * numel(y) * K for linear/matmul; 0 for embedding (a gather).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..ir import Node
+from .common import numel
+from .registry import ShapeFn, register_cost, register_coupling
+
+if TYPE_CHECKING:
+    from ..analysis.coupling import CouplingBuilder
+
+__all__: list[str] = []
+
+
+@register_coupling("linear")
+def couple_linear(node: Node, b: CouplingBuilder) -> None:
+    x, w, bias = node.inputs[0], node.inputs[1], node.input(2)
+    y = node.output
+    assert x is not None and w is not None
+    for ax in range(x.rank - 1):
+        b.same(x, ax, y, ax)
+    b.same(x, -1, w, 1)
+    b.reader(w, 1)
+    b.same(y, -1, w, 0)
+    if bias is not None:
+        b.same(y, -1, bias, 0)
+
+
+@register_coupling("matmul")
+def couple_matmul(node: Node, b: CouplingBuilder) -> None:
+    a, c = node.inputs[0], node.inputs[1]
+    y = node.output
+    assert a is not None and c is not None
+    if a.rank < 2 or c.rank < 2:
+        return  # vector products: leave everything pinned
+    lead = y.rank - 2
+    for x in (a, c):
+        off = lead - (x.rank - 2)
+        for ax in range(x.rank - 2):
+            if x.shape[ax] == y.shape[off + ax] and x.shape[ax] != 1:
+                b.same(x, ax, y, off + ax)
+    b.same(a, -2, y, -2)
+    b.same(c, -1, y, -1)
+    if a.is_weight or c.is_weight:
+        b.same(a, -1, c, -2)
+        if a.is_weight:
+            b.reader(a, -1)
+        if c.is_weight:
+            b.reader(c, -2)
+
+
+@register_coupling("embedding")
+def couple_embedding(node: Node, b: CouplingBuilder) -> None:
+    w, idx = node.inputs[0], node.inputs[1]
+    y = node.output
+    assert w is not None and idx is not None
+    for ax in range(idx.rank):
+        b.same(idx, ax, y, ax)
+    b.same(w, 1, y, -1)
+
+
+@register_cost("linear")
+def cost_linear(node: Node, shape: ShapeFn) -> float:
+    w = node.inputs[1]
+    assert w is not None
+    return 2.0 * numel(shape(node.output)) * shape(w)[1]
+
+
+@register_cost("matmul")
+def cost_matmul(node: Node, shape: ShapeFn) -> float:
+    a = node.inputs[0]
+    assert a is not None
+    return 2.0 * numel(shape(node.output)) * shape(a)[-1]
+
+
+@register_coupling("einsum")
+def couple_einsum(node: Node, b: CouplingBuilder) -> None:
+    """Letters shared with the output are identity ties; a contracted letter ties operands only
+    when one of them is a weight (so masking that weight removes the channel). '...' is pinned."""
+    eq = str(node.attrs["equation"])
+    if "..." in eq or "->" not in eq:
+        return
+    lhs, rhs = eq.split("->")
+    terms = lhs.split(",")
+    y = node.output
+    ops = [t for t in node.inputs if t is not None]
+    if len(terms) != len(ops):
+        return
+    for term, x in zip(terms, ops, strict=True):
+        for ax, letter in enumerate(term):
+            if letter in rhs and x.shape[ax] == y.shape[rhs.index(letter)] and x.shape[ax] != 1:
+                b.same(x, ax, y, rhs.index(letter))
+    contracted = {c for t in terms for c in t if c not in rhs}
+    for letter in contracted:
+        users = [(x, t.index(letter)) for t, x in zip(terms, ops, strict=True) if letter in t]
+        if len(users) == 2 and any(x.is_weight for x, _ in users):
+            (a, ax), (c, cx) = users
+            if a.shape[ax] == c.shape[cx]:
+                b.same(a, ax, c, cx)
+                for x, xa in users:
+                    if x.is_weight:
+                        b.reader(x, xa)
+
+
+@register_cost("einsum")
+def cost_einsum(node: Node, shape: ShapeFn) -> float:
+    eq = str(node.attrs["equation"])
+    if "->" not in eq or "..." in eq:
+        return float(numel(shape(node.output)))
+    lhs, _ = eq.split("->")
+    sizes: dict[str, int] = {}
+    for term, x in zip(lhs.split(","), (t for t in node.inputs if t is not None), strict=False):
+        for letter, n in zip(term, shape(x), strict=False):
+            sizes[letter] = max(sizes.get(letter, 1), n)
+    return 2.0 * numel(sizes.values())

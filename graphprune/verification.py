@@ -1,0 +1,118 @@
+"""The verification oracle for structured pruning (DESIGN.md, "Verification").
+
+In a copy of the ORIGINAL model, zero every consumer-side weight slice that reads a removed
+channel (conv/linear input columns, o_proj columns of removed heads...). Removed channels then
+contribute nothing anywhere, so the physically smaller model must produce the same outputs as
+this masked original, on the example inputs and on random inputs of the same shapes. Nothing is
+pruned => masked original == original, so "prune nothing" is checked as the identity.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from .analysis.coupling import Coupling
+from .frontends.inputs import ExampleInputs, as_args_kwargs
+
+__all__ = ["VerifyResult", "compare_outputs", "masked_original", "random_like_inputs", "verify_pruned"]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    max_abs_err: float
+    max_ref: float
+    tolerance: float
+    checks: int
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "max_abs_err": self.max_abs_err, "max_ref": self.max_ref,
+                "tolerance": self.tolerance, "checks": self.checks, "detail": self.detail}
+
+
+def masked_original(model: nn.Module, coupling: Coupling, removed: np.ndarray) -> nn.Module:
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for vi, ax in sorted(coupling.readers):
+            v = coupling.graph.values[vi]
+            if v.source is None:
+                continue
+            kept = coupling.kept(v, ax, removed)
+            if len(kept) == v.shape[ax]:
+                continue
+            gone = np.setdiff1d(np.arange(v.shape[ax]), kept)
+            mod_path, _, name = v.source.rpartition(".")
+            t = getattr(masked.get_submodule(mod_path) if mod_path else masked, name)
+            t.index_fill_(ax, torch.as_tensor(gone, dtype=torch.long), 0.0)
+    return masked
+
+
+def random_like_inputs(example_inputs: ExampleInputs, seed: int = 0) -> ExampleInputs:
+    """Same structure; float tensors replaced by N(0,1) noise, integer tensors kept."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(t: Any) -> Any:
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            return torch.randn(t.shape, generator=g, dtype=t.dtype)
+        return t
+
+    if isinstance(example_inputs, torch.Tensor):
+        return rnd(example_inputs)
+    if isinstance(example_inputs, dict):
+        return {k: rnd(v) for k, v in example_inputs.items()}
+    return tuple(rnd(t) for t in example_inputs)
+
+
+def _run(model: nn.Module, inputs: ExampleInputs) -> list[torch.Tensor]:
+    args, kwargs = as_args_kwargs(inputs)
+    with torch.no_grad():
+        out = model(*args, **kwargs)
+    leaves, _ = tree_flatten(out)
+    return [t for t in leaves if isinstance(t, torch.Tensor)]
+
+
+def compare_outputs(ref: list[torch.Tensor], got: list[torch.Tensor], rtol: float = 1e-4) -> tuple[bool, float, float, str]:
+    if len(ref) != len(got):
+        return False, math.inf, 0.0, f"{len(got)} outputs, expected {len(ref)}"
+    worst, scale = 0.0, 0.0
+    for i, (r, g) in enumerate(zip(ref, got, strict=True)):
+        if r.shape != g.shape:
+            return False, math.inf, 0.0, f"output {i} has shape {tuple(g.shape)}, expected {tuple(r.shape)}"
+        if not r.is_floating_point():
+            if not torch.equal(r, g):
+                return False, math.inf, 0.0, f"integer output {i} differs"
+            continue
+        rf, gf = r.double(), g.double()
+        worst = max(worst, float((rf - gf).abs().max()) if rf.numel() else 0.0)
+        scale = max(scale, float(rf.abs().max()) if rf.numel() else 0.0)
+    tol = rtol * max(1.0, scale)
+    return worst <= tol, worst, scale, ""
+
+
+def verify_pruned(
+    original: nn.Module,
+    pruned: nn.Module,
+    coupling: Coupling,
+    removed: np.ndarray,
+    example_inputs: ExampleInputs,
+    random_trials: int = 1,
+    rtol: float = 1e-4,
+) -> VerifyResult:
+    masked = masked_original(original, coupling, removed)
+    inputs = [example_inputs] + [random_like_inputs(example_inputs, seed=s) for s in range(random_trials)]
+    worst, scale = 0.0, 0.0
+    for x in inputs:
+        ok, err, ref_max, detail = compare_outputs(_run(masked, x), _run(pruned, x), rtol)
+        worst, scale = max(worst, err), max(scale, ref_max)
+        if not ok:
+            return VerifyResult(False, worst, scale, rtol * max(1.0, scale), len(inputs), detail)
+    return VerifyResult(True, worst, scale, rtol * max(1.0, scale), len(inputs))

@@ -1,0 +1,23 @@
+"""couple: coupling analysis (units, groups, barriers) into the context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from graphprune.analysis import couple
+from graphprune.ir import Graph
+
+from .infra import PassContext, PassResult, register_pass
+
+__all__ = ["Couple"]
+
+
+@register_pass
+@dataclass(frozen=True)
+class Couple:
+    name: ClassVar[str] = "couple"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        ctx.coupling = couple(graph)
+        return PassResult(graph, False)

@@ -1,0 +1,128 @@
+"""Pass infrastructure: the Pass protocol, the per-run context, the registry and the pipeline
+string parser (``couple,score{criterion=l2},allocate{flops=0.5,round-to=8},rewrite,verify``).
+
+A pass is a frozen dataclass whose fields are its options; ``run(graph, ctx)`` returns a
+``PassResult``. Per-run state (captured program, coupling, scores, allocation, pruned model)
+lives in the :class:`PassContext`, never in a pass or a global.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from graphprune.errors import OptionError
+from graphprune.ir import Graph
+
+__all__ = ["PASSES", "Pass", "PassContext", "PassResult", "parse_pipeline", "register_pass", "run_pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassContext:
+    """Everything one pruning run knows; passes read and fill it in order."""
+
+    model: torch.nn.Module | None
+    example_inputs: Any
+    program: Any = None  # torch.export.ExportedProgram
+    coupling: Any = None  # graphprune.analysis.Coupling
+    scores: np.ndarray | None = None
+    criterion: str = ""
+    allocation: Any = None  # graphprune.analysis.allocation.Allocation
+    target: dict[str, float] = field(default_factory=dict)
+    round_to: int = 1
+    pruned: torch.nn.Module | None = None
+    route: str = ""
+    route_reason: str = ""
+    verification: Any = None
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    graph: Graph
+    changed: bool
+
+
+class Pass(Protocol):
+    name: ClassVar[str]
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult: ...
+
+
+PASSES: dict[str, type] = {}
+
+
+def register_pass(cls: type) -> type:
+    name = cls.name  # type: ignore[attr-defined]
+    if name in PASSES:
+        raise ValueError(f"pass {name!r} registered twice")
+    PASSES[name] = cls
+    return cls
+
+
+_ITEM = re.compile(r"\s*([a-z][a-z0-9_-]*)\s*(?:\{([^}]*)\})?\s*(?:,|$)")
+
+
+def _convert(raw: str, typ: Any, where: str) -> Any:
+    t = typ if isinstance(typ, type) else {"int": int, "float": float, "str": str, "bool": bool}.get(
+        str(typ).split("|")[0].strip(), str
+    )
+    try:
+        if t is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return t(raw)
+    except ValueError:
+        raise OptionError(f"{where}: cannot read {raw!r} as {t.__name__}") from None
+
+
+def parse_pipeline(text: str) -> list[Any]:
+    """Parse a pipeline string into pass instances; errors name the pass and option."""
+    passes: list[Any] = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = _ITEM.match(text, pos)
+        if not m or m.end() == pos:
+            raise OptionError(f"cannot parse pipeline at {text[pos:]!r}; expected name or name{{key=value,...}}")
+        name, opts = m.group(1), m.group(2)
+        cls = PASSES.get(name)
+        if cls is None:
+            raise OptionError(f"unknown pass {name!r}; available: {', '.join(sorted(PASSES))}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for item in filter(None, (s.strip() for s in (opts or "").split(","))):
+            key, eq, raw = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not eq or key not in fields:
+                known = ", ".join(k.replace("_", "-") for k in fields) or "none"
+                raise OptionError(f"pass {name!r} has no option {item!r}; options: {known}")
+            kwargs[key] = _convert(raw.strip(), fields[key].type, f"pass {name!r} option {key!r}")
+        passes.append(cls(**kwargs))
+        pos = m.end()
+    return passes
+
+
+def run_pipeline(passes: list[Any], graph: Graph, ctx: PassContext, progress: Any = None) -> Graph:
+    for p in passes:
+        t0 = time.perf_counter()
+        if progress is not None:
+            progress(p.name)
+        result = p.run(graph, ctx)
+        graph = result.graph
+        ctx.timings[p.name] = ctx.timings.get(p.name, 0.0) + time.perf_counter() - t0
+        log.debug("pass %s: changed=%s (%.3fs)", p.name, result.changed, ctx.timings[p.name])
+    return graph

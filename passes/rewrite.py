@@ -1,0 +1,58 @@
+"""rewrite: build the physically smaller model (module route first, fx route as fallback).
+
+route=auto tries the module route (same classes, updated configs) and checks it with the oracle;
+if the model's code cannot follow the new shapes (an updater refuses, forward fails, or the
+outputs disagree) it emits the fx GraphModule instead and records why.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+from graphprune.errors import OptionError
+from graphprune.ir import Graph
+from graphprune.rewrite import NotRewritable, rewrite_fx, rewrite_module
+from graphprune.verification import verify_pruned
+
+from .infra import PassContext, PassResult, register_pass
+
+__all__ = ["Rewrite"]
+
+log = logging.getLogger(__name__)
+
+
+@register_pass
+@dataclass(frozen=True)
+class Rewrite:
+    name: ClassVar[str] = "rewrite"
+    route: str = "auto"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        if ctx.coupling is None or ctx.allocation is None or ctx.model is None:
+            raise OptionError("pass 'rewrite' needs 'couple' and 'allocate' to run first")
+        if self.route not in ("auto", "module", "fx"):
+            raise OptionError(f"rewrite route {self.route!r} is unknown; use auto, module or fx")
+        removed = ctx.allocation.removed
+        if self.route in ("auto", "module"):
+            try:
+                pruned = rewrite_module(ctx.model, ctx.coupling, removed)
+                if self.route == "module":
+                    ctx.pruned, ctx.route = pruned, "module"
+                    return PassResult(graph, True)
+                res = verify_pruned(ctx.model, pruned, ctx.coupling, removed, ctx.example_inputs)
+                if res.ok:
+                    ctx.pruned, ctx.route, ctx.verification = pruned, "module", res
+                    return PassResult(graph, True)
+                reason = f"module route disagrees with the masked original ({res.detail or f'max error {res.max_abs_err:.3g}'})"
+            except NotRewritable as exc:
+                reason = str(exc)
+            except Exception as exc:  # the user's forward() failing on new shapes is expected here
+                reason = f"forward of the rewritten module failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            log.info("module route not usable (%s); emitting an fx GraphModule", reason)
+            ctx.route_reason = reason
+        ctx.pruned = rewrite_fx(ctx.program, graph, ctx.coupling, removed)
+        ctx.route = "fx"
+        ctx.verification = None
+        return PassResult(graph, True)

@@ -129,7 +129,7 @@ def prune(
     ctx.timings["total"] = time.perf_counter() - t0
     plan = _plan(graph, ctx)
     report = prune_report(graph, ctx)
-    return PruneResult(ctx.pruned.eval(), report, plan, example_inputs)
+    return PruneResult(ctx.pruned, report, plan, example_inputs)
 
 
 def _plan(graph: Graph, ctx: Any) -> PruningPlan:

@@ -143,18 +143,33 @@ def allocate(
         return cost(table.shapes(rem))
 
     if policy == "uniform":
-        lo, hi = 0.0, 1.0
-        best, best_cost = none, base
+        lo, hi = 0.0, 1.0  # cost(uniform(lo)) > target >= cost(uniform(hi)), when reachable
         for _ in range(30):
             mid = (lo + hi) / 2
-            rem = uniform(mid)
+            if price(uniform(mid)) > target:
+                lo = mid
+            else:
+                hi = mid
+        rem_lo, rem_hi = uniform(lo), uniform(hi)
+        # fine step: between the two uniform solutions, remove the extra units one by one in
+        # score order (bisection on how many), so coarse groups do not make the cost jump
+        extra = np.flatnonzero(rem_hi & ~rem_lo)
+        extra = extra[np.argsort(scores[extra], kind="stable")]
+        best, best_cost = rem_lo, price(rem_lo)
+        a, z = 0, len(extra)
+        while a <= z:
+            k = (a + z) // 2
+            rem = rem_lo.copy()
+            rem[extra[:k]] = True
             c = price(rem)
             if abs(c - target) < abs(best_cost - target):
                 best, best_cost = rem, c
             if c > target:
-                lo = mid
+                a = k + 1
             else:
-                hi = mid
+                z = k - 1
+        if abs(price(rem_hi) - target) < abs(best_cost - target):
+            best, best_cost = rem_hi, price(rem_hi)
         floor_rem = uniform(1.0)
     elif policy == "global":
         lo_k, hi_k = 0, n

@@ -57,7 +57,7 @@ def capture(model: torch.nn.Module, example_inputs: ExampleInputs) -> Captured:
             "wrap the model in a small nn.Module whose forward takes and returns tensors only "
             "(no data-dependent Python control flow), or export it to ONNX and prune the .onnx file"
         ) from exc
-    graph = lower_exported(program, name=type(model).__name__)
+    graph = lower_exported(program, name=type(model).__name__, aliases=shared_tensor_aliases(model))
     return Captured(program, graph, args, kwargs, time.perf_counter() - t0)
 
 
@@ -87,8 +87,22 @@ def _scope(node: torch.fx.Node) -> str:
     return str(list(stack.values())[-1][0])
 
 
-def lower_exported(program: ExportedProgram, name: str = "graph") -> Graph:
+def shared_tensor_aliases(model: torch.nn.Module) -> dict[str, str]:
+    """Parameter/buffer name -> the first name of the same tensor object (tied weights)."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    for fqn, t in named:
+        aliases[fqn] = first.setdefault(id(t), fqn)
+    return aliases
+
+
+def lower_exported(program: ExportedProgram, name: str = "graph", aliases: dict[str, str] | None = None) -> Graph:
+    """Lower an exported program; ``aliases`` maps tied weight names to one canonical name so a
+    shared tensor becomes one IR Value (and is pruned consistently for all its users)."""
     graph = Graph(name=name)
+    aliases = aliases or {}
+    by_source: dict[str, Value] = {}
     sig = program.graph_signature
     spec_of = {s.arg.name: s for s in sig.input_specs if hasattr(s.arg, "name")}
     values: dict[str, list[Value | None]] = {}
@@ -112,8 +126,15 @@ def lower_exported(program: ExportedProgram, name: str = "graph") -> Graph:
                 kind, source = "buffer", spec.target
             elif spec is not None and spec.kind == InputKind.CONSTANT_TENSOR:
                 kind, source = "const", spec.target
+            if source is not None and kind in ("param", "buffer"):
+                source = aliases.get(source, source)
+                if source in by_source:
+                    values[node.name] = [by_source[source]]
+                    continue
             v = graph.add_value(Value(node.name, _shape(metas[0], node.name), str(metas[0].dtype), kind, source))
             values[node.name] = [v]
+            if source is not None:
+                by_source[source] = v
             if kind == "input":
                 graph.inputs.append(v)
         elif node.op == "call_function":

@@ -47,7 +47,9 @@ class PruneResult:
     model: nn.Module
     report: dict[str, Any]
     plan: PruningPlan
-    example_inputs: Any = None
+    example_inputs: Any = field(default=None, repr=False)
+    coupling: Coupling | None = field(default=None, repr=False)
+    removed: np.ndarray | None = field(default=None, repr=False)  # bool per coupling unit
 
     def save(self, path: str | os.PathLike[str], opset: int | None = None) -> dict[str, Any]:
         """Write ``.pt`` or ``.onnx`` (checked in onnxruntime) atomically."""
@@ -129,7 +131,7 @@ def prune(
     ctx.timings["total"] = time.perf_counter() - t0
     plan = _plan(graph, ctx)
     report = prune_report(graph, ctx)
-    return PruneResult(ctx.pruned, report, plan, example_inputs)
+    return PruneResult(ctx.pruned, report, plan, example_inputs, ctx.coupling, ctx.allocation.removed)
 
 
 def _plan(graph: Graph, ctx: Any) -> PruningPlan:

@@ -4,10 +4,12 @@ only after the checks pass, so a failed save never leaves a half-written file.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +57,9 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], example_inputs: E
 def _export_onnx(model: nn.Module, path: Path, example_inputs: ExampleInputs, opset: int | None) -> dict[str, Any]:
     args, kwargs = as_args_kwargs(example_inputs)
     errors = []
-    for dynamo in (True, False):
+    for dynamo in (False, True):  # the TorchScript exporter is ~8x faster where it works
         try:
-            with warnings.catch_warnings(), torch.no_grad():
+            with warnings.catch_warnings(), torch.no_grad(), _quiet_onnx_logs():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
                     model, args, str(path), kwargs=kwargs or None, dynamo=dynamo,
@@ -70,6 +72,20 @@ def _export_onnx(model: nn.Module, path: Path, example_inputs: ExampleInputs, op
         raise ExportError("ONNX export failed: " + "; ".join(errors))
     err = check_onnx(path, model, example_inputs)
     return {"format": "onnx", "onnxruntime_max_abs_err": err}
+
+
+@contextlib.contextmanager
+def _quiet_onnx_logs() -> Iterator[None]:
+    """The exporters log registry chatter at WARNING; keep the user's terminal clean."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lvl in zip(loggers, levels, strict=True):
+            lg.setLevel(lvl)
 
 
 def check_onnx(path: Path, model: nn.Module, example_inputs: ExampleInputs, rtol: float = 1e-3) -> float:

@@ -169,6 +169,15 @@ class CouplingBuilder:
         n_comp, labels = connected_components(adj, directed=False)
         comp_pinned = np.zeros(n_comp, dtype=bool)
         np.logical_or.at(comp_pinned, labels, self.pinned)
+        # a unit made only of weight elements that no computation reads (rows of a position table
+        # beyond the sliced range, say) saves nothing and would only shrink the model's capacity
+        is_act = np.zeros(n, dtype=bool)
+        for v in self.graph.values:
+            if not v.is_weight and v.kind != "const":
+                is_act[self.base[v.index] : self.base[v.index + 1]] = True
+        comp_has_act = np.zeros(n_comp, dtype=bool)
+        np.logical_or.at(comp_has_act, labels, is_act)
+        comp_pinned |= ~comp_has_act
         return Coupling.build(self, labels.astype(np.int64), comp_pinned)
 
 

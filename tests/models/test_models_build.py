@@ -7,19 +7,12 @@ output; two builds with the same seed are bit-identical; BatchNorm running stats
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
+from graphprune.models import MODELS, build
 from torch import nn
-
-try:
-    from graphprune.models import MODELS, build
-except ModuleNotFoundError:  # source checkout without `pip install -e .`: import models/ from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from models import MODELS, build
 
 EXPECTED_OUTPUT: dict[str, tuple[int, ...]] = {
     "resnet18": (1, 1000),

@@ -1,0 +1,186 @@
+"""The ``graphprune`` command.
+
+    graphprune prune SOURCE --flops 0.5 -o out.pt|out.onnx [--report r.json]
+    graphprune analyze SOURCE [--json a.json]
+    graphprune models
+
+Errors a person can fix print one line and exit 2; nothing is written unless it was verified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import GraphpruneError, OptionError
+
+__all__ = ["main"]
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"graphprune: error: {message}\n")
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give the fraction to keep, in (0, 1]")
+    return v
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="graphprune", description="Structured pruning with verified rewrites.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what each pass does")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    pr = sub.add_parser("prune", help="prune a model to a FLOPs/params budget and write it")
+    pr.add_argument("source", help="built-in model name or package.module:factory")
+    budget = pr.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--flops", type=_fraction, help="fraction of FLOPs to keep, e.g. 0.5")
+    budget.add_argument("--params", type=_fraction, help="fraction of parameters to keep")
+    pr.add_argument("-o", "--output", required=True, help="output file: .pt or .onnx")
+    pr.add_argument("--report", help="write the JSON report here")
+    pr.add_argument("--criterion", default="l2", help="importance criterion: l1, l2 (default l2)")
+    pr.add_argument("--allocation", default="uniform", choices=["uniform", "global"])
+    pr.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of N")
+    pr.add_argument("--pipeline", help="a full pass pipeline string instead of the options above")
+    pr.add_argument("--no-verify", action="store_true", help="write the model even if verification fails")
+    an = sub.add_parser("analyze", help="print groups, barriers and per-layer FLOPs/params")
+    an.add_argument("source")
+    an.add_argument("--json", help="write the analysis as JSON here")
+    an.add_argument("--all-groups", action="store_true", help="list every group, not the 20 largest")
+    sub.add_parser("models", help="list the built-in models")
+    return p
+
+
+def _fmt(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(target)
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    import graphprune as gp
+    from graphprune.sources import load_source
+
+    out = Path(args.output)
+    if out.suffix.lower() not in (".pt", ".pth", ".onnx"):
+        raise OptionError(f"-o {args.output}: use a .pt or .onnx file name")
+    with err_console.status("loading model") as status:
+        model, x = load_source(args.source)
+        res = gp.prune(
+            model, x, flops=args.flops, params=args.params, criterion=args.criterion,
+            allocation=args.allocation, round_to=args.round_to, verify=not args.no_verify,
+            pipeline=args.pipeline, progress=lambda name: status.update(f"running {name}"),
+        )
+        status.update(f"writing {out}")
+        saved = res.save(out)
+    rep = dict(res.report)
+    rep["saved"] = {"path": str(out), **saved}
+    _print_prune(rep)
+    if args.report:
+        _write_json(args.report, rep)
+    return 0
+
+
+def _print_prune(rep: dict[str, Any]) -> None:
+    t = Table(title=f"graphprune: {rep['model']}")
+    t.add_column("metric")
+    t.add_column("before", justify="right")
+    t.add_column("after", justify="right")
+    t.add_column("kept", justify="right")
+    for key in ("flops", "params"):
+        b, a = rep[f"{key}_before"], rep[f"{key}_after"]
+        t.add_row(key, _fmt(b), _fmt(a), f"{a / b:.3f}" if b else "-")
+    out_console.print(t)
+    ver = rep.get("verification") or {}
+    lines = [
+        f"target {rep['target']}  achieved {({k: round(v, 4) for k, v in rep['achieved'].items()})}"
+        + ("" if rep["target_reachable"] else "  (target NOT reachable: see barriers)"),
+        f"units removed {rep['units_removed']}/{rep['units']} in {rep['groups']} groups; route {rep['route']}"
+        + (f" ({rep['route_reason']})" if rep["route_reason"] else ""),
+        f"verification: {'ok' if ver.get('ok') else 'FAILED'} (max abs error {ver.get('max_abs_err', float('nan')):.3g})",
+        f"barriers: {', '.join(f'{k} x{len(v)}' for k, v in rep['barriers'].items()) or 'none'}",
+        f"time: {rep['timings'].get('total', 0):.2f}s; saved {rep['saved']['path']}",
+    ]
+    for line in lines:
+        out_console.print(line, highlight=False)
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import graphprune as gp
+    from graphprune.sources import load_source
+
+    with err_console.status("analyzing"):
+        model, x = load_source(args.source)
+        a = gp.analyze(model, x)
+    rep = a.report
+    lt = Table(title=f"{rep['model']}: {rep['nodes']} nodes, {_fmt(rep['flops'])} FLOPs, {_fmt(rep['params'])} params")
+    for col in ("layer", "op", "weight shape", "FLOPs", "params", "prunable"):
+        lt.add_column(col, justify="right" if col in ("FLOPs", "params") else "left")
+    for layer in rep["layers"]:
+        lt.add_row(layer["weight"] or layer["node"], layer["op"], str(layer["shape"]), _fmt(layer["flops"]),
+                   _fmt(layer["params"]), "yes" if layer["prunable"] else "no")
+    out_console.print(lt)
+    groups = sorted(rep["groups"], key=lambda g: -g["units"])
+    shown = groups if args.all_groups else groups[:20]
+    gt = Table(title=f"{len(groups)} groups, {rep['units']} prunable units" + ("" if args.all_groups else " (20 largest)"))
+    for col in ("group", "units", "width", "weights"):
+        gt.add_column(col)
+    for g in shown:
+        weights = [s for s in g["spaces"] if s.startswith(("p_", "b_"))]
+        gt.add_row(str(g["id"]), str(g["units"]), str(g["width"]), ", ".join(weights[:4]) + (" ..." if len(weights) > 4 else ""))
+    out_console.print(gt)
+    bars = rep["barriers"]
+    out_console.print("barriers (ops without a rule; their tensors keep their shape): " + (
+        ", ".join(f"{op} at {', '.join(nodes[:3])}" for op, nodes in bars.items()) or "none"), highlight=False)
+    if args.json:
+        _write_json(args.json, rep)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from graphprune.models import MODELS
+
+    for name in sorted(MODELS):
+        out_console.print(name)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return {"prune": _cmd_prune, "analyze": _cmd_analyze, "models": _cmd_models}[args.cmd](args)
+    except GraphpruneError as exc:
+        err_console.print(f"graphprune: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("graphprune: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -21,17 +21,18 @@ __all__ = ["Allocate"]
 @dataclass(frozen=True)
 class Allocate:
     name: ClassVar[str] = "allocate"
-    flops: float = 0.0
-    params: float = 0.0
+    flops: float | None = None
+    params: float | None = None
     policy: str = "uniform"
     round_to: int = 1
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if ctx.coupling is None:
             raise OptionError("pass 'allocate' needs 'couple' to run first")
-        if (self.flops > 0) == (self.params > 0):
+        if (self.flops is None) == (self.params is None):
             raise BudgetError("give exactly one budget: flops=FRACTION or params=FRACTION (fraction kept, in (0, 1])")
-        metric, frac = ("flops", self.flops) if self.flops > 0 else ("params", self.params)
+        metric, frac = ("flops", self.flops) if self.flops is not None else ("params", self.params)
+        assert frac is not None
         if not 0.0 < frac <= 1.0:
             raise BudgetError(f"{metric}={frac} is out of range: give the fraction to keep, in (0, 1]")
         if self.round_to < 1:

@@ -87,6 +87,21 @@ def _kept_count(n: int, frac_removed: float, width: int, round_to: int) -> int:
     return int(min(n, max(_min_keep(n, round_to if width == 1 else 1), keep)))
 
 
+def _extra_blocks(coupling: Coupling, extra: np.ndarray, scores: np.ndarray, round_to: int) -> list[np.ndarray]:
+    """Split the extra units into removal blocks (round_to units of one group where a unit is one
+    channel wide, else single units), ordered by mean score."""
+    blocks: list[np.ndarray] = []
+    for g in coupling.groups:
+        units = g.units[extra[g.units]]
+        if not len(units):
+            continue
+        units = units[np.argsort(scores[units], kind="stable")]
+        step = round_to if g.width == 1 and round_to > 1 else 1
+        blocks += [units[i : i + step] for i in range(0, len(units), step)]
+    blocks.sort(key=lambda b: float(scores[b].mean()))
+    return blocks
+
+
 def allocate(
     coupling: Coupling,
     scores: np.ndarray,
@@ -151,16 +166,17 @@ def allocate(
             else:
                 hi = mid
         rem_lo, rem_hi = uniform(lo), uniform(hi)
-        # fine step: between the two uniform solutions, remove the extra units one by one in
-        # score order (bisection on how many), so coarse groups do not make the cost jump
-        extra = np.flatnonzero(rem_hi & ~rem_lo)
-        extra = extra[np.argsort(scores[extra], kind="stable")]
+        # fine step: between the two uniform solutions, remove the extra units in score order
+        # (bisection on how many), so coarse groups do not make the cost jump. Where round_to
+        # applies, extra units move in blocks of round_to so kept widths stay multiples.
+        blocks = _extra_blocks(coupling, rem_hi & ~rem_lo, scores, round_to)
         best, best_cost = rem_lo, price(rem_lo)
-        a, z = 0, len(extra)
+        a, z = 0, len(blocks)
         while a <= z:
             k = (a + z) // 2
             rem = rem_lo.copy()
-            rem[extra[:k]] = True
+            for blk in blocks[:k]:
+                rem[blk] = True
             c = price(rem)
             if abs(c - target) < abs(best_cost - target):
                 best, best_cost = rem, c

@@ -69,6 +69,11 @@ def _matmul(a, k, s):
     return "matmul", [a[0], a[1]], {}
 
 
+@_reg("addmm")
+def _addmm(a, k, s):
+    return "addmm", [a[0], a[1], a[2]], {}
+
+
 @_reg("einsum")
 def _einsum(a, k, s):
     return "einsum", list(a[1]), {"equation": str(a[0]).replace(" ", "")}
@@ -337,3 +342,20 @@ def _channel_shuffle(a, k, s):
       "new_zeros", "new_ones", "new_full", "new_empty", "tensor", "eye", "linspace")
 def _constant(a, k, s):
     return "constant", [], {}
+
+
+@_reg("roll")
+def _roll(a, k, s):
+    dims = _arg(a, k, 2, "dims", [])
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    return "roll", [a[0]], {"axes": [int(d) % len(s) for d in dims]}
+
+
+@_reg("index")
+def _index(a, k, s):
+    """x[..., idx, ...] with ONE index tensor (others None); more indices stay a barrier."""
+    indices = list(a[1])
+    tensors = [i for i in indices if i is not None]
+    if len(tensors) != 1:
+        raise ValueError("advanced indexing with several index tensors")
+    return "index", [a[0], tensors[0]], {"axis": next(n for n, i in enumerate(indices) if i is not None)}

@@ -59,6 +59,17 @@ def couple_matmul(node: Node, b: CouplingBuilder) -> None:
             b.reader(c, -2)
 
 
+@register_coupling("addmm")
+def couple_addmm(node: Node, b: CouplingBuilder) -> None:
+    """y = bias + a @ w (a [M, K], w [K, N] a weight, as in GPT-2's Conv1D): bias ties to N."""
+    bias, a, w = node.inputs[0], node.inputs[1], node.inputs[2]
+    y = node.output
+    assert bias is not None and a is not None and w is not None
+    couple_matmul(Node(node.name, "matmul", [a, w], [y]), b)
+    if bias.rank >= 1 and bias.shape[-1] == y.shape[-1] and bias.shape[-1] != 1:
+        b.same(bias, -1, y, -1)
+
+
 @register_coupling("embedding")
 def couple_embedding(node: Node, b: CouplingBuilder) -> None:
     w, idx = node.inputs[0], node.inputs[1]
@@ -76,9 +87,9 @@ def cost_linear(node: Node, shape: ShapeFn) -> float:
     return 2.0 * numel(shape(node.output)) * shape(w)[1]
 
 
-@register_cost("matmul")
+@register_cost("matmul", "addmm")
 def cost_matmul(node: Node, shape: ShapeFn) -> float:
-    a = node.inputs[0]
+    a = node.inputs[1] if node.op == "addmm" else node.inputs[0]
     assert a is not None
     return 2.0 * numel(shape(node.output)) * shape(a)[-1]
 

@@ -96,3 +96,28 @@ def cost_pool(node: Node, shape: ShapeFn) -> float:
     x = node.inputs[0]
     assert x is not None
     return float(numel(shape(x)))
+
+
+@register_coupling("roll")
+def couple_roll(node: Node, b: CouplingBuilder) -> None:
+    """roll shifts positions along ``axes`` (pinned); other axes pass through. No axes: pinned."""
+    x = node.inputs[0]
+    assert x is not None
+    axes = list(node.attrs.get("axes", []))
+    if axes:
+        pass_through(b, x, node.output, skip=axes)
+
+
+@register_coupling("index")
+def couple_index(node: Node, b: CouplingBuilder) -> None:
+    """y = x[:, ..., idx, ...] with one index tensor at ``axis``: y's shape is
+    x.shape[:axis] + idx.shape + x.shape[axis+1:]. Axes other than ``axis`` pass through."""
+    x, idx, y = node.inputs[0], node.inputs[1], node.output
+    assert x is not None and idx is not None
+    axis = int(node.attrs["axis"])
+    if y.rank != x.rank - 1 + idx.rank:
+        return
+    for ax in range(axis):
+        b.same(x, ax, y, ax)
+    for ax in range(axis + 1, x.rank):
+        b.same(x, ax, y, ax - 1 + idx.rank)

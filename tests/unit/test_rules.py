@@ -303,8 +303,34 @@ class ModuleShuffle(nn.Module):
         return self.b(self.shuffle(self.a(x)))
 
 
+@torch.library.custom_op("gptest::mystery", mutates_args=())
+def mystery(x: torch.Tensor) -> torch.Tensor:
+    """A custom op graphprune cannot know: it must be a barrier."""
+    return torch.sin(x)
+
+
+@mystery.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+class MysteryBranch(nn.Module):
+    """A custom op (no rule) on branch a->b; branch c is untouched; both meet in an add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 1)
+        self.b = nn.Conv2d(6, 4, 1)
+        self.c = nn.Conv2d(3, 4, 1)
+        self.d = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = self.b(mystery(self.a(x)))
+        return self.d(F.relu(self.c(x)) + u)
+
+
 class RollBranch(nn.Module):
-    """torch.roll (no rule) on branch a->b; branch c is untouched; both meet in an add."""
+    """torch.roll along the channel axis on branch a->b; branch c is untouched; both meet in an add."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -319,7 +345,7 @@ class RollBranch(nn.Module):
 
 
 class IndexBranch(nn.Module):
-    """x[:, idx] (aten.index, no rule) on one branch, a plain conv chain on the other."""
+    """x[:, idx] (aten.index on the channel axis) on one branch, a plain conv chain on the other."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -359,6 +385,7 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], torch.Tensor]]] = {
     "view_shuffle": (ViewShuffle, _img(1, 3, 4, 4)),
     "module_shuffle": (ModuleShuffle, _img(1, 3, 4, 4)),
     "roll_barrier": (RollBranch, _img(1, 3, 4, 4)),
+    "mystery_barrier": (MysteryBranch, _img(1, 3, 4, 4)),
     "index_barrier": (IndexBranch, _img(1, 3, 4, 4)),
 }
 
@@ -642,11 +669,23 @@ def test_channel_shuffle_is_followed_exactly(name: str) -> None:
 # -- 12. unknown op = barrier ----------------------------------------------------------------
 
 
-def test_unknown_op_roll_is_a_named_barrier() -> None:
+def test_roll_along_channels_freezes_them() -> None:
     model, x = build("roll_barrier")
     u, c, _ = analyse(model, x)
-    assert list(c.barriers.values()) == [["roll"]]
-    assert "roll" in next(iter(c.barriers))
+    assert c.barriers == {}  # roll has a rule: the rolled axis is pinned, the rest passes through
+    assert frozen(u["a.weight"][0]) and frozen(u["a.bias"][0])
+    assert frozen(u["b.weight"][1])
+    cw = u["c.weight"][0]
+    assert free(cw) and canon(cw) == list(range(4))
+    eq(u["b.weight"][0], cw)
+    eq(u["d.weight"][1], cw)
+
+
+def test_unknown_op_is_a_named_barrier() -> None:
+    model, x = build("mystery_barrier")
+    u, c, _ = analyse(model, x)
+    assert list(c.barriers.values()) == [["mystery"]]
+    assert "mystery" in next(iter(c.barriers))
     assert frozen(u["a.weight"][0]) and frozen(u["a.bias"][0])  # producer into the barrier
     assert frozen(u["b.weight"][1])  # consumer out of the barrier
     cw = u["c.weight"][0]
@@ -658,11 +697,10 @@ def test_unknown_op_roll_is_a_named_barrier() -> None:
     assert rep["units"] == 4
 
 
-def test_unknown_op_index_is_a_named_barrier() -> None:
+def test_index_on_channel_axis_freezes_it() -> None:
     model, x = build("index_barrier")
     u, c, _ = analyse(model, x)
-    assert list(c.barriers.values()) == [["index"]]
-    assert "index" in next(iter(c.barriers))
+    assert c.barriers == {}  # one index tensor: the indexed axis is pinned, the rest passes through
     assert frozen(u["a.weight"][0]) and frozen(u["b.weight"][1])
     assert free(u["c.weight"][0])
     eq(u["d.weight"][1], u["c.weight"][0])
@@ -670,10 +708,10 @@ def test_unknown_op_index_is_a_named_barrier() -> None:
 
 
 def test_barrier_model_still_prunes_elsewhere() -> None:
-    model, x = build("roll_barrier")
+    model, x = build("mystery_barrier")
     res = gp.prune(model, x, flops=0.5)
     assert res.report["verification"]["ok"] is True
-    assert list(res.report["barriers"].values()) == [["roll"]]
+    assert list(res.report["barriers"].values()) == [["mystery"]]
     assert res.model.a.out_channels == 6 and res.model.b.in_channels == 6
     assert res.model.c.out_channels < 4
     assert res.model.c.out_channels == res.model.b.out_channels == res.model.d.in_channels

@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_flatten
 from .analysis.coupling import Coupling
 from .frontends.inputs import ExampleInputs, as_args_kwargs
 
-__all__ = ["VerifyResult", "compare_outputs", "masked_original", "random_like_inputs", "verify_pruned"]
+__all__ = ["VerifyResult", "compare_outputs", "masked_original", "merge_results", "random_like_inputs", "verify_pruned"]
 
 
 @dataclass(frozen=True)
@@ -104,11 +104,13 @@ def verify_pruned(
     coupling: Coupling,
     removed: np.ndarray,
     example_inputs: ExampleInputs,
-    random_trials: int = 1,
+    random_trials: int = 0,
     rtol: float = 1e-4,
+    include_example: bool = True,
 ) -> VerifyResult:
     masked = masked_original(original, coupling, removed)
-    inputs = [example_inputs] + [random_like_inputs(example_inputs, seed=s) for s in range(random_trials)]
+    inputs = [example_inputs] if include_example else []
+    inputs += [random_like_inputs(example_inputs, seed=s) for s in range(random_trials)]
     worst, scale = 0.0, 0.0
     for x in inputs:
         ok, err, ref_max, detail = compare_outputs(_run(masked, x), _run(pruned, x), rtol)
@@ -116,3 +118,10 @@ def verify_pruned(
         if not ok:
             return VerifyResult(False, worst, scale, rtol * max(1.0, scale), len(inputs), detail)
     return VerifyResult(True, worst, scale, rtol * max(1.0, scale), len(inputs))
+
+
+def merge_results(a: VerifyResult, b: VerifyResult) -> VerifyResult:
+    """One result for two sets of checks: ok only if both are."""
+    scale = max(a.max_ref, b.max_ref)
+    return VerifyResult(a.ok and b.ok, max(a.max_abs_err, b.max_abs_err), scale, max(a.tolerance, b.tolerance),
+                        a.checks + b.checks, a.detail or b.detail)

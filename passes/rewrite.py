@@ -8,6 +8,7 @@ outputs disagree) it emits the fx GraphModule instead and records why.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -41,7 +42,9 @@ class Rewrite:
                 if self.route == "module":
                     ctx.pruned, ctx.route = pruned, "module"
                     return PassResult(graph, True)
+                t0 = time.perf_counter()
                 res = verify_pruned(ctx.model, pruned, ctx.coupling, removed, ctx.example_inputs)
+                ctx.timings["verify"] = ctx.timings.get("verify", 0.0) + time.perf_counter() - t0
                 if res.ok:
                     ctx.pruned, ctx.route, ctx.verification = pruned, "module", res
                     return PassResult(graph, True)

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from graphprune.errors import OptionError, VerificationError
 from graphprune.ir import Graph
-from graphprune.verification import verify_pruned
+from graphprune.verification import merge_results, verify_pruned
 
 from .infra import PassContext, PassResult, register_pass
 
@@ -20,14 +20,20 @@ class Verify:
     name: ClassVar[str] = "verify"
     strict: bool = True
     rtol: float = 1e-4
+    trials: int = 1  # extra checks on random inputs of the example inputs' shapes
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if ctx.pruned is None or ctx.coupling is None or ctx.allocation is None or ctx.model is None:
             raise OptionError("pass 'verify' needs 'rewrite' to run first")
+        removed = ctx.allocation.removed
         if ctx.verification is None:
-            ctx.verification = verify_pruned(
-                ctx.model, ctx.pruned, ctx.coupling, ctx.allocation.removed, ctx.example_inputs, rtol=self.rtol
+            ctx.verification = verify_pruned(ctx.model, ctx.pruned, ctx.coupling, removed, ctx.example_inputs, rtol=self.rtol)
+        if ctx.verification.ok and self.trials > 0:
+            extra = verify_pruned(
+                ctx.model, ctx.pruned, ctx.coupling, removed, ctx.example_inputs, random_trials=self.trials,
+                rtol=self.rtol, include_example=False,
             )
+            ctx.verification = merge_results(ctx.verification, extra)
         res = ctx.verification
         if not res.ok and self.strict:
             raise VerificationError(

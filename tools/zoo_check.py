@@ -24,9 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from zoo import ZOO  # noqa: E402
+
 import graphprune as gp  # noqa: E402
 from graphprune.frontends import call_model  # noqa: E402
-from zoo import ZOO  # noqa: E402
 
 
 def _first(out: object) -> torch.Tensor:

@@ -233,24 +233,32 @@ class Coupling:
         pairs, counts = np.unique(
             np.stack([elem_unit[sel], space_of_elem[sel]], axis=1), axis=0, return_counts=True
         )
+        pu, ps = pairs[:, 0], pairs[:, 1]
+        # signature of a unit = the set of spaces it touches, hashed order-free (sum of random
+        # 64-bit keys per space), so grouping is vectorized even for millions of elements
+        keys = np.random.default_rng(0).integers(1, 2**62, size=len(space_names), dtype=np.int64)
+        sig = np.zeros(n_units, dtype=np.int64)
+        np.add.at(sig, pu, keys[ps])
         # width: channels per unit in a weight tensor (1 for a filter, head_dim for a head)
-        sig_spaces: dict[int, list[int]] = {}
-        sig_width: dict[int, int] = {}
-        for (u, s), c in zip(pairs.tolist(), counts.tolist(), strict=True):
-            sig_spaces.setdefault(u, []).append(s)
-            if space_is_param[s]:
-                sig_width[u] = min(sig_width.get(u, c), c)
-        by_sig: dict[tuple[int, ...], list[int]] = {}
-        for u in range(n_units):
-            by_sig.setdefault(tuple(sig_spaces.get(u, ())), []).append(u)
+        is_param = np.asarray(space_is_param, dtype=bool)[ps]
+        width = np.full(n_units, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(width, pu[is_param], counts[is_param])
+        width[width == np.iinfo(np.int64).max] = 1
+        _, first_unit, group_of = np.unique(sig, return_index=True, return_inverse=True)
+        order = np.argsort(first_unit, kind="stable")  # groups numbered by first unit
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        unit_group = rank[group_of].astype(np.int64)
+        starts = np.searchsorted(pu, np.arange(n_units))
+        ends = np.searchsorted(pu, np.arange(n_units), side="right")
+        members = np.argsort(unit_group, kind="stable")
+        bounds = np.searchsorted(unit_group[members], np.arange(len(order) + 1))
         groups: list[Group] = []
-        unit_group = np.full(n_units, -1, dtype=np.int64)
-        for sig, units in sorted(by_sig.items(), key=lambda kv: kv[1][0]):
-            gid = len(groups)
-            arr = np.asarray(units, dtype=np.int64)
-            unit_group[arr] = gid
-            width = max(sig_width.get(u, 1) for u in units)
-            groups.append(Group(gid, arr, tuple(space_names[s] for s in sig), width))
+        for gid in range(len(order)):
+            units = members[bounds[gid] : bounds[gid + 1]]
+            u0 = units[0]
+            spaces = tuple(space_names[s] for s in ps[starts[u0] : ends[u0]])
+            groups.append(Group(gid, units, spaces, int(width[units].min())))
         log.debug("coupling: %d elements, %d units, %d groups", b.n_elements, n_units, len(groups))
         return Coupling(
             graph=b.graph,

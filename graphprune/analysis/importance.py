@@ -24,11 +24,9 @@ __all__ = ["CRITERIA", "Criterion", "magnitude", "normalize_per_group"]
 Criterion = Callable[[Coupling, Mapping[str, torch.Tensor]], np.ndarray]
 
 
-def _slice_norms(t: torch.Tensor, axis: int, p: int) -> np.ndarray:
-    dims = [d for d in range(t.dim()) if d != axis]
-    x = t.detach().float()
-    red = x.abs().pow(p) if p != 2 else x * x
-    return (red.sum(dim=dims) if dims else red).cpu().numpy().astype(np.float64)
+def _slice_norms(powered: torch.Tensor, axis: int) -> np.ndarray:
+    dims = [d for d in range(powered.dim()) if d != axis]
+    return (powered.sum(dim=dims) if dims else powered).cpu().numpy().astype(np.float64)
 
 
 def magnitude(coupling: Coupling, weights: Mapping[str, torch.Tensor], p: int = 2) -> np.ndarray:
@@ -38,12 +36,16 @@ def magnitude(coupling: Coupling, weights: Mapping[str, torch.Tensor], p: int = 
         t = weights.get(v.name)
         if t is None or v.kind != "param":
             continue
+        powered: torch.Tensor | None = None  # |w|^p, computed once per tensor
         for ax in range(v.rank):
             units = coupling.units_of(v, ax)
             ok = units >= 0
             if not ok.any():
                 continue
-            norms = _slice_norms(t, ax, p)
+            if powered is None:
+                x = t.detach().float()
+                powered = x * x if p == 2 else x.abs().pow(p)
+            norms = _slice_norms(powered, ax)
             np.add.at(scores, units[ok], norms[ok])
     return scores
 

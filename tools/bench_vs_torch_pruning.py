@@ -9,7 +9,10 @@ FLOPs target ``t`` (fraction of the original FLOPs to keep, e.g. 0.5):
   ``tp.importance.GroupMagnitudeImportance(p=2)``, local/uniform ranking) on another deep copy.
   Torch-Pruning prunes by channel ratio, not by FLOPs, so the target is reached by one of:
 
-  - ``--tp-mode progressive`` (default; what Torch-Pruning's own ImageNet benchmark
+  - ``--tp-mode auto`` (default): ``bisect`` for recipes that prune whole attention heads (in
+    progressive mode Torch-Pruning 1.6 removes a whole head at every step whatever the step's
+    ratio, so 4 heads reach 0 in 4 steps and the 5th step divides by zero), ``progressive`` else.
+  - ``--tp-mode progressive`` (what Torch-Pruning's own ImageNet benchmark
     ``prune_to_target_flops`` does): build the pruner once with ``pruning_ratio=1.0`` and
     ``iterative_steps=N`` (``--tp-steps``, default 100), then call ``pruner.step()`` until the FLOPs
     are at or below ``t * flops_before``. One graph build; overshoot is at most one step.
@@ -17,7 +20,8 @@ FLOPs target ``t`` (fraction of the original FLOPs to keep, e.g. 0.5):
     each trial on a fresh deep copy with a fresh pruner and one ``step()``; keep the largest ratio
     whose FLOPs are above or at target... precisely: the smallest ratio with FLOPs <= target. Costs one
     graph build per trial; the build and step times reported are the final trial's, and
-    ``tp_search_s`` is the whole search.
+    ``tp_search_s`` is the whole search. This is also how the head-pruning examples run
+    (one ``step()`` with ``head_pruning_ratio = pruning_ratio``).
 
   Model-specific settings follow Torch-Pruning's documented examples ("recipes", named in the
   ``tp_recipe`` column): torchvision ViT (``round_to=num_heads``, reset ``hidden_dim``), timm ViT
@@ -26,12 +30,15 @@ FLOPs target ``t`` (fraction of the original FLOPs to keep, e.g. 0.5):
   ``lm_head``, reset attention attributes), BERT (heads of query/key/value, ignore the pooler).
   Every recipe also ignores the modules that produce the model's output tensor, so that a shape
   change of the output is Torch-Pruning's doing, not the setup's. ``--tp-recipe generic`` turns the
-  model-specific parts off.
+  model-specific parts off; ``--round-to N`` rounds kept channels to a multiple of N (both tools).
+  ``in_channel_groups``/``out_channel_groups`` are passed as fresh dicts: their defaults in
+  ``BasePruner.__init__`` are shared mutable dicts that the pruner writes into.
 
 Measured for both tools, with ONE FLOPs counter for the original and both pruned models:
 ``gp.count_flops`` when graphprune provides it and it counts all three, else
 ``torch.utils.flop_counter.FlopCounterMode`` (the ``counter`` column says which; JSON holds both).
-The progressive/bisect search of Torch-Pruning always steers by ``FlopCounterMode``.
+Torch-Pruning's progressive/bisect search steers by the same counter (falling back to
+``FlopCounterMode`` if ``gp.count_flops`` fails on a Torch-Pruning model; ``tp_steered_by`` says).
 
 Also: output shape kept (bool), and onnxruntime CPU latency before/after: export with
 ``torch.onnx.export(..., dynamo=False)`` (TorchScript exporter; falls back to the dynamo
@@ -166,10 +173,14 @@ def resolve_model(name: str) -> tuple[str, Callable[[], tuple[nn.Module, Inputs]
         try:
             from graphprune.models import MODELS  # type: ignore[attr-defined]
         except ImportError as exc:
-            raise KeyError(f"{name!r} is not in tools/zoo.py ZOO and graphprune.models.MODELS is unavailable ({exc})") from None
+            raise KeyError(
+                f"{name!r} is not in tools/zoo.py ZOO and graphprune.models.MODELS is unavailable ({exc})"
+            ) from None
         if bare in MODELS:
             return "graphprune.models", MODELS[bare]
-        raise KeyError(f"{name!r} is in neither zoo.ZOO ({', '.join(zoo.ZOO)}) nor graphprune.models.MODELS ({', '.join(MODELS)})")
+        raise KeyError(
+            f"{name!r} is in neither zoo.ZOO ({', '.join(zoo.ZOO)}) nor graphprune.models.MODELS ({', '.join(MODELS)})"
+        )
     raise KeyError(f"{name!r}: unknown prefix or name; known zoo entries: {', '.join(zoo.ZOO)}")
 
 
@@ -303,7 +314,9 @@ def tp_recipe(model: nn.Module, inputs: Inputs, generic: bool) -> TPRecipe:
     hf = getattr(model, "hf", None)
     cfg = getattr(hf, "config", None)
     if hf is not None and cfg is not None:
-        if hasattr(cfg, "num_key_value_heads") and any(n.endswith("self_attn") for n, _ in hf.named_modules()):
+        if hasattr(cfg, "num_key_value_heads") and any(
+            n.endswith("self_attn") for n, _ in hf.named_modules()
+        ):
             return _tp_llm_recipe(model, hf, cfg, pinned)
         if getattr(cfg, "model_type", "") == "bert":
             return _tp_bert_recipe(model, hf, cfg, pinned)
@@ -353,7 +366,9 @@ def _tp_llm_recipe(model: nn.Module, hf: nn.Module, cfg: Any, pinned: list[nn.Mo
 def _tp_bert_recipe(model: nn.Module, hf: nn.Module, cfg: Any, pinned: list[nn.Module]) -> TPRecipe:
     """examples/transformers/prune_hf_bert.py: heads of query/key/value, pooler ignored."""
     num_heads: dict[nn.Module, int] = {}
-    selfs = [m for n, m in hf.named_modules() if hasattr(m, "query") and hasattr(m, "key") and hasattr(m, "value")]
+    selfs = [
+        m for n, m in hf.named_modules() if hasattr(m, "query") and hasattr(m, "key") and hasattr(m, "value")
+    ]
     for m in selfs:
         num_heads[m.query] = num_heads[m.key] = num_heads[m.value] = cfg.num_attention_heads
     ignored = list(pinned)
@@ -380,12 +395,16 @@ def _tp_bert_recipe(model: nn.Module, hf: nn.Module, cfg: Any, pinned: list[nn.M
     )
 
 
-def _tp_pruner(model: nn.Module, inputs: Inputs, recipe: TPRecipe, ratio: float, steps: int) -> Any:
+def _tp_pruner(
+    model: nn.Module, inputs: Inputs, recipe: TPRecipe, ratio: float, steps: int, round_to: int | None
+) -> Any:
     import torch_pruning as tp
 
     kwargs = dict(recipe.kwargs)
     if recipe.head_ratio_follows_channels:
         kwargs["head_pruning_ratio"] = ratio
+    if round_to and "round_to" not in kwargs:
+        kwargs["round_to"] = round_to
     return tp.pruner.BasePruner(
         model,
         example_inputs=inputs,
@@ -394,32 +413,79 @@ def _tp_pruner(model: nn.Module, inputs: Inputs, recipe: TPRecipe, ratio: float,
         pruning_ratio=ratio,
         iterative_steps=steps,
         ignored_layers=recipe.ignored,
+        in_channel_groups={},  # fresh: the defaults are shared dicts the pruner mutates
+        out_channel_groups={},
         **kwargs,
     )
 
 
-def run_tp(model: nn.Module, inputs: Inputs, target_flops: float, ns: argparse.Namespace) -> dict[str, Any]:
-    """Prune a deep copy of ``model`` with Torch-Pruning to ``target_flops`` (FlopCounterMode units)."""
-    r: dict[str, Any] = {"tp_mode": ns.tp_mode}
+class Steer:
+    """The FLOPs counter that steers Torch-Pruning's search: the report's counter where it works.
+
+    ``gp.count_flops`` when chosen and it counts the model; on its first failure the search falls
+    back to ``FlopCounterMode`` (base and target recomputed in those units) and says so.
+    """
+
+    def __init__(self, use_gp: bool) -> None:
+        self.fn = gp_counter() if use_gp else None
+        self.name = "gp.count_flops" if self.fn is not None else "FlopCounterMode"
+        self.note = ""
+
+    def __call__(self, model: nn.Module, inputs: Inputs) -> int:
+        if self.fn is not None:
+            try:
+                return int(self.fn(model, inputs)[0])
+            except Exception as exc:  # noqa: BLE001
+                self.fn, self.name, self.note = (
+                    None,
+                    "FlopCounterMode",
+                    f"gp.count_flops failed: {_short(exc)}",
+                )
+                raise _SteerSwitched from exc
+        return torch_flops(model, inputs)[0]
+
+
+class _SteerSwitched(Exception):
+    pass
+
+
+def run_tp(model: nn.Module, inputs: Inputs, target: float, ns: argparse.Namespace) -> dict[str, Any]:
+    """Prune a deep copy of ``model`` with Torch-Pruning to keep ``target`` of its FLOPs."""
+    steer = Steer(ns.counter in ("auto", "gp"))
+    try:
+        return _run_tp(model, inputs, target, ns, steer)
+    except _SteerSwitched:
+        return _run_tp(model, inputs, target, ns, steer)
+
+
+def _run_tp(
+    model: nn.Module, inputs: Inputs, target: float, ns: argparse.Namespace, steer: Steer
+) -> dict[str, Any]:
+    target_flops = target * steer(model, inputs)
     t_search = time.perf_counter()
     base = copy.deepcopy(model)
     recipe = tp_recipe(base, inputs, generic=ns.tp_recipe == "generic")
-    r["tp_recipe"] = recipe.name
-    r["tp_ignored"] = len(recipe.ignored)
+    mode = ns.tp_mode
+    if mode == "auto":
+        mode = "bisect" if recipe.kwargs.get("prune_num_heads") else "progressive"
+    r: dict[str, Any] = {"tp_mode": mode, "tp_recipe": recipe.name, "tp_ignored": len(recipe.ignored)}
+    r["tp_steered_by"] = steer.name
+    if steer.note:
+        r["tp_steer_note"] = steer.note
 
-    if ns.tp_mode == "progressive":
+    if mode == "progressive":
         m = base
         t0 = time.perf_counter()
-        pruner = _tp_pruner(m, inputs, recipe, 1.0, ns.tp_steps)
+        pruner = _tp_pruner(m, inputs, recipe, 1.0, ns.tp_steps, ns.round_to)
         r["tp_build_s"] = round(time.perf_counter() - t0, 3)
-        prune_s, steps, flops = 0.0, 0, torch_flops(m, inputs)[0]
+        prune_s, steps, flops = 0.0, 0, steer(m, inputs)
         while flops > target_flops and steps < ns.tp_steps:
             t0 = time.perf_counter()
             pruner.step()
             recipe.fixup(m, pruner)
             prune_s += time.perf_counter() - t0
             steps += 1
-            new = torch_flops(m, inputs)[0]
+            new = steer(m, inputs)
             if new >= flops and steps > 3:  # stuck: nothing left that this setup can prune
                 flops = new
                 break
@@ -434,13 +500,13 @@ def run_tp(model: nn.Module, inputs: Inputs, target_flops: float, ns: argparse.N
             m = copy.deepcopy(model)
             rec = tp_recipe(m, inputs, generic=ns.tp_recipe == "generic")  # modules of this copy
             t0 = time.perf_counter()
-            pruner = _tp_pruner(m, inputs, rec, ratio, 1)
+            pruner = _tp_pruner(m, inputs, rec, ratio, 1, ns.round_to)
             build_s = time.perf_counter() - t0
             t0 = time.perf_counter()
             pruner.step()
             rec.fixup(m, pruner)
             step_s = time.perf_counter() - t0
-            flops = torch_flops(m, inputs)[0]
+            flops = steer(m, inputs)
             if flops <= target_flops:
                 best, hi = (ratio, m, build_s, step_s, flops), ratio
             else:
@@ -461,13 +527,14 @@ def run_tp(model: nn.Module, inputs: Inputs, target_flops: float, ns: argparse.N
 # ---------------------------------------------------------------------------------- graphprune
 
 
-def run_gp(model: nn.Module, inputs: Inputs, target: float) -> dict[str, Any]:
+def run_gp(model: nn.Module, inputs: Inputs, target: float, round_to: int | None) -> dict[str, Any]:
     import graphprune as gp
 
     r: dict[str, Any] = {}
     m = copy.deepcopy(model)
+    kwargs = {"round_to": round_to} if round_to else {}
     t0 = time.perf_counter()
-    res = gp.prune(m, inputs, flops=target)
+    res = gp.prune(m, inputs, flops=target, **kwargs)
     r["gp_total_s"] = round(time.perf_counter() - t0, 3)
     report = getattr(res, "report", None) or {}
     if isinstance(report, dict):
@@ -518,9 +585,9 @@ def bench_model(name: str, ns: argparse.Namespace) -> dict[str, Any]:
         try:
             with time_limit(ns.timeout):
                 if tool == "gp":
-                    r = run_gp(model, inputs, ns.target)
+                    r = run_gp(model, inputs, ns.target, ns.round_to)
                 else:
-                    r = run_tp(model, inputs, ns.target * f0, ns)
+                    r = run_tp(model, inputs, ns.target, ns)
             pruned[tool] = r.pop("_model")
             row.update(r)
             row[f"{tool}_ok"] = True
@@ -611,7 +678,13 @@ def _cell(row: dict[str, Any], key: str) -> str:
 
 
 def print_table(rows: list[dict[str, Any]], ns: argparse.Namespace) -> None:
-    cols = [(h, k) for h, k in COLUMNS if ns.only == "both" or not (k.startswith("gp") and ns.only == "tp") and not (k.startswith("tp") and ns.only == "gp")]
+    cols = [
+        (h, k)
+        for h, k in COLUMNS
+        if ns.only == "both"
+        or not (k.startswith("gp") and ns.only == "tp")
+        and not (k.startswith("tp") and ns.only == "gp")
+    ]
     title = f"graphprune vs Torch-Pruning, FLOPs target {ns.target} (ratios are after/before)"
     try:
         from rich.console import Console
@@ -631,16 +704,37 @@ def print_table(rows: list[dict[str, Any]], ns: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="resnet50,mobilenet_v2,vit_b_16", help="comma-separated names from tools/zoo.py ZOO or graphprune.models.MODELS (prefix zoo: or gp: to choose)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models",
+        default="resnet50,mobilenet_v2,vit_b_16",
+        help="comma-separated names from tools/zoo.py ZOO or graphprune.models.MODELS (prefix zoo: or gp: to choose)",
+    )
     parser.add_argument("--target", type=float, default=0.5, help="fraction of FLOPs to keep (default 0.5)")
     parser.add_argument("--only", choices=["both", "gp", "tp"], default="both", help="run one tool only")
-    parser.add_argument("--tp-mode", choices=["progressive", "bisect"], default="progressive")
+    parser.add_argument("--tp-mode", choices=["auto", "progressive", "bisect"], default="auto")
+    parser.add_argument(
+        "--round-to",
+        type=int,
+        default=None,
+        help="round kept channels to a multiple of N, in both tools (default: each tool's own default)",
+    )
     parser.add_argument("--tp-steps", type=int, default=100, help="iterative_steps for --tp-mode progressive")
     parser.add_argument("--tp-bisect-iters", type=int, default=7)
-    parser.add_argument("--tp-recipe", choices=["auto", "generic"], default="auto", help="model-specific Torch-Pruning settings from its examples, or none")
-    parser.add_argument("--counter", choices=["auto", "gp", "torch"], default="auto", help="FLOPs counter for the ratios")
-    parser.add_argument("--latency-runs", type=int, default=20, help="onnxruntime runs per model (0 = skip latency)")
+    parser.add_argument(
+        "--tp-recipe",
+        choices=["auto", "generic"],
+        default="auto",
+        help="model-specific Torch-Pruning settings from its examples, or none",
+    )
+    parser.add_argument(
+        "--counter", choices=["auto", "gp", "torch"], default="auto", help="FLOPs counter for the ratios"
+    )
+    parser.add_argument(
+        "--latency-runs", type=int, default=20, help="onnxruntime runs per model (0 = skip latency)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime intra-op threads")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per tool per model (0 = none)")
     parser.add_argument("--json", help="write all rows as JSON to this path")
@@ -660,13 +754,15 @@ def main(argv: list[str] | None = None) -> int:
         row = bench_model(name, ns)
         row["wall_s"] = round(time.perf_counter() - t0, 3)
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if not k.endswith("traceback")}, default=str), flush=True)
+        print(
+            json.dumps({k: v for k, v in row.items() if not k.endswith("traceback")}, default=str), flush=True
+        )
     print_table(rows, ns)
     if ns.json:
         meta = {
             "argv": sys.argv[1:],
             "versions": _versions(),
-            "tp_mode": ns.tp_mode,
+            "tp_mode_arg": ns.tp_mode,
             "target": ns.target,
         }
         with open(ns.json, "w") as fh:
@@ -678,7 +774,16 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {}
-    for pkg in ("torch", "torchvision", "timm", "transformers", "torch-pruning", "onnxruntime", "onnx", "graphprune"):
+    for pkg in (
+        "torch",
+        "torchvision",
+        "timm",
+        "transformers",
+        "torch-pruning",
+        "onnxruntime",
+        "onnx",
+        "graphprune",
+    ):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -171,7 +171,11 @@ ZOO: dict[str, Factory] = {
     "qwen2": _hf("Qwen2Config", "Qwen2ForCausalLM", TINY_GQA),
     "mistral": _hf("MistralConfig", "MistralForCausalLM", {**TINY_GQA, "sliding_window": None}),
     "gpt2": _hf(
-        "GPT2Config", "GPT2LMHeadModel", dict(n_embd=128, n_head=4, n_layer=2, vocab_size=1000, n_positions=256, bos_token_id=0, eos_token_id=0)
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        dict(
+            n_embd=128, n_head=4, n_layer=2, vocab_size=1000, n_positions=256, bos_token_id=0, eos_token_id=0
+        ),
     ),
     "bert": _hf(
         "BertConfig",

@@ -56,20 +56,63 @@ class PruneResult:
         return save_model(self.model, path, self.example_inputs, opset)
 
 
+def _is_onnx(model: Any) -> bool:
+    import onnx
+
+    return isinstance(model, (str, os.PathLike, onnx.ModelProto))
+
+
+def _onnx_feeds(prep_model: Any, example_inputs: Any) -> dict[str, np.ndarray] | None:
+    """ONNX example inputs: a dict name -> array, a tuple in graph-input order, or one array."""
+    from .frontends.onnx_model import graph_inputs
+
+    if example_inputs is None:
+        return None
+    names = [i.name for i in graph_inputs(prep_model)]
+    if isinstance(example_inputs, dict):
+        items = dict(example_inputs)
+    else:
+        seq = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        if len(seq) != len(names):
+            raise OptionError(f"example_inputs has {len(seq)} tensors; the ONNX model has inputs {names}")
+        items = dict(zip(names, seq, strict=True))
+    unknown = sorted(set(items) - set(names))
+    if unknown:
+        raise OptionError(f"example_inputs names {unknown} are not inputs of the ONNX model ({names})")
+    return {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)) for k, v in items.items()}
+
+
+def _load_onnx_source(model: Any, example_inputs: Any, input_shapes: Any) -> tuple[Any, Any, Graph, str]:
+    from .frontends import load_onnx, lower_onnx, prepare
+
+    proto = load_onnx(model)
+    feeds = _onnx_feeds(proto, example_inputs)
+    shapes = dict(input_shapes or {})
+    for k, v in (feeds or {}).items():
+        shapes.setdefault(k, tuple(v.shape))
+    prep = prepare(proto, shapes)
+    name = Path(model).stem if isinstance(model, (str, os.PathLike)) else (proto.graph.name or "onnx")
+    return prep, feeds, lower_onnx(prep, name=name), name
+
+
 def _check_model(model: Any, example_inputs: Any) -> None:
-    if isinstance(model, (str, Path)):
-        raise OptionError(
-            f"{str(model)!r}: ONNX files are not supported by this version yet; pass an nn.Module and example inputs"
-        )
     if not isinstance(model, nn.Module):
         raise OptionError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if example_inputs is None:
         raise OptionError("example_inputs is required for a PyTorch model (a tensor, a tuple, or a dict)")
 
 
-def analyze(model: nn.Module, example_inputs: ExampleInputs) -> Analysis:
-    _check_model(model, example_inputs)
+def analyze(model: nn.Module | str | os.PathLike[str], example_inputs: ExampleInputs = None,
+            *, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Analysis:
+    """Coupling analysis of an nn.Module (with example inputs) or an ONNX model (path/ModelProto)."""
     t0 = time.perf_counter()
+    if _is_onnx(model):
+        prep, _, graph, _ = _load_onnx_source(model, example_inputs, input_shapes)
+        coupling = couple(graph)
+        a = Analysis(graph, coupling, None, time.perf_counter() - t0)
+        a.report = analysis_report(graph, coupling)
+        return a
+    _check_model(model, example_inputs)
     was_training = model.training
     model.eval()
     try:
@@ -82,15 +125,18 @@ def analyze(model: nn.Module, example_inputs: ExampleInputs) -> Analysis:
     return a
 
 
-def count_flops(model: nn.Module, example_inputs: ExampleInputs) -> tuple[int, int]:
-    """(FLOPs, params) of any module, with graphprune's per-op counting conventions."""
-    cap = capture(model, example_inputs)
-    rep = count(cap.graph)
+def count_flops(model: nn.Module | str | os.PathLike[str], example_inputs: ExampleInputs = None) -> tuple[int, int]:
+    """(FLOPs, params) of a module or ONNX model, with graphprune's per-op counting conventions."""
+    if _is_onnx(model):
+        graph = _load_onnx_source(model, example_inputs, None)[2]
+    else:
+        graph = capture(model, example_inputs).graph
+    rep = count(graph)
     return int(rep.flops), rep.params
 
 
 def prune(
-    model: nn.Module,
+    model: nn.Module | str | os.PathLike[str],
     example_inputs: ExampleInputs = None,
     *,
     flops: float | None = None,
@@ -101,36 +147,53 @@ def prune(
     verify: bool = True,
     pipeline: str | None = None,
     progress: Callable[[str], None] | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> PruneResult:
     """Prune ``model`` to keep ``flops`` (or ``params``) fraction; returns a new, verified model.
 
+    ``model`` may be an nn.Module (``example_inputs`` required) or an ONNX file / ModelProto
+    (``example_inputs`` optional: a dict or tuple of arrays; ``input_shapes`` binds symbolic dims).
     ``verify=False`` keeps a model that fails the oracle instead of raising (the report says so).
     """
     from graphprune.passes import PassContext, default_pipeline, parse_pipeline, run_pipeline
 
-    _check_model(model, example_inputs)
+    onnx_input = _is_onnx(model)
+    if not onnx_input:
+        _check_model(model, example_inputs)
     if (flops is None) == (params is None) and pipeline is None:
         raise BudgetError("give exactly one budget: flops=FRACTION or params=FRACTION (fraction to keep, in (0, 1])")
     metric, frac = ("flops", flops) if flops is not None else ("params", params)
     text = pipeline or default_pipeline(metric, float(frac), criterion, allocation, round_to, strict=verify)  # type: ignore[arg-type]
     passes = parse_pipeline(text)
     t0 = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    try:
+    if onnx_input:
         if progress:
-            progress("capture")
-        cap = capture(model, example_inputs)
-        ctx = PassContext(model=model, example_inputs=example_inputs, program=cap.program)
-        ctx.timings["capture"] = cap.seconds
-        graph = run_pipeline(passes, cap.graph, ctx, progress)
-    finally:
-        model.train(was_training)
+            progress("load")
+        prep, feeds, graph, _ = _load_onnx_source(model, example_inputs, input_shapes)
+        ctx = PassContext(model=None, example_inputs=feeds, onnx=prep)
+        ctx.timings["capture"] = time.perf_counter() - t0
+        graph = run_pipeline(passes, graph, ctx, progress)
+        example_inputs = feeds
+    else:
+        assert isinstance(model, nn.Module)
+        was_training = model.training
+        model.eval()
+        try:
+            if progress:
+                progress("capture")
+            cap = capture(model, example_inputs)
+            ctx = PassContext(model=model, example_inputs=example_inputs, program=cap.program)
+            ctx.timings["capture"] = cap.seconds
+            graph = run_pipeline(passes, cap.graph, ctx, progress)
+        finally:
+            model.train(was_training)
     if ctx.pruned is None or ctx.allocation is None or ctx.coupling is None:
         raise OptionError(f"pipeline {text!r} did not produce a model; it needs couple, allocate and rewrite")
     ctx.timings["total"] = time.perf_counter() - t0
     plan = _plan(graph, ctx)
     report = prune_report(graph, ctx)
+    if onnx_input:
+        report["input_shapes"] = {k: list(v) for k, v in ctx.onnx.input_shapes.items()}
     return PruneResult(ctx.pruned, report, plan, example_inputs, ctx.coupling, ctx.allocation.removed)
 
 

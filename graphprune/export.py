@@ -33,10 +33,27 @@ def _tmp_beside(path: Path, suffix: str) -> Path:
     return Path(name)
 
 
-def save_model(model: nn.Module, path: str | os.PathLike[str], example_inputs: ExampleInputs, opset: int | None = None) -> dict[str, Any]:
-    """Save to ``.pt`` or ``.onnx`` (by suffix) atomically; returns what was checked."""
+def save_model(model: Any, path: str | os.PathLike[str], example_inputs: ExampleInputs, opset: int | None = None) -> dict[str, Any]:
+    """Save to ``.pt`` or ``.onnx`` (by suffix) atomically; returns what was checked.
+
+    An ``onnx.ModelProto`` (from pruning an ONNX model, already verified in onnxruntime) can only
+    be written as ``.onnx``.
+    """
+    import onnx
+
     target = Path(path)
     suffix = target.suffix.lower()
+    if isinstance(model, onnx.ModelProto):
+        if suffix != ".onnx":
+            raise ExportError(f"cannot save an ONNX model as {str(target)!r}: use a .onnx file name")
+        tmp = _tmp_beside(target, suffix)
+        try:
+            tmp.write_bytes(model.SerializeToString())
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return {"format": "onnx"}
     if suffix not in (".pt", ".pth", ".onnx"):
         raise ExportError(f"cannot save to {str(target)!r}: use a .pt or .onnx file name")
     tmp = _tmp_beside(target, suffix)

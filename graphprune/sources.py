@@ -15,7 +15,9 @@ from .errors import SourceError
 __all__ = ["load_source"]
 
 
-def load_source(source: str) -> tuple[nn.Module, Any]:
+def load_source(source: str) -> tuple[Any, Any]:
+    """A built-in name or ``pkg.mod:factory`` -> (nn.Module, example_inputs); a ``.onnx`` path is
+    returned as is (with no example inputs): the API loads and checks it."""
     from graphprune.models import MODELS
 
     if source in MODELS:
@@ -23,7 +25,7 @@ def load_source(source: str) -> tuple[nn.Module, Any]:
     if source.lower().endswith(".onnx"):
         if not Path(source).exists():
             raise SourceError(f"{source!r}: no such file")
-        raise SourceError(f"{source!r}: ONNX input is not supported by this version yet; prune the PyTorch model")
+        return source, None
     if ":" not in source:
         raise SourceError(
             f"unknown model {source!r}: use a built-in name ({', '.join(sorted(MODELS))}) "

@@ -33,13 +33,14 @@ class PassContext:
     model: torch.nn.Module | None
     example_inputs: Any
     program: Any = None  # torch.export.ExportedProgram
+    onnx: Any = None  # graphprune.frontends.PreparedOnnx when pruning an ONNX model
     coupling: Any = None  # graphprune.analysis.Coupling
     scores: np.ndarray | None = None
     criterion: str = ""
     allocation: Any = None  # graphprune.analysis.allocation.Allocation
     target: dict[str, float] = field(default_factory=dict)
     round_to: int = 1
-    pruned: torch.nn.Module | None = None
+    pruned: Any = None  # nn.Module, or onnx.ModelProto for ONNX input
     route: str = ""
     route_reason: str = ""
     verification: Any = None

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from graphprune.errors import OptionError
 from graphprune.ir import Graph
-from graphprune.rewrite import NotRewritable, rewrite_fx, rewrite_module
+from graphprune.rewrite import NotRewritable, rewrite_fx, rewrite_module, rewrite_onnx
 from graphprune.verification import verify_pruned
 
 from .infra import PassContext, PassResult, register_pass
@@ -31,8 +31,13 @@ class Rewrite:
     route: str = "auto"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        if ctx.coupling is None or ctx.allocation is None or ctx.model is None:
+        if ctx.coupling is None or ctx.allocation is None:
             raise OptionError("pass 'rewrite' needs 'couple' and 'allocate' to run first")
+        if ctx.onnx is not None:
+            ctx.pruned = rewrite_onnx(ctx.onnx.model, graph, ctx.coupling, ctx.allocation.removed)
+            ctx.route, ctx.verification = "onnx", None
+            return PassResult(graph, True)
+        assert ctx.model is not None
         if self.route not in ("auto", "module", "fx"):
             raise OptionError(f"rewrite route {self.route!r} is unknown; use auto, module or fx")
         removed = ctx.allocation.removed

@@ -16,7 +16,15 @@ from .infra import PassContext, PassResult, register_pass
 __all__ = ["Score", "weights_of"]
 
 
-def weights_of(graph: Graph, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def weights_of(graph: Graph, ctx: PassContext) -> dict[str, torch.Tensor]:
+    """Weight tensors by IR value name, from the nn.Module or the ONNX initializers."""
+    if ctx.onnx is not None:
+        from graphprune.frontends.onnx import constant_values
+
+        consts = constant_values(ctx.onnx.model)
+        return {v.name: torch.from_numpy(consts[v.name].copy()) for v in graph.weights() if v.name in consts}
+    model = ctx.model
+    assert model is not None
     state = dict(model.named_parameters(remove_duplicate=False))
     state.update(dict(model.named_buffers(remove_duplicate=False)))
     return {v.name: state[v.source] for v in graph.weights() if v.source in state}
@@ -29,12 +37,12 @@ class Score:
     criterion: str = "l2"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        if ctx.coupling is None or ctx.model is None:
+        if ctx.coupling is None:
             raise OptionError("pass 'score' needs 'couple' to run first")
         fn = CRITERIA.get(self.criterion)
         if fn is None:
             raise OptionError(f"unknown criterion {self.criterion!r}; available: {', '.join(sorted(CRITERIA))}")
-        raw = fn(ctx.coupling, weights_of(graph, ctx.model))
+        raw = fn(ctx.coupling, weights_of(graph, ctx))
         ctx.scores = normalize_per_group(ctx.coupling, raw)
         ctx.criterion = self.criterion
         return PassResult(graph, False)

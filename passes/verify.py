@@ -8,6 +8,7 @@ from typing import ClassVar
 from graphprune.errors import OptionError, VerificationError
 from graphprune.ir import Graph
 from graphprune.verification import merge_results, verify_pruned
+from graphprune.verification_onnx import verify_onnx
 
 from .infra import PassContext, PassResult, register_pass
 
@@ -23,9 +24,15 @@ class Verify:
     trials: int = 1  # extra checks on random inputs of the example inputs' shapes
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        if ctx.pruned is None or ctx.coupling is None or ctx.allocation is None or ctx.model is None:
+        if ctx.pruned is None or ctx.coupling is None or ctx.allocation is None:
             raise OptionError("pass 'verify' needs 'rewrite' to run first")
         removed = ctx.allocation.removed
+        if ctx.onnx is not None:
+            ctx.verification = verify_onnx(
+                ctx.onnx.model, ctx.pruned, ctx.coupling, removed, ctx.onnx.input_shapes,
+                feeds=ctx.example_inputs, trials=max(1, self.trials), rtol=self.rtol,
+            )
+            return self._check(graph, ctx)
         if ctx.verification is None:
             ctx.verification = verify_pruned(ctx.model, ctx.pruned, ctx.coupling, removed, ctx.example_inputs, rtol=self.rtol)
         if ctx.verification.ok and self.trials > 0:
@@ -34,6 +41,9 @@ class Verify:
                 rtol=self.rtol, include_example=False,
             )
             ctx.verification = merge_results(ctx.verification, extra)
+        return self._check(graph, ctx)
+
+    def _check(self, graph: Graph, ctx: PassContext) -> PassResult:
         res = ctx.verification
         if not res.ok and self.strict:
             raise VerificationError(

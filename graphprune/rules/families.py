@@ -12,15 +12,16 @@ UNARY = frozenset(
     {
         "relu", "relu6", "leaky_relu", "prelu_scalar", "elu", "selu", "celu", "gelu", "silu", "mish",
         "sigmoid", "hardsigmoid", "hardswish", "hardtanh", "tanh", "softplus", "softsign", "erf",
-        "exp", "log", "sqrt", "rsqrt", "reciprocal", "neg", "abs", "sin", "cos", "square", "clamp",
-        "pow", "logical_not", "sign", "floor", "ceil", "round",
+        "exp", "log", "sqrt", "rsqrt", "reciprocal", "neg", "abs", "sin", "cos", "square",
+        "logical_not", "sign", "floor", "ceil", "round",
     }
 )
 
 #: multi-input elementwise maths with numpy broadcasting
 BINARY = frozenset(
     {"add", "sub", "mul", "div", "maximum", "minimum", "where", "masked_fill", "eq", "ne", "gt",
-     "lt", "ge", "le", "logical_and", "logical_or", "floor_divide", "remainder", "atan2", "lerp"}
+     "lt", "ge", "le", "logical_and", "logical_or", "floor_divide", "remainder", "atan2", "lerp",
+     "pow", "clamp", "prelu_nd"}
 )
 
 #: ops whose reduced axes are consumed (pinned) and other axes pass through

@@ -70,6 +70,25 @@ def couple_addmm(node: Node, b: CouplingBuilder) -> None:
         b.same(bias, -1, y, -1)
 
 
+@register_coupling("gemm")
+def couple_gemm(node: Node, b: CouplingBuilder) -> None:
+    """ONNX Gemm: y = a @ w' + c, w' = w^T when trans_b (w [N, K], like linear) else w [K, N]."""
+    a, w, c = node.inputs[0], node.inputs[1], node.input(2)
+    y = node.output
+    assert a is not None and w is not None
+    k_ax, n_ax = (1, 0) if int(node.attrs.get("trans_b", 0)) else (0, 1)
+    b.same(a, 0, y, 0)
+    if w.is_weight or a.is_weight:
+        b.same(a, 1, w, k_ax)
+        if w.is_weight:
+            b.reader(w, k_ax)
+        if a.is_weight:
+            b.reader(a, 1)
+    b.same(w, n_ax, y, 1)
+    if c is not None and c.rank >= 1 and c.shape[-1] == y.shape[1] and c.shape[-1] != 1:
+        b.same(c, -1, y, 1)
+
+
 @register_coupling("embedding")
 def couple_embedding(node: Node, b: CouplingBuilder) -> None:
     w, idx = node.inputs[0], node.inputs[1]
@@ -87,7 +106,7 @@ def cost_linear(node: Node, shape: ShapeFn) -> float:
     return 2.0 * numel(shape(node.output)) * shape(w)[1]
 
 
-@register_cost("matmul", "addmm")
+@register_cost("matmul", "addmm", "gemm")
 def cost_matmul(node: Node, shape: ShapeFn) -> float:
     a = node.inputs[1] if node.op == "addmm" else node.inputs[0]
     assert a is not None

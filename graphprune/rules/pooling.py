@@ -38,8 +38,11 @@ def couple_pool(node: Node, b: CouplingBuilder) -> None:
 def couple_pad(node: Node, b: CouplingBuilder) -> None:
     x = node.inputs[0]
     assert x is not None
-    pads = list(node.attrs.get("pads", []))
-    padded = {x.rank - 1 - i // 2 for i, p in enumerate(pads) if p != 0}
+    if "padded" in node.attrs:  # ONNX: the padded axes, already resolved
+        padded = set(node.attrs["padded"])
+    else:  # torch: pads pair up from the last axis backwards
+        pads = list(node.attrs.get("pads", []))
+        padded = {x.rank - 1 - i // 2 for i, p in enumerate(pads) if p != 0}
     pass_through(b, x, node.output, skip=padded)
 
 
@@ -80,6 +83,21 @@ def couple_pixel_shuffle(node: Node, b: CouplingBuilder) -> None:
         b.pair(y, -3, np.arange(n), x, -3, np.arange(n) // (r * r))
 
 
+@register_coupling("depth_to_space", "space_to_depth")
+def couple_depth_to_space(node: Node, b: CouplingBuilder) -> None:
+    """ONNX DCR DepthToSpace: y[n, c] reads x[n, k*C' + c] for every block offset k, so output
+    channel c ties to input channels c, c + C', ...; SpaceToDepth is the inverse map."""
+    x, y = node.inputs[0], node.output
+    assert x is not None
+    b.same(x, 0, y, 0)
+    if node.op == "depth_to_space":
+        n, c_out = x.shape[1], y.shape[1]
+        b.pair(x, 1, np.arange(n), y, 1, np.arange(n) % c_out)
+    else:
+        n, c_in = y.shape[1], x.shape[1]
+        b.pair(y, 1, np.arange(n), x, 1, np.arange(n) % c_in)
+
+
 @register_coupling("channel_shuffle")
 def couple_channel_shuffle(node: Node, b: CouplingBuilder) -> None:
     x, y = node.inputs[0], node.output
@@ -91,7 +109,7 @@ def couple_channel_shuffle(node: Node, b: CouplingBuilder) -> None:
     b.block(y, 1, g)
 
 
-@register_cost(*sorted(POOL | REDUCE | {"pad"}))
+@register_cost(*sorted(POOL | REDUCE | {"pad", "depth_to_space", "space_to_depth"}))
 def cost_pool(node: Node, shape: ShapeFn) -> float:
     x = node.inputs[0]
     assert x is not None

@@ -1,0 +1,182 @@
+"""Loading and preparing ONNX models for analysis.
+
+``load_onnx`` accepts a path or a ModelProto and turns every bad input into a SourceError with one
+clear line: not an ONNX file, a truncated file, missing external data, an invalid graph, a
+quantized (QDQ/QOperator) graph. ``prepare`` then binds symbolic input dims to concrete sizes
+(``input_shapes``, else 1), folds constants and removes identities with onnxscript's optimizer
+(shape sub-graphs become initializers that the rewriter can edit), and infers a static shape for
+every tensor, running onnxruntime once for any the shape inference could not resolve.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import ModelProto, TensorProto, numpy_helper
+
+from ..errors import SourceError
+
+__all__ = ["PreparedOnnx", "graph_inputs", "load_onnx", "prepare", "random_feeds"]
+
+log = logging.getLogger(__name__)
+
+QUANT_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                       "MatMulInteger", "DynamicQuantizeLinear", "QGemm", "QAttention"})
+
+
+def load_onnx(source: str | os.PathLike[str] | ModelProto) -> ModelProto:
+    if isinstance(source, ModelProto):
+        model = source
+        where = "the ModelProto"
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.exists():
+            raise SourceError(f"{where}: no such file")
+        if path.is_dir():
+            raise SourceError(f"{where}: is a directory, not an .onnx file")
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # protobuf raises DecodeError and others
+            raise SourceError(f"{where}: not a readable ONNX model ({type(exc).__name__}); is the file truncated?") from exc
+        if not model.graph.node and not model.graph.input:
+            raise SourceError(f"{where}: not an ONNX model (empty graph); is it the right file?")
+        if any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer):
+            try:
+                onnx.load_external_data_for_model(model, str(path.parent))
+            except (FileNotFoundError, OSError) as exc:
+                raise SourceError(f"{where}: external data missing ({exc}); keep the .data file next to the model") from exc
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+        raise SourceError(f"{where}: invalid ONNX graph: {first[:300]}") from exc
+    quant = sorted({n.op_type for n in model.graph.node if n.op_type in QUANT_OPS})
+    if quant:
+        raise SourceError(
+            f"{where}: quantized graph ({', '.join(quant)}); prune the float model, then quantize the pruned one"
+        )
+    return model
+
+
+def graph_inputs(model: ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def _bind_inputs(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
+    """Give every graph input a static shape; symbolic dims default to 1 unless given."""
+    bound: dict[str, tuple[int, ...]] = {}
+    given = dict(input_shapes or {})
+    for inp in graph_inputs(model):
+        dims = inp.type.tensor_type.shape.dim
+        if inp.name in given:
+            shape = tuple(int(d) for d in given[inp.name])
+            if len(shape) != len(dims):
+                raise SourceError(f"input_shapes[{inp.name!r}] has rank {len(shape)}, the model input has rank {len(dims)}")
+        else:
+            shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims)
+        for d, s in zip(dims, shape, strict=True):
+            d.Clear()
+            d.dim_value = s
+        bound[inp.name] = shape
+    return bound
+
+
+@dataclass
+class PreparedOnnx:
+    model: ModelProto  # static-shaped, constant-folded copy that analysis and rewriting use
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, int]
+    input_shapes: dict[str, tuple[int, ...]]
+    opset: int
+
+
+def _opset(model: ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def prepare(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> PreparedOnnx:
+    work = ModelProto()
+    work.CopyFrom(model)
+    bound = _bind_inputs(work, input_shapes)
+    del work.graph.value_info[:]
+    try:
+        import onnxscript.optimizer
+
+        work = onnxscript.optimizer.optimize(work)
+    except Exception as exc:  # the optimizer is a nicety; analysis works on the raw graph too
+        log.info("onnxscript optimizer failed (%s); analyzing the graph unfolded", exc)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(work, strict_mode=False, data_prop=True)
+    except Exception as exc:
+        raise SourceError(f"ONNX shape inference failed: {str(exc).splitlines()[0][:200]}") from exc
+    shapes, dtypes = _collect_shapes(inferred)
+    missing = [o for n in work.graph.node for o in n.output if o and o not in shapes]
+    if missing:
+        _shapes_from_runtime(work, bound, missing, shapes, dtypes)
+    return PreparedOnnx(work, shapes, dtypes, bound, _opset(work))
+
+
+def _collect_shapes(model: ModelProto) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, int] = {}
+    for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        dims = tt.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = tuple(int(d.dim_value) for d in dims)
+            dtypes[vi.name] = tt.elem_type
+    for t in model.graph.initializer:
+        shapes[t.name] = tuple(int(d) for d in t.dims)
+        dtypes[t.name] = t.data_type
+    return shapes, dtypes
+
+
+def random_feeds(model: ModelProto, shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs matching the graph inputs' types and shapes (ints in [0, 2): valid indices)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in graph_inputs(model):
+        shape = tuple(shapes[inp.name])
+        np_type = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+        if np.issubdtype(np_type, np.floating):
+            feeds[inp.name] = rng.standard_normal(shape).astype(np_type)
+        elif np_type == np.bool_:
+            feeds[inp.name] = np.ones(shape, dtype=np.bool_)
+        else:
+            feeds[inp.name] = rng.integers(0, 2, size=shape).astype(np_type)
+    return feeds
+
+
+def _shapes_from_runtime(model: ModelProto, bound: dict[str, tuple[int, ...]], names: list[str],
+                         shapes: dict[str, tuple[int, ...]], dtypes: dict[str, int]) -> None:
+    import onnxruntime as ort
+
+    probe = ModelProto()
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    for n in names:
+        if n not in have:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    try:
+        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs = sess.run(None, random_feeds(model, bound))
+    except Exception as exc:
+        raise SourceError(f"could not determine tensor shapes (onnxruntime: {str(exc).splitlines()[0][:200]})") from exc
+    for meta, val in zip(sess.get_outputs(), outs, strict=True):
+        if isinstance(val, np.ndarray):
+            shapes.setdefault(meta.name, tuple(int(s) for s in val.shape))
+            dtypes.setdefault(meta.name, int(onnx.helper.np_dtype_to_tensor_dtype(val.dtype)))
+
+
+def initializer_arrays(model: ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

@@ -1,0 +1,75 @@
+"""The masked-original oracle for ONNX models, run in onnxruntime.
+
+Same statement as ``verification.py``: zero the consumer-side (reader) slices of removed units in
+the original's initializers; the pruned model must then produce the same outputs on the same
+inputs. Inputs are the user's feeds when given, plus random ones matching the graph inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnxruntime as ort
+from onnx import ModelProto, numpy_helper
+
+from .analysis.coupling import Coupling
+from .frontends.onnx_model import random_feeds
+from .verification import VerifyResult
+
+__all__ = ["masked_onnx", "run_onnx", "verify_onnx"]
+
+
+def masked_onnx(model: ModelProto, coupling: Coupling, removed: np.ndarray) -> ModelProto:
+    out = ModelProto()
+    out.CopyFrom(model)
+    zero: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for vi, ax in sorted(coupling.readers):
+        v = coupling.graph.values[vi]
+        kept = coupling.kept(v, ax, removed)
+        if len(kept) != v.shape[ax]:
+            zero.setdefault(v.name, []).append((ax, np.setdiff1d(np.arange(v.shape[ax]), kept)))
+    for t in out.graph.initializer:
+        if t.name in zero:
+            arr = numpy_helper.to_array(t).copy()
+            for ax, gone in zero[t.name]:
+                index = [slice(None)] * arr.ndim
+                index[ax] = gone  # type: ignore[call-overload]
+                arr[tuple(index)] = 0
+            t.CopyFrom(numpy_helper.from_array(arr, t.name))
+    return out
+
+
+def run_onnx(model: ModelProto, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    return [np.asarray(o) for o in sess.run(None, {k: v for k, v in feeds.items() if k in names})]
+
+
+def verify_onnx(
+    original: ModelProto, pruned: ModelProto, coupling: Coupling, removed: np.ndarray,
+    input_shapes: Mapping[str, tuple[int, ...]], feeds: Mapping[str, np.ndarray] | None = None,
+    trials: int = 1, rtol: float = 1e-4,
+) -> VerifyResult:
+    masked = masked_onnx(original, coupling, removed)
+    all_feeds = ([dict(feeds)] if feeds else []) + [random_feeds(original, input_shapes, seed=s) for s in range(trials)]
+    worst, scale = 0.0, 0.0
+    for f in all_feeds:
+        ref, got = run_onnx(masked, f), run_onnx(pruned, f)
+        if len(ref) != len(got):
+            return VerifyResult(False, float("inf"), 0.0, rtol, len(all_feeds), "output count differs")
+        for i, (r, g) in enumerate(zip(ref, got, strict=True)):
+            if r.shape != g.shape:
+                return VerifyResult(False, float("inf"), 0.0, rtol, len(all_feeds),
+                                    f"output {i} has shape {g.shape}, expected {r.shape}")
+            if r.dtype.kind != "f":
+                if not np.array_equal(r, g):
+                    return VerifyResult(False, float("inf"), 0.0, rtol, len(all_feeds), f"integer output {i} differs")
+                continue
+            if r.size:
+                worst = max(worst, float(np.abs(r.astype(np.float64) - g.astype(np.float64)).max()))
+                scale = max(scale, float(np.abs(r).max()))
+    tol = rtol * max(1.0, scale)
+    return VerifyResult(worst <= tol, worst, scale, tol, len(all_feeds))

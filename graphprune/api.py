@@ -113,6 +113,7 @@ def analyze(model: nn.Module | str | os.PathLike[str], example_inputs: ExampleIn
         a.report = analysis_report(graph, coupling)
         return a
     _check_model(model, example_inputs)
+    assert isinstance(model, nn.Module)
     was_training = model.training
     model.eval()
     try:

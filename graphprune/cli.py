@@ -1,6 +1,6 @@
 """The ``graphprune`` command.
 
-    graphprune prune SOURCE --flops 0.5 -o out.pt|out.onnx [--report r.json]
+    graphprune prune SOURCE --flops 0.5 -o out.pt|out.onnx [--report r.json]   (SOURCE may be model.onnx)
     graphprune analyze SOURCE [--json a.json]
     graphprune models
 
@@ -59,10 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of N")
     pr.add_argument("--pipeline", help="a full pass pipeline string instead of the options above")
     pr.add_argument("--no-verify", action="store_true", help="write the model even if verification fails")
+    pr.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                    help="ONNX: bind an input's symbolic dims (repeatable); default 1 for each symbolic dim")
     an = sub.add_parser("analyze", help="print groups, barriers and per-layer FLOPs/params")
     an.add_argument("source")
     an.add_argument("--json", help="write the analysis as JSON here")
     an.add_argument("--all-groups", action="store_true", help="list every group, not the 20 largest")
+    an.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     sub.add_parser("models", help="list the built-in models")
     return p
 
@@ -81,6 +84,19 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
     tmp.replace(target)
 
 
+def _input_shapes(items: list[str]) -> dict[str, tuple[int, ...]] | None:
+    shapes = {}
+    for item in items:
+        name, eq, dims = item.partition("=")
+        try:
+            shapes[name.strip()] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise OptionError(f"--input-shape {item!r}: use NAME=D0,D1,... with integer sizes") from None
+        if not eq or not name.strip():
+            raise OptionError(f"--input-shape {item!r}: use NAME=D0,D1,...")
+    return shapes or None
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
     import graphprune as gp
     from graphprune.sources import load_source
@@ -88,12 +104,15 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix.lower() not in (".pt", ".pth", ".onnx"):
         raise OptionError(f"-o {args.output}: use a .pt or .onnx file name")
+    if args.source.lower().endswith(".onnx") and out.suffix.lower() != ".onnx":
+        raise OptionError(f"-o {args.output}: an ONNX model is written as .onnx")
     with err_console.status("loading model") as status:
         model, x = load_source(args.source)
         res = gp.prune(
             model, x, flops=args.flops, params=args.params, criterion=args.criterion,
             allocation=args.allocation, round_to=args.round_to, verify=not args.no_verify,
             pipeline=args.pipeline, progress=lambda name: status.update(f"running {name}"),
+            input_shapes=_input_shapes(args.input_shape),
         )
         status.update(f"writing {out}")
         saved = res.save(out)
@@ -135,7 +154,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     with err_console.status("analyzing"):
         model, x = load_source(args.source)
-        a = gp.analyze(model, x)
+        a = gp.analyze(model, x, input_shapes=_input_shapes(args.input_shape)) if x is None else gp.analyze(model, x)
     rep = a.report
     lt = Table(title=f"{rep['model']}: {rep['nodes']} nodes, {_fmt(rep['flops'])} FLOPs, {_fmt(rep['params'])} params")
     for col in ("layer", "op", "weight shape", "FLOPs", "params", "prunable"):

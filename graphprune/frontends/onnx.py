@@ -114,6 +114,13 @@ def lower_onnx(prep: PreparedOnnx, name: str = "onnx") -> Graph:
         if not outs:
             continue
         graph.add_node(Node(nname, op, inputs, outs, attrs, target=f"onnx::{n.op_type}", scope=n.name))
+    # running statistics are state, not learned parameters (as nn.Module buffers): they are sliced
+    # with their channels but neither scored nor counted as parameters
+    for node in graph.nodes:
+        if node.op == "batch_norm":
+            for v in node.inputs[3:5]:
+                if v is not None and v.kind == "param":
+                    v.kind = "buffer"
     for o in model.graph.output:
         v = values.get(o.name)
         if v is not None:

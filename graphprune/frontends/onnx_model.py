@@ -108,11 +108,10 @@ def prepare(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None 
     bound = _bind_inputs(work, input_shapes)
     del work.graph.value_info[:]
     try:
-        import onnxscript.optimizer
-
-        work = onnxscript.optimizer.optimize(work)
-    except Exception as exc:  # the optimizer is a nicety; analysis works on the raw graph too
-        log.info("onnxscript optimizer failed (%s); analyzing the graph unfolded", exc)
+        work = _clean(work)
+    except Exception as exc:  # clean-up is a nicety; analysis works on the raw graph too
+        log.info("ONNX clean-up failed (%s); analyzing the graph unfolded", exc)
+    _untie_small_initializers(work)
     try:
         inferred = onnx.shape_inference.infer_shapes(work, strict_mode=False, data_prop=True)
     except Exception as exc:
@@ -122,6 +121,49 @@ def prepare(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None 
     if missing:
         _shapes_from_runtime(work, bound, missing, shapes, dtypes)
     return PreparedOnnx(work, shapes, dtypes, bound, _opset(work))
+
+
+def _clean(model: ModelProto) -> ModelProto:
+    """Inline functions, fold constants (shape sub-graphs become initializers), drop identities and
+    dead nodes, lift constants to initializers -- with onnx-ir / onnxscript passes. Deliberately no
+    fusion rewrites (BN folding would change the weights that are scored, so the same model pruned
+    from PyTorch and from ONNX would keep different channels) and no initializer deduplication."""
+    import onnx_ir as ir
+    import onnx_ir.passes.common as common
+    import onnxscript.optimizer
+
+    m = ir.serde.deserialize_model(model)
+    common.InlinePass()(m)
+    onnxscript.optimizer.fold_constants(m)
+    for p in (common.IdentityEliminationPass(), common.RemoveUnusedNodesPass(),
+              common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+              common.RemoveUnusedNodesPass()):
+        p(m)
+    return ir.serde.serialize_model(m)
+
+
+def _untie_small_initializers(model: ModelProto) -> None:
+    """Give each user of a shared 1-D float initializer its own copy.
+
+    Exporters and optimizers deduplicate equal constants: the zero biases of twelve attention
+    layers become one initializer, which would tie the heads of all layers into one group. A
+    shared 1-D tensor is almost always such a coincidence (tied embeddings are 2-D and stay tied).
+    """
+    inits = {t.name: t for t in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            t = inits.get(name)
+            if t is None or len(t.dims) != 1 or t.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16,
+                                                                   TensorProto.DOUBLE, TensorProto.BFLOAT16):
+                continue
+            uses[name] = uses.get(name, 0) + 1
+            if uses[name] > 1:
+                copy = TensorProto()
+                copy.CopyFrom(t)
+                copy.name = f"{name}__use{uses[name]}"
+                model.graph.initializer.append(copy)
+                node.input[i] = copy.name
 
 
 def _collect_shapes(model: ModelProto) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:

@@ -134,7 +134,7 @@ def _clean(model: ModelProto) -> ModelProto:
 
     m = ir.serde.deserialize_model(model)
     common.InlinePass()(m)
-    onnxscript.optimizer.fold_constants(m)
+    onnxscript.optimizer.fold_constants(m, onnx_shape_inference=True)
     for p in (common.IdentityEliminationPass(), common.RemoveUnusedNodesPass(),
               common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
               common.RemoveUnusedNodesPass()):

@@ -237,7 +237,8 @@ def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:
         "params": cost.params,
         "units": coupling.n_units,
         "groups": [
-            {"id": g.id, "units": g.size, "width": g.width, "spaces": [f"{n}[{a}]" for n, a in g.spaces]}
+            {"id": g.id, "units": g.size, "width": g.width, "spaces": [f"{n}[{a}]" for n, a in g.spaces],
+             "weights": [f"{graph.value(n).source}[{a}]" for n, a in g.spaces if graph.value(n).is_weight]}
             for g in coupling.groups
         ],
         "barriers": {op: names for op, names in coupling.barriers.items()},

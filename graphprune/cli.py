@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     an.add_argument("--json", help="write the analysis as JSON here")
     an.add_argument("--all-groups", action="store_true", help="list every group, not the 20 largest")
     an.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
+    an.add_argument("--why", action="append", default=[], metavar="WEIGHT[:AXIS[:INDEX]]",
+                    help="explain why a weight's channel is (not) prunable, e.g. --why layer1.0.conv1.weight:0")
     sub.add_parser("models", help="list the built-in models")
     return p
 
@@ -169,15 +171,35 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     for col in ("group", "units", "width", "weights"):
         gt.add_column(col)
     for g in shown:
-        weights = [s for s in g["spaces"] if s.startswith(("p_", "b_"))]
+        weights = g["weights"]
         gt.add_row(str(g["id"]), str(g["units"]), str(g["width"]), ", ".join(weights[:4]) + (" ..." if len(weights) > 4 else ""))
     out_console.print(gt)
     bars = rep["barriers"]
     out_console.print("barriers (ops without a rule; their tensors keep their shape): " + (
         ", ".join(f"{op} at {', '.join(nodes[:3])}" for op, nodes in bars.items()) or "none"), highlight=False)
+    for item in args.why:
+        for line in _explain(a, item):
+            out_console.print(line, highlight=False, markup=False)
     if args.json:
         _write_json(args.json, rep)
     return 0
+
+
+def _explain(a: Any, item: str) -> list[str]:
+    name, _, rest = item.partition(":")
+    axis_s, _, index_s = rest.partition(":")
+    try:
+        axis, index = int(axis_s or 0), int(index_s or 0)
+    except ValueError:
+        raise OptionError(f"--why {item!r}: use WEIGHT[:AXIS[:INDEX]] with integer axis and index") from None
+    match = [v for v in a.graph.values if name in (v.source, v.name)]
+    if not match:
+        weights = sorted(v.source or v.name for v in a.graph.weights())
+        raise OptionError(f"--why: no weight named {name!r}; weights include {', '.join(weights[:6])} ...")
+    v = match[0]
+    if not (-v.rank <= axis < v.rank and 0 <= index < v.shape[axis]):
+        raise OptionError(f"--why {item!r}: {name} has shape {list(v.shape)}")
+    return a.coupling.explain(v, axis, index)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

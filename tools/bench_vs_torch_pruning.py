@@ -114,6 +114,13 @@ def _short(exc: BaseException) -> str:
     return " ".join(line.strip() for line in lines[:3])[:500]
 
 
+def eval_mode(model: nn.Module) -> nn.Module:
+    """``model.eval()``, except for modules that refuse it (``ExportedProgram.module()`` raises)."""
+    with contextlib.suppress(NotImplementedError):
+        model.eval()
+    return model
+
+
 def call(model: nn.Module, inputs: Inputs) -> Any:
     if isinstance(inputs, dict):
         return model(**inputs)
@@ -144,7 +151,7 @@ def shapes(out: Any) -> Any:
 
 def output_shapes(model: nn.Module, inputs: Inputs) -> Any:
     with torch.no_grad():
-        return shapes(call(model.eval(), inputs))
+        return shapes(call(eval_mode(model), inputs))
 
 
 def n_params(model: nn.Module) -> int:
@@ -157,7 +164,7 @@ def torch_flops(model: nn.Module, inputs: Inputs) -> tuple[int, int]:
 
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        call(model.eval(), inputs)
+        call(eval_mode(model), inputs)
     return int(counter.get_total_flops()), n_params(model)
 
 
@@ -205,7 +212,7 @@ def onnx_latency_ms(model: nn.Module, inputs: Inputs, runs: int, threads: int) -
     info: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        model = model.eval()
+        model = eval_mode(model)
         t0 = time.perf_counter()
         try:
             with warnings.catch_warnings():

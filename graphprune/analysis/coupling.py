@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -58,6 +59,9 @@ class CouplingBuilder:
         self._src: list[np.ndarray] = []
         self._dst: list[np.ndarray] = []
         self.pinned = np.zeros(self.n_elements, dtype=bool)
+        self.pin_reasons: list[tuple[int, int, str]] = []  # [start, end) element range, why
+        self._owner: list[np.ndarray] = []  # node index that declared each edge batch
+        self._node_index = -1
         self.factors: dict[tuple[int, int], tuple[Factor, ...]] = {}
         self.readers: set[tuple[int, int]] = set()  # (weight value index, axis): consumer-side axes
         self.declared: set[tuple[int, int]] = set()  # (value index, axis) declared by the current rule
@@ -100,6 +104,7 @@ class CouplingBuilder:
         if len(ia):
             self._src.append(self.ids(a, ax)[np.asarray(ia, dtype=np.int64)])
             self._dst.append(self.ids(b, bx)[np.asarray(ib, dtype=np.int64)])
+            self._owner.append(np.full(len(ia), self._node_index, dtype=np.int64))
         self._inherit(a, ax, b, bx)
 
     def _inherit(self, a: Value, ax: int, b: Value, bx: int) -> None:
@@ -123,13 +128,18 @@ class CouplingBuilder:
         idx = np.arange(n)
         self.pair(v, axis, idx, v, axis, (idx // block) * block)
 
-    def pin(self, v: Value, axis: int | None = None) -> None:
+    def pin(self, v: Value, axis: int | None = None, why: str = "") -> None:
         """Freeze one axis (or all axes) of a value: no unit touching it may be removed."""
         axes = range(v.rank) if axis is None else [axis % v.rank]
         for ax in axes:
             self._declare(v, ax)
-            ids = self.ids(v, ax)
+            self._pin_range(v, ax, why or "pinned by a rule")
+
+    def _pin_range(self, v: Value, ax: int, why: str) -> None:
+        ids = self.ids(v, ax)
+        if len(ids):
             self.pinned[ids] = True
+            self.pin_reasons.append((int(ids[0]), int(ids[-1]) + 1, why))
 
     def reader(self, w: Value, axis: int) -> None:
         """Mark a weight axis as consumer-side: it reads input channels (zeroed by the oracle)."""
@@ -139,8 +149,9 @@ class CouplingBuilder:
         self.barriers.setdefault(node.target, []).append(node.name)
 
     # -- per-node bookkeeping ----------------------------------------------------------------
-    def begin(self, node: Node) -> None:
+    def begin(self, node: Node, index: int = -1) -> None:
         self.declared = set()
+        self._node_index = index
 
     def end(self, node: Node) -> None:
         """Pin every axis of the node's inputs and outputs that its rule did not declare."""
@@ -149,22 +160,27 @@ class CouplingBuilder:
                 continue
             for ax in range(v.rank):
                 if (v.index, ax) not in self.declared:
-                    self.pinned[self.ids(v, ax)] = True
+                    self._pin_range(v, ax, f"{node.op} node {node.name!r} keeps axis {ax} of {v.name!r} whole")
 
     # -- finish ----------------------------------------------------------------------------------
     def finish(self) -> Coupling:
         for v in self.graph.values:
             if v.producer is None and not v.users:  # unused weights and inputs
-                self.pinned[self.base[v.index] : self.base[v.index + 1]] = True
-        for v in list(self.graph.inputs) + list(self.graph.outputs):
+                for ax in range(v.rank):
+                    self._pin_range(v, ax, f"{v.name!r} is not used")
+        for v in self.graph.inputs:
             for ax in range(v.rank):
-                self.pinned[self.ids(v, ax)] = True
+                self._pin_range(v, ax, f"model input {v.name!r} keeps its shape")
+        for v in self.graph.outputs:
+            for ax in range(v.rank):
+                self._pin_range(v, ax, f"model output {v.name!r} keeps its shape")
         n = self.n_elements
         if self._src:
             src = np.concatenate(self._src)
             dst = np.concatenate(self._dst)
+            owner = np.concatenate(self._owner)
         else:
-            src = dst = np.zeros(0, dtype=np.int64)
+            src = dst = owner = np.zeros(0, dtype=np.int64)
         adj = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n))
         n_comp, labels = connected_components(adj, directed=False)
         comp_pinned = np.zeros(n_comp, dtype=bool)
@@ -178,7 +194,9 @@ class CouplingBuilder:
         comp_has_act = np.zeros(n_comp, dtype=bool)
         np.logical_or.at(comp_has_act, labels, is_act)
         comp_pinned |= ~comp_has_act
-        return Coupling.build(self, labels.astype(np.int64), comp_pinned)
+        c = Coupling.build(self, labels.astype(np.int64), comp_pinned)
+        c.trace = _Trace(src, dst, owner, self.pinned, self.pin_reasons)
+        return c
 
 
 @dataclass(frozen=True)
@@ -211,6 +229,7 @@ class Coupling:
     barriers: dict[str, list[str]]
     factors: dict[tuple[int, int], tuple[Factor, ...]] = field(repr=False, default_factory=dict)
     fired: list[tuple[str, str]] = field(repr=False, default_factory=list)
+    trace: _Trace | None = field(repr=False, default=None)
 
     @staticmethod
     def build(b: CouplingBuilder, labels: np.ndarray, comp_pinned: np.ndarray) -> Coupling:
@@ -296,18 +315,94 @@ class Coupling:
     def prunable(self, v: Value, axis: int) -> bool:
         return bool((self.units_of(v, axis) >= 0).any())
 
+    def locate(self, element: int) -> tuple[Value, int, int]:
+        """(value, axis, index) of a global element id."""
+        vi = int(np.searchsorted(self.base, element, side="right")) - 1
+        off = element - int(self.base[vi])
+        axis = int(np.searchsorted(self.axis_offset[vi], off, side="right")) - 1
+        return self.graph.values[vi], axis, off - self.axis_offset[vi][axis]
+
+    def explain(self, v: Value, axis: int, index: int = 0) -> list[str]:
+        """Why channel ``index`` of ``v``'s axis is (not) prunable: the chain of ties from it to
+        the first pinned element, each step naming the node whose rule tied it, and the pin's
+        reason. Answers "why was this channel not pruned?"."""
+        e = int(self.ids(v, axis)[index])
+        unit = int(self.unit_of_comp[self.labels[e]])
+        if unit >= 0:
+            g = self.groups[int(self.unit_group[unit])]
+            return [f"{v.name}[{axis}][{index}] is prunable: unit {unit} of group {g.id} ({g.size} units)"]
+        if self.trace is None:
+            return [f"{v.name}[{axis}][{index}] is frozen"]
+        return self.trace.path(self, e)
+
+
+class _Trace:
+    """The tie edges with the node that declared each, and the pin reasons: enough to walk from a
+    frozen channel to what froze it."""
+
+    def __init__(self, src: np.ndarray, dst: np.ndarray, owner: np.ndarray, pinned: np.ndarray,
+                 reasons: list[tuple[int, int, str]]) -> None:
+        self.src, self.dst, self.owner, self.pinned, self.reasons = src, dst, owner, pinned, reasons
+        self._adj: Any = None
+
+    def _reason(self, e: int) -> str:
+        for start, end, why in self.reasons:
+            if start <= e < end:
+                return why
+        return "pinned"
+
+    def path(self, c: Coupling, start: int) -> list[str]:
+        from collections import deque
+
+        from scipy.sparse import csr_matrix
+
+        n = len(self.pinned)
+        if self._adj is None:
+            edge = np.arange(len(self.src), dtype=np.int64) + 1
+            both_src = np.concatenate([self.src, self.dst])
+            both_dst = np.concatenate([self.dst, self.src])
+            self._adj = csr_matrix((np.concatenate([edge, edge]), (both_src, both_dst)), shape=(n, n))
+        prev: dict[int, tuple[int, int]] = {start: (-1, -1)}
+        queue = deque([start])
+        found = -1
+        while queue:
+            e = queue.popleft()
+            if self.pinned[e]:
+                found = e
+                break
+            row = slice(self._adj.indptr[e], self._adj.indptr[e + 1])
+            for nb, edge_id in zip(self._adj.indices[row].tolist(), self._adj.data[row].tolist(), strict=True):
+                if nb not in prev:
+                    prev[nb] = (e, int(edge_id) - 1)
+                    queue.append(nb)
+        def name(el: int) -> str:
+            v, ax, i = c.locate(el)
+            return f"{v.name}[{ax}][{i}]"
+
+        if found < 0:
+            return [f"{name(start)} is frozen: it only ties weight elements that no computation reads"]
+        steps = []
+        e = found
+        while prev[e][0] >= 0:
+            p, edge_id = prev[e]
+            owner = int(self.owner[edge_id])
+            via = c.graph.nodes[owner] if owner >= 0 else None
+            steps.append(f"{name(p)} -> {name(e)}" + (f"  (tied by {via.op} node {via.name!r})" if via else ""))
+            e = p
+        return [f"{name(start)} is frozen: {self._reason(found)}", *reversed(steps)]
+
 
 def couple(graph: Graph) -> Coupling:
     """Run every node's coupling rule (in topological order) and solve the union-find."""
     from ..rules import COUPLING
 
     b = CouplingBuilder(graph)
-    for node in graph.nodes:
+    for i, node in enumerate(graph.nodes):
         rule = COUPLING.get(node.op)
         if rule is None:
             _barrier(b, node)
             continue
-        b.begin(node)
+        b.begin(node, i)
         try:
             rule(node, b)
             b.end(node)
@@ -316,6 +411,7 @@ def couple(graph: Graph) -> Coupling:
             _barrier(b, node)
             continue
         b.fired.append((node.name, rule.__name__))
+        b._node_index = -1
     return b.finish()
 
 
@@ -323,4 +419,4 @@ def _barrier(b: CouplingBuilder, node: Node) -> None:
     b.barrier(node)
     for v in [*node.inputs, *node.outputs]:
         if v is not None:
-            b.pin(v)
+            b.pin(v, why=f"{node.target} node {node.name!r} has no rule (barrier)")

@@ -31,13 +31,17 @@ which; the fallback's ratio is always recorded too, as a cross-check, in ``macs_
 * layers changed: how many weighted Conv/ConvTranspose/Gemm/MatMul nodes (matched by node name)
   have a different weight shape than in the dense export;
 * onnxruntime CPU latency: ``intra_op_num_threads=--threads`` (default 1), one session per model,
+  ORT's default graph optimizations (``ORT_ENABLE_ALL``),
   ``--warmup`` runs each, then ``--runs`` rounds that run dense / graphprune / onnxsim once each,
-  in an order rotated every round (interleaved), median ms per model;
+  in an order rotated every round (interleaved). Two medians per model: wall time
+  (``perf_counter``) and the CPU time of the calling thread (``time.thread_time``; with one
+  intra-op thread onnxruntime runs on the caller, so this excludes the time the thread sat
+  preempted on a loaded machine -- the table's "cpu ms"; speedups are dense / pruned);
 * wall time of the pruning call.
 
-``--gp-round-to N`` passes ``round_to=N`` to graphprune (default 1, i.e. off: onnxsim has no such
-option). An error in one model or one tool is recorded in its row and the run goes on; ``--timeout`` bounds
-each tool per model (SIGALRM).
+``--gp-round-to N`` passes ``round_to=N`` to graphprune (default 1, i.e. off: onnxsim has no
+such option). An error in one model or one tool is recorded in its row and the run goes on;
+``--timeout`` bounds each tool per model (SIGALRM).
 
 Usage::
 
@@ -276,20 +280,38 @@ def rel_diff(outs: list[np.ndarray], ref: list[np.ndarray]) -> float | None:
 
 def interleaved_latency(
     sessions: dict[str, Any], feeds: dict[str, np.ndarray], runs: int, warmup: int
-) -> dict[str, float]:
-    """Median ms per session; every round runs each session once, in a rotated order."""
+) -> dict[str, dict[str, float]]:
+    """Per session: median wall ms and median thread-CPU ms, plus min wall ms.
+
+    Every round runs each session once, in an order rotated every round. With one intra-op thread
+    onnxruntime runs the graph on the calling thread, so ``time.thread_time`` measures the CPU the
+    run itself used: unlike wall time it does not include the time the thread spent preempted by
+    other processes on a shared machine.
+    """
     names = list(sessions)
     for name in names:
         for _ in range(warmup):
             sessions[name].run(None, feeds)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(runs):
         k = r % len(names)
         for name in names[k:] + names[:k]:
+            c0 = time.thread_time()
             t0 = time.perf_counter()
             sessions[name].run(None, feeds)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {n: round(statistics.median(t), 3) for n, t in times.items()}
+            t1 = time.perf_counter()
+            c1 = time.thread_time()
+            wall[name].append((t1 - t0) * 1e3)
+            cpu[name].append((c1 - c0) * 1e3)
+    return {
+        n: {
+            "wall_ms": round(statistics.median(wall[n]), 3),
+            "cpu_ms": round(statistics.median(cpu[n]), 3),
+            "wall_min_ms": round(min(wall[n]), 3),
+        }
+        for n in names
+    }
 
 
 # --------------------------------------------------------------------------------- the tools
@@ -527,12 +549,15 @@ def bench_model(name: str, workdir: str, ns: argparse.Namespace) -> dict[str, An
 
     # ---- latency, interleaved
     try:
+        row["loadavg_before_latency"] = [round(x, 2) for x in os.getloadavg()]
         lat = interleaved_latency(sessions, feeds, ns.runs, ns.warmup)
-        d["latency_ms"] = lat["dense"]
+        d["latency"] = lat["dense"]
         for tool in outputs:
             if tool in lat:
-                tools[tool]["latency_ms"] = lat[tool]
-                tools[tool]["speedup"] = _round(lat["dense"] / lat[tool], 3)
+                t = tools[tool]
+                t["latency"] = lat[tool]
+                t["speedup_cpu"] = _round(lat["dense"]["cpu_ms"] / lat[tool]["cpu_ms"], 3)
+                t["speedup_wall"] = _round(lat["dense"]["wall_ms"] / lat[tool]["wall_ms"], 3)
     except Exception as exc:  # noqa: BLE001
         row["latency_error"] = _short(exc)
     return row
@@ -560,8 +585,11 @@ def print_table(rows: list[dict[str, Any]], out: Any = sys.stdout) -> None:
         "FLOPs",
         "params",
         "rel.diff",
-        "ms dense",
-        "ms pruned",
+        "cpu ms dense",
+        "cpu ms pruned",
+        "speedup",
+        "wall ms dense",
+        "wall ms pruned",
         "speedup",
         "prune s",
         "layers chg",
@@ -602,9 +630,12 @@ def print_table(rows: list[dict[str, Any]], out: Any = sys.stdout) -> None:
                     _fmt(info.get("flops_ratio")),
                     _fmt(info.get("params_ratio")),
                     _fmt(info.get("rel_diff")),
-                    _fmt(d.get("latency_ms"), ".2f"),
-                    _fmt(info.get("latency_ms"), ".2f"),
-                    _fmt(info.get("speedup"), ".2f") + "x",
+                    _fmt(d.get("latency", {}).get("cpu_ms"), ".2f"),
+                    _fmt(info.get("latency", {}).get("cpu_ms"), ".2f"),
+                    _fmt(info.get("speedup_cpu"), ".2f") + "x",
+                    _fmt(d.get("latency", {}).get("wall_ms"), ".2f"),
+                    _fmt(info.get("latency", {}).get("wall_ms"), ".2f"),
+                    _fmt(info.get("speedup_wall"), ".2f") + "x",
                     _fmt(info.get("prune_s"), ".2f"),
                     f"{info.get('layers_changed')}/{info.get('layers_total')}",
                     info.get("setting", ""),
@@ -644,6 +675,13 @@ def environment() -> dict[str, Any]:
             ).stdout.strip()
             or None
         )
+        dirty = subprocess.run(
+            ["git", "-C", here, "status", "--porcelain", "--", "../graphprune", "../passes", "../models"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        env["graphprune_tree_dirty"] = bool(dirty)
     except OSError:
         env["graphprune_commit"] = None
     return env

@@ -8,13 +8,15 @@ evaluated by recomputing every value's shape from the kept element counts. Two p
 - global: all units ranked by group-normalized score; the k lowest are removed (bisection on k),
   skipping units whose removal would take a group below its minimum.
 
-Both keep at least ``max(1, round_to)`` units per group and round kept channel counts to a
-multiple of ``round_to`` where a unit is one channel wide. Nothing here touches a model.
+Both keep kept channel counts a multiple of ``round_to``: a unit of ``width`` channels (a
+GroupNorm group, a head) moves in steps of ``round_to / gcd(round_to, width)`` units, and every
+group keeps at least one such step. Nothing here touches a model.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,15 +78,16 @@ class Allocation:
     policy: str
 
 
-def _min_keep(n: int, round_to: int) -> int:
-    return min(n, max(1, round_to))
+def unit_step(width: int, round_to: int) -> int:
+    """Units per step so that kept channels (units * width) stay a multiple of round_to."""
+    return max(1, round_to // math.gcd(round_to, max(1, width)))
 
 
 def _kept_count(n: int, frac_removed: float, width: int, round_to: int) -> int:
+    step = unit_step(width, round_to)
     keep = n - int(np.floor(frac_removed * n + 1e-9))
-    if width == 1 and round_to > 1:
-        keep = int(np.ceil(keep / round_to) * round_to)
-    return int(min(n, max(_min_keep(n, round_to if width == 1 else 1), keep)))
+    keep = int(np.ceil(keep / step) * step)
+    return int(min(n, max(min(n, step), keep)))
 
 
 def _extra_blocks(coupling: Coupling, extra: np.ndarray, scores: np.ndarray, round_to: int) -> list[np.ndarray]:
@@ -96,7 +99,7 @@ def _extra_blocks(coupling: Coupling, extra: np.ndarray, scores: np.ndarray, rou
         if not len(units):
             continue
         units = units[np.argsort(scores[units], kind="stable")]
-        step = round_to if g.width == 1 and round_to > 1 else 1
+        step = unit_step(g.width, round_to)
         blocks += [units[i : i + step] for i in range(0, len(units), step)]
     blocks.sort(key=lambda b: float(scores[b].mean()))
     return blocks
@@ -133,7 +136,7 @@ def allocate(
         rem = np.zeros(n, dtype=bool)
         left = np.array([g.size for g in coupling.groups], dtype=np.int64)
         floor = np.array(
-            [_min_keep(g.size, round_to if g.width == 1 else 1) for g in coupling.groups], dtype=np.int64
+            [min(g.size, unit_step(g.width, round_to)) for g in coupling.groups], dtype=np.int64
         )
         taken = 0
         for u in ranked:
@@ -146,10 +149,9 @@ def allocate(
                 taken += 1
         if round_to > 1:  # give back the best removed units until kept widths are multiples
             for g, order in zip(coupling.groups, order_in_group, strict=True):
-                if g.width != 1:
-                    continue
+                step = unit_step(g.width, round_to)
                 kept = int((~rem[g.units]).sum())
-                want = min(g.size, int(np.ceil(kept / round_to) * round_to))
+                want = min(g.size, int(np.ceil(kept / step) * step))
                 back = [u for u in order[::-1] if rem[u]][: want - kept]
                 rem[back] = False
         return rem
@@ -168,7 +170,7 @@ def allocate(
         rem_lo, rem_hi = uniform(lo), uniform(hi)
         # fine step: between the two uniform solutions, remove the extra units in score order
         # (bisection on how many), so coarse groups do not make the cost jump. Where round_to
-        # applies, extra units move in blocks of round_to so kept widths stay multiples.
+        # applies, extra units move in blocks of unit_step so kept widths stay multiples.
         blocks = _extra_blocks(coupling, rem_hi & ~rem_lo, scores, round_to)
         best, best_cost = rem_lo, price(rem_lo)
         a, z = 0, len(blocks)

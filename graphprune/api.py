@@ -206,7 +206,7 @@ def _plan(graph: Graph, ctx: Any) -> PruningPlan:
         for g in coupling.groups
     )
     kept = {
-        k.value.source or k.value.name: {ax: tuple(int(i) for i in idx) for ax, idx in k.axes.items()}
+        k.value.source or k.value.name: {ax: tuple(idx.tolist()) for ax, idx in k.axes.items()}
         for k in kept_indices(coupling, removed)
     }
     return PruningPlan(

@@ -107,8 +107,11 @@ def verify_pruned(
     random_trials: int = 0,
     rtol: float = 1e-4,
     include_example: bool = True,
+    masked: nn.Module | None = None,
 ) -> VerifyResult:
-    masked = masked_original(original, coupling, removed)
+    """Compare ``pruned`` with the masked original; pass ``masked`` to reuse one already built."""
+    if masked is None:
+        masked = masked_original(original, coupling, removed)
     inputs = [example_inputs] if include_example else []
     inputs += [random_like_inputs(example_inputs, seed=s) for s in range(random_trials)]
     worst, scale = 0.0, 0.0

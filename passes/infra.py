@@ -44,6 +44,7 @@ class PassContext:
     route: str = ""
     route_reason: str = ""
     verification: Any = None
+    masked: Any = None  # the masked original, built once per run for the oracle
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 

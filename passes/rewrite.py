@@ -15,7 +15,7 @@ from typing import ClassVar
 from graphprune.errors import OptionError
 from graphprune.ir import Graph
 from graphprune.rewrite import NotRewritable, rewrite_fx, rewrite_module, rewrite_onnx
-from graphprune.verification import verify_pruned
+from graphprune.verification import masked_original, verify_pruned
 
 from .infra import PassContext, PassResult, register_pass
 
@@ -48,7 +48,9 @@ class Rewrite:
                     ctx.pruned, ctx.route = pruned, "module"
                     return PassResult(graph, True)
                 t0 = time.perf_counter()
-                res = verify_pruned(ctx.model, pruned, ctx.coupling, removed, ctx.example_inputs)
+                if ctx.masked is None:
+                    ctx.masked = masked_original(ctx.model, ctx.coupling, removed)
+                res = verify_pruned(ctx.model, pruned, ctx.coupling, removed, ctx.example_inputs, masked=ctx.masked)
                 ctx.timings["verify"] = ctx.timings.get("verify", 0.0) + time.perf_counter() - t0
                 if res.ok:
                     ctx.pruned, ctx.route, ctx.verification = pruned, "module", res

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from graphprune.errors import OptionError, VerificationError
 from graphprune.ir import Graph
-from graphprune.verification import merge_results, verify_pruned
+from graphprune.verification import masked_original, merge_results, verify_pruned
 from graphprune.verification_onnx import verify_onnx
 
 from .infra import PassContext, PassResult, register_pass
@@ -33,12 +33,15 @@ class Verify:
                 feeds=ctx.example_inputs, trials=max(1, self.trials), rtol=self.rtol,
             )
             return self._check(graph, ctx)
+        if ctx.masked is None:
+            ctx.masked = masked_original(ctx.model, ctx.coupling, removed)
         if ctx.verification is None:
-            ctx.verification = verify_pruned(ctx.model, ctx.pruned, ctx.coupling, removed, ctx.example_inputs, rtol=self.rtol)
+            ctx.verification = verify_pruned(ctx.model, ctx.pruned, ctx.coupling, removed, ctx.example_inputs,
+                                             rtol=self.rtol, masked=ctx.masked)
         if ctx.verification.ok and self.trials > 0:
             extra = verify_pruned(
                 ctx.model, ctx.pruned, ctx.coupling, removed, ctx.example_inputs, random_trials=self.trials,
-                rtol=self.rtol, include_example=False,
+                rtol=self.rtol, include_example=False, masked=ctx.masked,
             )
             ctx.verification = merge_results(ctx.verification, extra)
         return self._check(graph, ctx)

@@ -43,6 +43,7 @@ class PassContext:
     route: str = ""
     route_reason: str = ""
     verification: Any = None
+    latency: Any = None  # graphprune.latency_target.LatencySetup, built by allocate{latency=...}
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 

@@ -16,7 +16,9 @@ with ``(a, b)`` a :class:`Calibration` fitted by least squares on whole-model me
   :func:`fit_profile` fits ``(P, W, c)`` to measurements by minimising
   ``sum_k (log T_k - log T̂_k)^2`` (scipy ``least_squares`` in log-parameters).
 - :class:`TableLatency` (measured): conv and linear nodes are looked up in the measured tables of
-  :mod:`.table` (interpolated between measured widths); every other node falls back to a roofline.
+  :mod:`.table` (interpolated between measured widths); nodes the runtime fuses into a conv
+  (onnxruntime: BatchNorm, Relu-like activations, a residual Add) cost nothing; every other node
+  falls back to a roofline.
 """
 
 from __future__ import annotations
@@ -134,10 +136,14 @@ class TableLatency:
 
     name = "table"
 
-    def __init__(self, tables: dict[str, OpTable], fallback: Roofline, calibration: Calibration | None = None) -> None:
+    def __init__(
+        self, tables: dict[str, OpTable], fallback: Roofline, calibration: Calibration | None = None,
+        free: Callable[[Node], bool] | None = None,
+    ) -> None:
         self.tables = tables
         self.fallback = fallback
         self.calibration = calibration or Calibration()
+        self.free = free or (lambda node: False)  # ops the runtime fuses into a neighbour
         self._missing: set[str] = set()
 
     def lookup(self, node: Node, shape: ShapeFn) -> float | None:
@@ -154,11 +160,12 @@ class TableLatency:
 
     def node_latency(self, node: Node, shape: ShapeFn) -> float:
         t = self.lookup(node, shape)
-        return self.fallback.node_latency(node, shape) if t is None else t
+        if t is not None:
+            return t
+        return 0.0 if self.free(node) else self.fallback.node_latency(node, shape)
 
     def with_calibration(self, cal: Calibration) -> TableLatency:
-        out = TableLatency(self.tables, self.fallback, cal)
-        return out
+        return TableLatency(self.tables, self.fallback, cal, self.free)
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from ..errors import OptionError
+from ..ir import Node
 from .signature import OpSpec
 from .table import cpu_model
 
-__all__ = ["RUNTIMES", "OrtRuntime", "Runtime", "TorchRuntime", "make_runtime"]
+__all__ = ["RUNTIMES", "OrtRuntime", "Runtime", "TorchRuntime", "make_runtime", "ort_fused"]
 
 Call = Callable[[], object]
 
@@ -38,10 +39,34 @@ def _has_avx512() -> bool:
         return False
 
 
+#: activations onnxruntime folds into a preceding Conv (ConvActivationFusion); BatchNormalization
+#: is folded into the Conv's weights (ConvBNFusion), and an Add of a Conv output into the NCHWc Conv
+_ORT_CONV_EPILOGUE = frozenset({"batch_norm", "relu", "relu6", "clamp", "hardtanh", "sigmoid", "tanh",
+                                "leaky_relu", "hardsigmoid"})
+
+
+def ort_fused(node: Node) -> bool:
+    """True when onnxruntime fuses ``node`` into the conv that (through other fused epilogue
+    ops with one user each) produces one of its inputs; such a node costs nothing extra."""
+    if node.op not in _ORT_CONV_EPILOGUE and node.op != "add":
+        return False
+    for v in node.inputs[: 2 if node.op == "add" else 1]:
+        while v is not None and v.producer is not None and len(v.users) == 1:
+            p = v.producer
+            if p.op == "conv":
+                return True
+            if p.op not in _ORT_CONV_EPILOGUE:
+                break
+            v = p.inputs[0]
+    return False
+
+
 class Runtime(Protocol):
     name: str
     threads: int
     step: int
+
+    def free(self, node: Node) -> bool: ...
 
     def fingerprint(self) -> dict[str, Any]: ...
 
@@ -74,6 +99,9 @@ class OrtRuntime:
         self.threads = threads
         self.step = 16 if _has_avx512() else 8
         self._rng = np.random.default_rng(0)
+
+    def free(self, node: Node) -> bool:
+        return ort_fused(node)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"cpu": cpu_model(), "cores": os.cpu_count(), "runtime": self.name,
@@ -163,6 +191,9 @@ class TorchRuntime:
         self.threads = threads
         self.step = 8
         self._gen = torch.Generator().manual_seed(0)
+
+    def free(self, node: Node) -> bool:
+        return False
 
     def fingerprint(self) -> dict[str, Any]:
         return {"cpu": cpu_model(), "cores": os.cpu_count(), "runtime": self.name,

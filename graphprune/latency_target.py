@@ -66,11 +66,11 @@ def _rewriter(model: torch.nn.Module, program: Any, graph: Graph, coupling: Any)
 def setup_latency(
     model: torch.nn.Module, example_inputs: Any, graph: Graph, coupling: Any, program: Any,
     runtime: str = "onnxruntime", threads: int = 1, cache: TableCache | None = None,
-    progress: Callable[[int, int, str], None] | None = None, variants: int = 5, recalibrate: bool = False,
+    progress: Callable[[int, int, str], None] | None = None, variants: int = 5, recalibrate: bool = False, refresh: bool = False,
 ) -> LatencySetup:
     rt = make_runtime(runtime, threads)
     cache = cache or TableCache()
-    tables, n_new = profile_graph(graph, rt, cache, progress)
+    tables, n_new = profile_graph(graph, rt, cache, progress, refresh=refresh)
     lm = table_model(tables, rt)
     fp = rt.fingerprint()
     key = graph_key(graph)
@@ -97,7 +97,7 @@ def budget_fraction(latency: float | None, speedup: float | None, latency_ms: fl
     """Validate a latency budget; returns ('latency', fraction) or ('latency_ms', ms)."""
     given = [(k, v) for k, v in (("latency", latency), ("speedup", speedup), ("latency_ms", latency_ms)) if v is not None]
     if len(given) != 1:
-        raise BudgetError("give one latency budget: latency=FRACTION, speedup=FACTOR or latency_ms=MS")
+        raise BudgetError("give exactly one latency budget: latency=FRACTION, speedup=FACTOR or latency_ms=MS")
     name, v = given[0]
     v = float(v)
     if not np.isfinite(v):

@@ -55,7 +55,7 @@ def ort_fused(node: Node) -> bool:
             p = v.producer
             if p.op == "conv":
                 return True
-            if p.op not in _ORT_CONV_EPILOGUE:
+            if p.op not in _ORT_CONV_EPILOGUE and p.op != "add":  # Conv+Add+Relu is one NCHWc kernel
                 break
             v = p.inputs[0]
     return False

@@ -2,6 +2,7 @@
 
     import graphprune as gp
     res = gp.prune(model, example_inputs, flops=0.5)   # keep 50% of FLOPs; or params=0.5
+    res = gp.prune(model, example_inputs, speedup=2.0) # half the measured onnxruntime latency
     res.model; res.report; res.plan; res.save("small.pt"); res.save("small.onnx")
 """
 
@@ -142,29 +143,57 @@ def prune(
     *,
     flops: float | None = None,
     params: float | None = None,
+    latency: float | None = None,
+    speedup: float | None = None,
+    latency_ms: float | None = None,
     criterion: str = "l2",
-    allocation: str = "uniform",
+    allocation: str | None = None,
     round_to: int = 1,
     verify: bool = True,
     pipeline: str | None = None,
     progress: Callable[[str], None] | None = None,
+    runtime: str = "onnxruntime",
+    threads: int = 1,
+    iterate: int = 2,
+    measure: bool = True,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> PruneResult:
-    """Prune ``model`` to keep ``flops`` (or ``params``) fraction; returns a new, verified model.
+    """Prune ``model`` to a budget; returns a new, verified model.
 
     ``model`` may be an nn.Module (``example_inputs`` required) or an ONNX file / ModelProto
     (``example_inputs`` optional: a dict or tuple of arrays; ``input_shapes`` binds symbolic dims).
+    Budgets (give one): ``flops`` or ``params`` (fraction kept); ``latency`` (fraction of the
+    measured latency on ``runtime`` with ``threads``), ``speedup`` (= 1/latency) or
+    ``latency_ms``. With a latency budget the pruned model is measured against the original
+    (``report["latency"]``), and when it misses the target by more than 5% the allocation is
+    redone with a corrected budget, up to ``iterate`` times (``measure=False`` skips this).
     ``verify=False`` keeps a model that fails the oracle instead of raising (the report says so).
     """
     from graphprune.passes import PassContext, default_pipeline, parse_pipeline, run_pipeline
 
+    from .cost.runtimes import make_runtime
+    from .latency_target import budget_fraction
+
     onnx_input = _is_onnx(model)
     if not onnx_input:
         _check_model(model, example_inputs)
-    if (flops is None) == (params is None) and pipeline is None:
-        raise BudgetError("give exactly one budget: flops=FRACTION or params=FRACTION (fraction to keep, in (0, 1])")
-    metric, frac = ("flops", flops) if flops is not None else ("params", params)
-    text = pipeline or default_pipeline(metric, float(frac), criterion, allocation, round_to, strict=verify)  # type: ignore[arg-type]
+    lat_given = any(v is not None for v in (latency, speedup, latency_ms))
+    n_budgets = sum(v is not None for v in (flops, params)) + int(lat_given)
+    if n_budgets != 1 and pipeline is None:
+        raise BudgetError("give exactly one budget: flops=, params= or latency= FRACTION (fraction to keep, in (0, 1]), "
+                          "speedup=FACTOR or latency_ms=MS")
+    if lat_given:
+        if onnx_input:
+            raise OptionError("latency budgets need the PyTorch model for now; for an .onnx file use flops= or params=")
+        metric, frac = budget_fraction(latency, speedup, latency_ms)
+        make_runtime(runtime, threads)  # validates runtime= and threads= before any work
+        if iterate < 0:
+            raise OptionError(f"iterate={iterate} must be >= 0")
+    else:
+        metric, frac = ("flops", flops) if flops is not None else ("params", params)  # type: ignore[assignment]
+    policy = allocation or ("greedy" if lat_given else "uniform")
+    text = pipeline or default_pipeline(metric, float(frac), criterion, policy, round_to, strict=verify,  # type: ignore[arg-type]
+                                        runtime=runtime, threads=threads)
     passes = parse_pipeline(text)
     t0 = time.perf_counter()
     if onnx_input:
@@ -190,11 +219,18 @@ def prune(
             model.train(was_training)
     if ctx.pruned is None or ctx.allocation is None or ctx.coupling is None:
         raise OptionError(f"pipeline {text!r} did not produce a model; it needs couple, allocate and rewrite")
+    loop = None
+    if ctx.latency is not None and measure:
+        from .latency_target import close_loop
+
+        loop = close_loop(model, graph, ctx, passes, iterate, progress)
     ctx.timings["total"] = time.perf_counter() - t0
     plan = _plan(graph, ctx)
     report = prune_report(graph, ctx)
     if onnx_input:
         report["input_shapes"] = {k: list(v) for k, v in ctx.onnx.input_shapes.items()}
+    if ctx.latency is not None:
+        report["latency"] = latency_report(graph, ctx, loop)
     return PruneResult(ctx.pruned, report, plan, example_inputs, ctx.coupling, ctx.allocation.removed)
 
 
@@ -246,6 +282,28 @@ def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:
     }
 
 
+def latency_report(graph: Graph, ctx: Any, loop: dict[str, Any] | None) -> dict[str, Any]:
+    """Predicted (calibrated table model) and, when measured, actual latency of the result."""
+    from .analysis.allocation import ShapeTable
+    from .cost import predict
+
+    setup = ctx.latency
+    shapes = ShapeTable(ctx.coupling).shapes(ctx.allocation.removed)
+    pred_before = predict(setup.model, graph).total
+    pred_after = predict(setup.model, graph, shapes).total
+    out: dict[str, Any] = {
+        **setup.info(),
+        "predicted_before_ms": pred_before * 1e3,
+        "predicted_ms": pred_after * 1e3,
+        "measured_before_at_calibration_ms": setup.base_measured * 1e3,
+    }
+    if loop is not None:
+        out.update(loop)
+        meas = loop["measured_ms"]
+        out["prediction_error"] = (pred_after * 1e3 - meas) / meas
+    return out
+
+
 def prune_report(graph: Graph, ctx: Any) -> dict[str, Any]:
     from .analysis.allocation import ShapeTable
 
@@ -260,7 +318,10 @@ def prune_report(graph: Graph, ctx: Any) -> dict[str, Any]:
         for k in kept_indices(coupling, removed)
     }
     metric, frac = next(iter(ctx.target.items()))
-    achieved = (after.flops / before.flops if metric == "flops" else after.params / before.params) if before.flops else 1.0
+    if metric.startswith("latency"):
+        metric, achieved = "flops", after.flops / before.flops if before.flops else 1.0
+    else:
+        achieved = (after.flops / before.flops if metric == "flops" else after.params / before.params) if before.flops else 1.0
     return {
         "model": graph.name,
         "target": dict(ctx.target),

@@ -1,7 +1,9 @@
 """The ``graphprune`` command.
 
     graphprune prune SOURCE --flops 0.5 -o out.pt|out.onnx [--report r.json]   (SOURCE may be model.onnx)
-    graphprune analyze SOURCE [--json a.json]
+    graphprune prune SOURCE --speedup 2 -o out.onnx [--runtime onnxruntime|torch] [--threads N]
+    graphprune profile SOURCE [--runtime onnxruntime|torch] [--threads N]
+    graphprune analyze SOURCE [--json a.json] [--latency]
     graphprune models
 
 Errors a person can fix print one line and exit 2; nothing is written unless it was verified.
@@ -43,6 +45,39 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    return v
+
+
+def _speedup(text: str) -> float:
+    v = _positive(text)
+    if v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} must be > 1 (2 means half the measured latency)")
+    return v
+
+
+def _threads(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return v
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "torch"],
+                   help="target runtime for latency (default onnxruntime CPU)")
+    p.add_argument("--threads", type=_threads, default=1, help="intra-op threads on the target (default 1)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="graphprune", description="Structured pruning with verified rewrites.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what each pass does")
@@ -52,10 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     budget = pr.add_mutually_exclusive_group(required=True)
     budget.add_argument("--flops", type=_fraction, help="fraction of FLOPs to keep, e.g. 0.5")
     budget.add_argument("--params", type=_fraction, help="fraction of parameters to keep")
+    budget.add_argument("--latency", type=_fraction, help="fraction of measured latency to keep, e.g. 0.5")
+    budget.add_argument("--speedup", type=_speedup, help="measured speedup to reach, e.g. 2")
+    budget.add_argument("--latency-ms", type=_positive, help="target latency in milliseconds on the runtime")
+    _runtime_args(pr)
+    pr.add_argument("--iterate", type=int, default=2, help="re-allocations when the measured latency misses by >5%%")
     pr.add_argument("-o", "--output", required=True, help="output file: .pt or .onnx")
     pr.add_argument("--report", help="write the JSON report here")
     pr.add_argument("--criterion", default="l2", help="importance criterion: l1, l2 (default l2)")
-    pr.add_argument("--allocation", default="uniform", choices=["uniform", "global"])
+    pr.add_argument("--allocation", default=None, choices=["uniform", "global", "greedy"],
+                    help="default: uniform for flops/params, greedy for latency budgets")
     pr.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of N")
     pr.add_argument("--pipeline", help="a full pass pipeline string instead of the options above")
     pr.add_argument("--no-verify", action="store_true", help="write the model even if verification fails")
@@ -68,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     an.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     an.add_argument("--why", action="append", default=[], metavar="WEIGHT[:AXIS[:INDEX]]",
                     help="explain why a weight's channel is (not) prunable, e.g. --why layer1.0.conv1.weight:0")
+    an.add_argument("--latency", action="store_true", help="predicted per-layer and total latency next to measured")
+    _runtime_args(an)
+    pf = sub.add_parser("profile", help="measure the latency tables of a model's layers on the target runtime")
+    pf.add_argument("source")
+    _runtime_args(pf)
+    pf.add_argument("--refresh", action="store_true", help="measure again even what the cache holds")
     sub.add_parser("models", help="list the built-in models")
     return p
 
@@ -111,7 +158,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     with err_console.status("loading model") as status:
         model, x = load_source(args.source)
         res = gp.prune(
-            model, x, flops=args.flops, params=args.params, criterion=args.criterion,
+            model, x, flops=args.flops, params=args.params, latency=args.latency, speedup=args.speedup,
+            latency_ms=args.latency_ms, runtime=args.runtime, threads=args.threads, iterate=args.iterate,
+            criterion=args.criterion,
             allocation=args.allocation, round_to=args.round_to, verify=not args.no_verify,
             pipeline=args.pipeline, progress=lambda name: status.update(f"running {name}"),
             input_shapes=_input_shapes(args.input_shape),
@@ -146,6 +195,14 @@ def _print_prune(rep: dict[str, Any]) -> None:
         f"barriers: {', '.join(f'{k} x{len(v)}' for k, v in rep['barriers'].items()) or 'none'}",
         f"time: {rep['timings'].get('total', 0):.2f}s; saved {rep['saved']['path']}",
     ]
+    lat = rep.get("latency")
+    if lat and "measured_ms" in lat:
+        lines.append(
+            f"latency ({lat['runtime']}, {lat['threads']} thr): original {lat['original_ms']:.3f} ms -> measured "
+            f"{lat['measured_ms']:.3f} ms (x{lat['measured_speedup']:.2f}), predicted {lat['predicted_ms']:.3f} ms, "
+            f"target {lat['target_ms']:.3f} ms: " + ("met" if lat["met"] else f"MISSED by {100 * lat['miss']:+.1f}%")
+            + f" after {len(lat['iterations'])} measurement(s)"
+        )
     for line in lines:
         out_console.print(line, highlight=False)
 
@@ -180,6 +237,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     for item in args.why:
         for line in _explain(a, item):
             out_console.print(line, highlight=False, markup=False)
+    if args.latency:
+        _print_latency(args)
     if args.json:
         _write_json(args.json, rep)
     return 0
@@ -202,6 +261,57 @@ def _explain(a: Any, item: str) -> list[str]:
     return a.coupling.explain(v, axis, index)
 
 
+def _latency_setup(args: argparse.Namespace, status_text: str) -> Any:
+    from rich.progress import Progress
+
+    import graphprune as gp
+    from graphprune.latency_target import setup_latency
+    from graphprune.sources import load_source
+
+    with err_console.status("loading model"):
+        model, x = load_source(args.source)
+        a = gp.analyze(model, x)
+    with Progress(console=err_console, transient=True) as bar:
+        task = bar.add_task(status_text, total=None)
+
+        def progress(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=max(total, 1), description=f"{status_text}: {what}")
+
+        setup = setup_latency(model, x, a.graph, a.coupling, a.program, args.runtime, args.threads, progress=progress,
+                              refresh=getattr(args, "refresh", False))
+    return model, x, a, setup
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    model, x, a, setup = _latency_setup(args, "profiling")
+    info = setup.info()
+    cal = info["calibration"]
+    out_console.print(
+        f"{a.graph.name}: {setup.measured_now} op signature(s) measured on {info['runtime']} ({info['threads']} thr); "
+        f"calibration scale {cal['scale']:.3f}, offset {cal['offset_ms']:.3f} ms over {cal['models']} models; "
+        f"measured original {setup.base_measured * 1e3:.3f} ms; cache {info['cache']}", highlight=False)
+    return 0
+
+
+def _print_latency(args: argparse.Namespace) -> None:
+    from graphprune.cost import predict
+
+    model, x, a, setup = _latency_setup(args, "profiling")
+    rep = predict(setup.model, a.graph)
+    lt = Table(title=f"{a.graph.name}: latency on {setup.runtime.name} ({setup.runtime.threads} thr)")
+    for col in ("layer", "op", "predicted us"):
+        lt.add_column(col, justify="right" if col.endswith("us") else "left")
+    for node in a.graph.nodes:
+        t = rep.per_node.get(node.name, 0.0)
+        if t > 0:
+            lt.add_row(node.scope or node.name, node.op, f"{t * 1e6 * setup.model.calibration.scale:.1f}")
+    out_console.print(lt)
+    out_console.print(
+        f"total predicted {rep.total * 1e3:.3f} ms, measured {setup.base_measured * 1e3:.3f} ms "
+        f"(per-layer values include the calibration scale {setup.model.calibration.scale:.3f}; offset "
+        f"{setup.model.calibration.offset * 1e3:.3f} ms)", highlight=False)
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from graphprune.models import MODELS
 
@@ -214,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"prune": _cmd_prune, "analyze": _cmd_analyze, "models": _cmd_models}[args.cmd](args)
+        cmds = {"prune": _cmd_prune, "analyze": _cmd_analyze, "models": _cmd_models, "profile": _cmd_profile}
+        return cmds[args.cmd](args)
     except GraphpruneError as exc:
         err_console.print(f"graphprune: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2

@@ -1,4 +1,11 @@
-"""allocate: pick units to remove so FLOPs or params land on the budget (fraction kept)."""
+"""allocate: pick units to remove so FLOPs, params or latency land on the budget (fraction kept).
+
+Latency budgets (``latency=FRACTION`` of the measured latency, or ``latency-ms=MS``) price
+candidates with the calibrated measured-table model of :mod:`graphprune.latency_target`, built on
+first use on ``runtime`` with ``threads`` (and kept in the context for later passes and
+iterations). Policies: ``uniform`` and ``global`` bisect on the budget; ``greedy`` is the
+importance-per-cost knapsack of :mod:`graphprune.analysis.knapsack` (default for latency).
+"""
 
 from __future__ import annotations
 
@@ -8,13 +15,17 @@ from typing import ClassVar
 import numpy as np
 
 from graphprune.analysis.allocation import allocate
-from graphprune.cost import count
+from graphprune.analysis.knapsack import allocate_greedy
+from graphprune.cost import count, predict
 from graphprune.errors import BudgetError, OptionError
 from graphprune.ir import Graph
+from graphprune.rules import COST
 
 from .infra import PassContext, PassResult, register_pass
 
 __all__ = ["Allocate"]
+
+POLICIES = ("uniform", "global", "greedy")
 
 
 @register_pass
@@ -23,29 +34,77 @@ class Allocate:
     name: ClassVar[str] = "allocate"
     flops: float | None = None
     params: float | None = None
+    latency: float | None = None
+    latency_ms: float | None = None
     policy: str = "uniform"
     round_to: int = 1
+    runtime: str = "onnxruntime"
+    threads: int = 1
+
+    def _budget(self) -> tuple[str, float]:
+        given = [(k, v) for k, v in (("flops", self.flops), ("params", self.params), ("latency", self.latency),
+                                     ("latency_ms", self.latency_ms)) if v is not None]
+        if len(given) != 1:
+            raise BudgetError("give exactly one budget: flops=, params= or latency= FRACTION (fraction kept, in (0, 1]), "
+                              "or latency-ms=MS")
+        metric, frac = given[0]
+        if metric == "latency_ms":
+            if not frac > 0:
+                raise BudgetError(f"latency_ms={frac} must be > 0 (the target latency in milliseconds)")
+        elif not 0.0 < frac <= 1.0:
+            raise BudgetError(f"{metric}={frac} is out of range: give the fraction to keep, in (0, 1]")
+        return metric, float(frac)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if ctx.coupling is None:
             raise OptionError("pass 'allocate' needs 'couple' to run first")
-        if (self.flops is None) == (self.params is None):
-            raise BudgetError("give exactly one budget: flops=FRACTION or params=FRACTION (fraction kept, in (0, 1])")
-        metric, frac = ("flops", self.flops) if self.flops is not None else ("params", self.params)
-        assert frac is not None
-        if not 0.0 < frac <= 1.0:
-            raise BudgetError(f"{metric}={frac} is out of range: give the fraction to keep, in (0, 1]")
+        metric, frac = self._budget()
         if self.round_to < 1:
             raise OptionError(f"round_to={self.round_to} must be >= 1")
-        if self.policy not in ("uniform", "global"):
-            raise OptionError(f"allocation policy {self.policy!r} is unknown; use 'uniform' or 'global'")
+        if self.policy not in POLICIES:
+            raise OptionError(f"allocation policy {self.policy!r} is unknown; use one of: {', '.join(POLICIES)}")
         scores = ctx.scores if ctx.scores is not None else np.ones(ctx.coupling.n_units)
+        if metric.startswith("latency"):
+            return self._latency(graph, ctx, metric, frac, scores)
 
         def cost(shape):  # type: ignore[no-untyped-def]
             rep = count(graph, shape)
             return rep.flops if metric == "flops" else float(rep.params)
 
-        ctx.allocation = allocate(ctx.coupling, scores, cost, frac, self.policy, self.round_to)
+        if self.policy == "greedy":
+            if metric != "flops":
+                raise OptionError("policy=greedy supports flops= and latency budgets")
+            base = count(graph).flops
+            ctx.allocation = allocate_greedy(
+                ctx.coupling, scores, lambda n, s: float(COST[n.op](n, s)) if n.op in COST else 0.0,
+                frac * base, step=self.round_to,
+            )
+        else:
+            ctx.allocation = allocate(ctx.coupling, scores, cost, frac, self.policy, self.round_to)
         ctx.target = {metric: frac}
         ctx.round_to = self.round_to
+        return PassResult(graph, bool(ctx.allocation.removed.any()))
+
+    def _latency(self, graph: Graph, ctx: PassContext, metric: str, value: float, scores: np.ndarray) -> PassResult:
+        from graphprune.latency_target import setup_latency
+
+        if ctx.model is None:
+            raise OptionError("a latency budget needs the PyTorch model to measure")
+        setup = ctx.latency
+        if setup is None or setup.runtime.name != self.runtime or setup.runtime.threads != self.threads:
+            setup = setup_latency(ctx.model, ctx.example_inputs, graph, ctx.coupling, ctx.program, self.runtime, self.threads)
+            ctx.latency = setup
+        lm = setup.model
+        target = value * setup.base_measured if metric == "latency" else value / 1e3
+        step = max(self.round_to, setup.runtime.step)
+        if self.policy == "greedy":
+            cal = lm.calibration
+            ctx.allocation = allocate_greedy(ctx.coupling, scores, lm.node_latency, target, step=step,
+                                             scale=cal.scale, offset=cal.offset)
+        else:
+            base_pred = predict(lm, graph).total
+            ctx.allocation = allocate(ctx.coupling, scores, lambda shape: predict(lm, graph, shape).total,
+                                      target / base_pred, self.policy, step)
+        ctx.target = {metric: value}
+        ctx.round_to = step
         return PassResult(graph, bool(ctx.allocation.removed.any()))

@@ -45,6 +45,7 @@ class PassContext:
     route_reason: str = ""
     verification: Any = None
     masked: Any = None  # the masked original, built once per run for the oracle
+    latency: Any = None  # graphprune.latency_target.LatencySetup, built by allocate{latency=...}
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 

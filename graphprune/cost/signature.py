@@ -1,0 +1,110 @@
+"""Op signatures: what a measured latency table is keyed by.
+
+A *measurable* node (a dense or grouped convolution, a linear layer) is described by an
+:class:`OpSpec`: everything that fixes its cost except the prunable widths (kind, batch and
+spatial sizes, kernel, stride, padding, bias) goes into the signature ``key``; the widths are
+the table's variables:
+
+- conv, groups == 1:       widths (C_in, C_out)
+- conv, grouped/depthwise: widths (G,)  with C_in = G * C_in/G_0 and C_out = G * C_out/G_0
+- linear:                  widths (K, N) for y[M, N] = x[M, K] W^T + b
+
+``full`` holds the unpruned widths (the grid's upper end). Stride and padding are recovered from
+the shapes (the IR keeps only ``groups``): s = round(H_in / H_out) and the total padding that
+gives the same output size, ``p = max(0, (H_out - 1) s + k - H_in)``, so the measured op does the
+same work as the model's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..ir import Node, Value
+
+__all__ = ["OpSpec", "op_spec"]
+
+ShapeFn = Callable[[Value], tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    kind: str  # "conv" | "linear"
+    key: str  # signature: JSON of kind + fixed parameters + full widths
+    fixed: dict[str, Any]
+    widths: tuple[int, ...]  # the node's widths under the shape function
+    full: tuple[int, ...]  # unpruned widths
+
+
+def _key(kind: str, fixed: dict[str, Any], full: tuple[int, ...]) -> str:
+    return json.dumps({"kind": kind, "full": list(full), **fixed}, sort_keys=True, separators=(",", ":"))
+
+
+def _conv(node: Node, shape: ShapeFn) -> OpSpec | None:
+    x, w, b = node.inputs[0], node.inputs[1], node.input(2)
+    if x is None or w is None or node.attrs.get("transposed") or x.rank < 3:
+        return None
+    y = node.output
+    groups = int(node.attrs.get("groups", 1))
+    ks = list(w.shape[2:])
+    xs, ys = list(x.shape[2:]), list(y.shape[2:])
+    strides = [max(1, round(a / max(1, o))) for a, o in zip(xs, ys, strict=True)]
+    pads = [max(0, (o - 1) * s + k - a) for a, o, s, k in zip(xs, ys, strides, ks, strict=True)]
+    fixed: dict[str, Any] = {
+        "batch": x.shape[0], "spatial": xs, "kernel": ks, "strides": strides, "pads": pads, "bias": b is not None,
+    }
+    if groups == 1:
+        full = (x.shape[1], w.shape[0])
+        px, pw = shape(x), shape(w)
+        widths = (px[1], pw[0])
+        fixed["groups"] = 1
+    else:
+        gin, gout = x.shape[1] // groups, w.shape[0] // groups
+        full = (groups,)
+        widths = (shape(x)[1] // gin,)
+        fixed.update(groups="per", gin=gin, gout=gout)
+    return OpSpec("conv", _key("conv", fixed, full), fixed, widths, full)
+
+
+def _linear(node: Node, shape: ShapeFn) -> OpSpec | None:
+    x, w, b = node.inputs[0], node.inputs[1], node.input(2)
+    if x is None or w is None or w.rank != 2:
+        return None
+    lead = list(shape(x)[:-1])
+    fixed: dict[str, Any] = {"lead": lead, "bias": b is not None}
+    full = (w.shape[1], w.shape[0])
+    pw = shape(w)
+    return OpSpec("linear", _key("linear", fixed, full), fixed, (pw[1], pw[0]), full)
+
+
+_SPECS: dict[str, Callable[[Node, ShapeFn], OpSpec | None]] = {"conv": _conv, "linear": _linear}
+
+
+def op_spec(node: Node, shape: ShapeFn | None = None) -> OpSpec | None:
+    """The measurable description of ``node`` under ``shape`` (None: not a table op)."""
+    fn = _SPECS.get(node.op)
+    if fn is None:
+        return None
+    spec = fn(node, shape or (lambda v: v.shape))
+    if spec is not None and any(wd < 1 for wd in spec.widths):
+        return None
+    return spec
+
+
+def grid_points(full: int, step: int, max_points: int = 6) -> list[int]:
+    """Widths to measure on one axis: multiples of ``step`` up to ``full``, plus ``full``,
+    thinned evenly to ``max_points`` (always keeping the smallest and ``full``)."""
+    if full <= step:
+        pts = sorted({max(1, math.ceil(full / 4)), max(1, math.ceil(full / 2)), full})
+    else:
+        pts = sorted(set(range(step, full, step)) | {full})
+    if len(pts) > max_points:
+        idx = sorted({round(i * (len(pts) - 1) / (max_points - 1)) for i in range(max_points)})
+        pts = [pts[i] for i in idx]
+    return pts
+
+
+__all__ += ["grid_points"]

@@ -1,0 +1,168 @@
+"""Latency targeting: set up a calibrated latency model for one model on one runtime, and
+measure pruned results against the original (closing the loop).
+
+``setup_latency`` profiles the model's conv/linear signatures that the cache lacks
+(:func:`graphprune.cost.profile.profile_graph`), then calibrates ``T = a * sum_n t_n + b`` on
+the unpruned model and a few random pruned variants (cached per device fingerprint and graph),
+so ``T(unpruned)`` matches the measured latency and budgets given as a fraction of the measured
+latency become absolute targets: ``T* = latency * T_meas(original)`` or ``T* = latency_ms / 1000``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .cost.latency import Calibration, TableLatency
+from .cost.profile import Calibrated, calibrate, graph_key, measure_models, profile_graph, table_model
+from .cost.runtimes import Runtime, make_runtime
+from .cost.table import TableCache
+from .errors import BudgetError
+from .ir import Graph
+
+__all__ = ["LatencySetup", "budget_fraction", "close_loop", "measure_pair", "setup_latency"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LatencySetup:
+    runtime: Runtime
+    model: TableLatency  # calibrated
+    calibrated: Calibrated
+    measured_now: int  # op signatures measured in this setup (0: all from the cache)
+    cache_path: str
+
+    @property
+    def base_measured(self) -> float:
+        return self.calibrated.base_measured
+
+    def info(self) -> dict[str, Any]:
+        cal = self.model.calibration
+        return {
+            "runtime": self.runtime.name, "threads": self.runtime.threads, "step": self.runtime.step,
+            "calibration": {"scale": cal.scale, "offset_ms": cal.offset * 1e3, "models": cal.samples},
+            "signatures_measured_now": self.measured_now, "cache": self.cache_path,
+        }
+
+
+def _rewriter(model: torch.nn.Module, program: Any, graph: Graph, coupling: Any) -> Callable[[np.ndarray], torch.nn.Module]:
+    from .rewrite import rewrite_fx, rewrite_module
+
+    def rewrite(removed: np.ndarray) -> torch.nn.Module:
+        try:
+            return rewrite_module(model, coupling, removed)
+        except Exception:  # the module route may refuse; the fx route always follows the graph
+            return rewrite_fx(program, graph, coupling, removed)
+
+    return rewrite
+
+
+def setup_latency(
+    model: torch.nn.Module, example_inputs: Any, graph: Graph, coupling: Any, program: Any,
+    runtime: str = "onnxruntime", threads: int = 1, cache: TableCache | None = None,
+    progress: Callable[[int, int, str], None] | None = None, variants: int = 5, recalibrate: bool = False, refresh: bool = False,
+) -> LatencySetup:
+    rt = make_runtime(runtime, threads)
+    cache = cache or TableCache()
+    tables, n_new = profile_graph(graph, rt, cache, progress, refresh=refresh)
+    lm = table_model(tables, rt)
+    fp = rt.fingerprint()
+    key = graph_key(graph)
+    stored = None if (recalibrate or n_new) else cache.calibration(fp, key)
+    if stored is not None:
+        cal = Calibrated(Calibration(stored["scale"], stored["offset"], int(stored["samples"])),
+                         list(stored["raw"]), list(stored["measured"]))
+    else:
+        cal = calibrate(lm, graph, coupling, model, example_inputs, _rewriter(model, program, graph, coupling), rt, variants)
+        c = cal.calibration
+        cache.put_calibration(fp, key, {"scale": c.scale, "offset": c.offset, "samples": c.samples,
+                                        "raw": cal.raw, "measured": cal.measured})
+        cache.save()
+    return LatencySetup(rt, lm.with_calibration(cal.calibration), cal, n_new, str(cache.path))
+
+
+def measure_pair(original: torch.nn.Module, pruned: torch.nn.Module, example_inputs: Any, runtime: Runtime) -> tuple[float, float]:
+    """(original, pruned) seconds per run, measured side by side (interleaved) on the runtime."""
+    a, b = measure_models([original, pruned], example_inputs, runtime)
+    return a, b
+
+
+def budget_fraction(latency: float | None, speedup: float | None, latency_ms: float | None) -> tuple[str, float]:
+    """Validate a latency budget; returns ('latency', fraction) or ('latency_ms', ms)."""
+    given = [(k, v) for k, v in (("latency", latency), ("speedup", speedup), ("latency_ms", latency_ms)) if v is not None]
+    if len(given) != 1:
+        raise BudgetError("give exactly one latency budget: latency=FRACTION, speedup=FACTOR or latency_ms=MS")
+    name, v = given[0]
+    v = float(v)
+    if not np.isfinite(v):
+        raise BudgetError(f"{name}={v} is not a finite number")
+    if name == "latency":
+        if not 0.0 < v <= 1.0:
+            raise BudgetError(f"latency={v} is out of range: give the fraction of measured latency to keep, in (0, 1]")
+        return "latency", v
+    if name == "speedup":
+        if v <= 1.0:
+            raise BudgetError(f"speedup={v} must be > 1 (e.g. speedup=2.0 for half the measured latency)")
+        return "latency", 1.0 / v
+    if v <= 0.0:
+        raise BudgetError(f"latency_ms={v} must be > 0 (the target latency in milliseconds)")
+    return "latency_ms", v
+
+
+_SNAPSHOT = ("allocation", "pruned", "route", "route_reason", "verification")
+
+
+def close_loop(
+    original: torch.nn.Module, graph: Graph, ctx: Any, passes: list[Any], iterate: int = 2,
+    progress: Callable[[str], None] | None = None, tolerance: float = 0.05,
+) -> dict[str, Any]:
+    """Measure the pruned model against the original side by side; while the measured latency
+    misses the target by more than ``tolerance``, re-run allocate (with its budget scaled by
+    ``target / measured``) and the passes after it, up to ``iterate`` times. Keeps the result
+    closest to the target and returns the measurements (``report["latency"]`` keys)."""
+    import dataclasses
+
+    from graphprune.passes import run_pipeline
+
+    setup: LatencySetup = ctx.latency
+    metric, value = next(iter(ctx.target.items()))
+    idx = next(i for i, p in enumerate(passes) if p.name == "allocate")
+    alloc, tail = passes[idx], passes[idx + 1 :]
+    frac = value if metric == "latency" else value / 1e3 / setup.base_measured
+    history: list[dict[str, float]] = []
+    originals = [setup.base_measured]  # the original never changes: judge against the median of its runs
+    best: tuple[float, dict[str, Any], dict[str, float]] | None = None
+    for it in range(iterate + 1):
+        if progress is not None:
+            progress("measure")
+        orig_now, pruned_s = measure_pair(original, ctx.pruned, ctx.example_inputs, setup.runtime)
+        originals.append(orig_now)
+        orig_s = float(np.median(originals))
+        target_s = value * orig_s if metric == "latency" else value / 1e3
+        miss = (pruned_s - target_s) / target_s
+        row = {"iteration": it, "allocate_fraction": frac, "original_ms": orig_s * 1e3, "measured_ms": pruned_s * 1e3,
+               "target_ms": target_s * 1e3, "miss": miss}
+        history.append(row)
+        log.info("latency loop %d: measured %.4g ms, target %.4g ms (%+.1f%%)", it, pruned_s * 1e3, target_s * 1e3, 100 * miss)
+        if best is None or abs(miss) < abs(best[0]):
+            best = (miss, {k: getattr(ctx, k) for k in _SNAPSHOT}, row)
+        if abs(miss) <= tolerance or it == iterate:
+            break
+        frac = min(1.0, frac * target_s / pruned_s)
+        run_pipeline([dataclasses.replace(alloc, latency=frac, latency_ms=None), *tail], graph, ctx, progress)
+    assert best is not None
+    for k, v in best[1].items():
+        setattr(ctx, k, v)
+    ctx.target = {metric: value}
+    row = best[2]
+    return {
+        "original_ms": row["original_ms"], "measured_ms": row["measured_ms"], "target_ms": row["target_ms"],
+        "measured_speedup": row["original_ms"] / row["measured_ms"], "miss": row["miss"],
+        "met": abs(row["miss"]) <= tolerance, "iterations": history,
+    }

@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from .cost import count
 from .errors import BudgetError, OptionError
 from .export import save_model
 from .frontends import ExampleInputs, capture
+from .frontends.calib import check_batches, materialize
 from .ir import Graph
 from .plan import GroupPlan, PruningPlan
 from .rewrite import kept_indices
@@ -101,18 +103,55 @@ def prune(
     verify: bool = True,
     pipeline: str | None = None,
     progress: Callable[[str], None] | None = None,
+    calib: Iterable[ExampleInputs] | None = None,
+    loss: Callable[[Any, ExampleInputs], torch.Tensor] | None = None,
+    reconstruct: Sequence[str] | str = (),
+    steps: int = 1,
+    callback: Callable[[nn.Module, int], None] | None = None,
+    seed: int = 0,
 ) -> PruneResult:
     """Prune ``model`` to keep ``flops`` (or ``params``) fraction; returns a new, verified model.
 
     ``verify=False`` keeps a model that fails the oracle instead of raising (the report says so).
+    ``calib``: iterable of batches shaped like ``example_inputs``, for data-aware criteria
+    (wanda, flap, taylor, fisher) and reconstruction; ``loss(outputs, batch)`` replaces the
+    default output probe of the gradient criteria. ``reconstruct``: any of ``"lsq"``, ``"bias"``,
+    ``"bn"`` (run after verification, in that order). ``steps=k`` prunes in k steps toward the
+    budget (step i keeps ``1 - (1 - fraction) * i / k`` of the original), calling
+    ``callback(model, i)`` between steps; the returned plan is the composition of the steps' plans.
     """
-    from graphprune.passes import PassContext, default_pipeline, parse_pipeline, run_pipeline
+    from graphprune.passes import default_pipeline
 
     _check_model(model, example_inputs)
     if (flops is None) == (params is None) and pipeline is None:
         raise BudgetError("give exactly one budget: flops=FRACTION or params=FRACTION (fraction to keep, in (0, 1])")
+    batches = materialize(calib)
+    if batches is not None:
+        check_batches(batches, example_inputs)
+    recon = tuple(r.strip() for r in reconstruct.split(",") if r.strip()) if isinstance(reconstruct, str) else tuple(reconstruct)
     metric, frac = ("flops", flops) if flops is not None else ("params", params)
-    text = pipeline or default_pipeline(metric, float(frac), criterion, allocation, round_to, strict=verify)  # type: ignore[arg-type]
+    if not isinstance(steps, int) or steps < 1:
+        raise OptionError(f"steps={steps!r} must be an integer >= 1")
+    if steps > 1 and pipeline is not None:
+        raise OptionError("steps= needs the budget options (flops=/params=), not pipeline=")
+
+    def once(m: nn.Module, fraction: float | None) -> PruneResult:
+        text = pipeline or default_pipeline(
+            metric, float(1.0 if fraction is None else fraction), criterion, allocation, round_to, strict=verify, reconstruct=recon
+        )
+        return _prune_once(m, example_inputs, text, batches, loss, seed, progress)
+
+    if steps == 1:
+        return once(model, frac)
+    return _prune_steps(model, once, metric, float(frac), steps, callback)  # type: ignore[arg-type]
+
+
+def _prune_once(
+    model: nn.Module, example_inputs: ExampleInputs, text: str, calib: list[Any] | None,
+    loss: Callable[[Any, ExampleInputs], torch.Tensor] | None, seed: int, progress: Callable[[str], None] | None,
+) -> PruneResult:
+    from graphprune.passes import PassContext, parse_pipeline, run_pipeline
+
     passes = parse_pipeline(text)
     t0 = time.perf_counter()
     was_training = model.training
@@ -121,7 +160,7 @@ def prune(
         if progress:
             progress("capture")
         cap = capture(model, example_inputs)
-        ctx = PassContext(model=model, example_inputs=example_inputs, program=cap.program)
+        ctx = PassContext(model=model, example_inputs=example_inputs, program=cap.program, calib=calib, loss=loss, seed=seed)
         ctx.timings["capture"] = cap.seconds
         graph = run_pipeline(passes, cap.graph, ctx, progress)
     finally:
@@ -132,6 +171,35 @@ def prune(
     plan = _plan(graph, ctx)
     report = prune_report(graph, ctx)
     return PruneResult(ctx.pruned, report, plan, example_inputs, ctx.coupling, ctx.allocation.removed)
+
+
+def _prune_steps(
+    model: nn.Module, once: Callable[[nn.Module, float], PruneResult], metric: str, frac: float, steps: int,
+    callback: Callable[[nn.Module, int], None] | None,
+) -> PruneResult:
+    """k pruning steps; step i targets ``1 - (1 - frac) * i / k`` of the ORIGINAL cost, asking each
+    step for (goal / current cost) of its own input, so rounding in one step is absorbed by the next."""
+    res = once(model, 1.0 - (1.0 - frac) / steps)
+    first = res.report
+    total0 = float(first[f"{metric}_before"])
+    plan, history = res.plan, [res.report["achieved"][metric]]
+    for i in range(2, steps + 1):
+        if callback is not None:
+            callback(res.model, i - 1)
+        goal = (1.0 - (1.0 - frac) * i / steps) * total0
+        current = float(res.report[f"{metric}_after"])
+        res = once(res.model, min(1.0, goal / current) if current > 0 else 1.0)
+        plan = plan.compose(res.plan)
+        history.append(res.report["achieved"][metric])
+    report = dict(res.report)
+    report.update({
+        "target": {metric: frac},
+        "achieved": {metric: float(report[f"{metric}_after"]) / total0 if total0 else 1.0},
+        "flops_before": first["flops_before"], "params_before": first["params_before"],
+        "steps": {"count": steps, "achieved_per_step_of_input": history},
+    })
+    plan = dataclasses.replace(plan, target={metric: frac})
+    return PruneResult(res.model, report, plan, res.example_inputs, res.coupling, res.removed)
 
 
 def _plan(graph: Graph, ctx: Any) -> PruningPlan:
@@ -216,4 +284,6 @@ def prune_report(graph: Graph, ctx: Any) -> dict[str, Any]:
         "verification": ctx.verification.as_dict() if ctx.verification is not None else None,
         "widths": widths,
         "timings": {k: round(v, 4) for k, v in ctx.timings.items()},
+        "reconstruction": list(ctx.reconstructed),
+        "notes": list(ctx.notes),
     }

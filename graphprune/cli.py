@@ -54,7 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--params", type=_fraction, help="fraction of parameters to keep")
     pr.add_argument("-o", "--output", required=True, help="output file: .pt or .onnx")
     pr.add_argument("--report", help="write the JSON report here")
-    pr.add_argument("--criterion", default="l2", help="importance criterion: l1, l2 (default l2)")
+    pr.add_argument("--criterion", default="l2",
+                    help="importance criterion: l1, l2, bn_scale, random, wanda, flap, taylor, fisher (default l2)")
+    pr.add_argument("--calib", help="calibration batches (.pt or .npz) for data-aware criteria and reconstruction")
+    pr.add_argument("--reconstruct", default="", help="comma list of lsq, bias, bn (needs --calib)")
+    pr.add_argument("--steps", type=int, default=1, help="prune in N steps toward the budget")
     pr.add_argument("--allocation", default="uniform", choices=["uniform", "global"])
     pr.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of N")
     pr.add_argument("--pipeline", help="a full pass pipeline string instead of the options above")
@@ -83,6 +87,7 @@ def _write_json(path: str, data: dict[str, Any]) -> None:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     import graphprune as gp
+    from graphprune.frontends.calib import load_calib_file
     from graphprune.sources import load_source
 
     out = Path(args.output)
@@ -90,10 +95,12 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise OptionError(f"-o {args.output}: use a .pt or .onnx file name")
     with err_console.status("loading model") as status:
         model, x = load_source(args.source)
+        calib = load_calib_file(args.calib, x) if args.calib else None
         res = gp.prune(
             model, x, flops=args.flops, params=args.params, criterion=args.criterion,
             allocation=args.allocation, round_to=args.round_to, verify=not args.no_verify,
             pipeline=args.pipeline, progress=lambda name: status.update(f"running {name}"),
+            calib=calib, reconstruct=args.reconstruct, steps=args.steps,
         )
         status.update(f"writing {out}")
         saved = res.save(out)

@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from .cost import count
 from .errors import BudgetError, OptionError
 from .export import save_model
 from .frontends import ExampleInputs, capture
+from .frontends.calib import check_batches, materialize
 from .ir import Graph
 from .plan import GroupPlan, PruningPlan
 from .rewrite import kept_indices
@@ -157,6 +159,12 @@ def prune(
     iterate: int = 2,
     measure: bool = True,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    calib: Iterable[ExampleInputs] | None = None,
+    loss: Callable[[Any, ExampleInputs], torch.Tensor] | None = None,
+    reconstruct: Sequence[str] | str = (),
+    steps: int = 1,
+    callback: Callable[[nn.Module, int], None] | None = None,
+    seed: int = 0,
 ) -> PruneResult:
     """Prune ``model`` to a budget; returns a new, verified model.
 
@@ -168,8 +176,15 @@ def prune(
     (``report["latency"]``), and when it misses the target by more than 5% the allocation is
     redone with a corrected budget, up to ``iterate`` times (``measure=False`` skips this).
     ``verify=False`` keeps a model that fails the oracle instead of raising (the report says so).
+    ``calib``: iterable of batches shaped like ``example_inputs``, for data-aware criteria
+    (wanda, flap, taylor, fisher) and reconstruction; ``loss(outputs, batch)`` replaces the
+    default output probe of the gradient criteria. ``reconstruct``: any of ``"lsq"``, ``"bias"``,
+    ``"bn"`` (run after verification, in that order). ``steps=k`` prunes in k steps toward the
+    budget (step i keeps ``1 - (1 - fraction) * i / k`` of the original), calling
+    ``callback(model, i)`` between steps; the returned plan is the composition of the steps' plans.
     """
-    from graphprune.passes import PassContext, default_pipeline, parse_pipeline, run_pipeline
+
+    from graphprune.passes import default_pipeline
 
     from .cost.runtimes import make_runtime
     from .latency_target import budget_fraction
@@ -182,25 +197,53 @@ def prune(
     if n_budgets != 1 and pipeline is None:
         raise BudgetError("give exactly one budget: flops=, params= or latency= FRACTION (fraction to keep, in (0, 1]), "
                           "speedup=FACTOR or latency_ms=MS")
+    recon = tuple(r.strip() for r in reconstruct.split(",") if r.strip()) if isinstance(reconstruct, str) else tuple(reconstruct)
+    if onnx_input and (lat_given or calib is not None or recon or steps != 1):
+        raise OptionError("for an .onnx model use flops= or params= with a weight criterion (l1, l2); latency budgets, "
+                          "calib=, reconstruct= and steps= need the PyTorch model for now")
     if lat_given:
-        if onnx_input:
-            raise OptionError("latency budgets need the PyTorch model for now; for an .onnx file use flops= or params=")
         metric, frac = budget_fraction(latency, speedup, latency_ms)
         make_runtime(runtime, threads)  # validates runtime= and threads= before any work
         if iterate < 0:
             raise OptionError(f"iterate={iterate} must be >= 0")
     else:
         metric, frac = ("flops", flops) if flops is not None else ("params", params)  # type: ignore[assignment]
+    if not isinstance(steps, int) or steps < 1:
+        raise OptionError(f"steps={steps!r} must be an integer >= 1")
+    if steps > 1 and (pipeline is not None or lat_given):
+        raise OptionError("steps= needs a flops= or params= budget (not pipeline= or a latency budget)")
+    batches = materialize(calib)
+    if batches is not None:
+        check_batches(batches, example_inputs)
     policy = allocation or ("greedy" if lat_given else "uniform")
-    text = pipeline or default_pipeline(metric, float(frac), criterion, policy, round_to, strict=verify,  # type: ignore[arg-type]
-                                        runtime=runtime, threads=threads)
+
+    def once(m: Any, fraction: float | None) -> PruneResult:
+        text = pipeline or default_pipeline(
+            metric, float(1.0 if fraction is None else fraction), criterion, policy, round_to, strict=verify,
+            runtime=runtime, threads=threads, reconstruct=recon,
+        )
+        return _prune_once(m, example_inputs, text, batches, loss, seed, progress, input_shapes, measure, iterate)
+
+    if steps == 1:
+        return once(model, frac)
+    return _prune_steps(model, once, metric, float(frac), steps, callback)  # type: ignore[arg-type]
+
+
+def _prune_once(
+    model: Any, example_inputs: ExampleInputs, text: str, calib: list[Any] | None,
+    loss: Callable[[Any, ExampleInputs], torch.Tensor] | None, seed: int, progress: Callable[[str], None] | None,
+    input_shapes: dict[str, tuple[int, ...]] | None, measure: bool, iterate: int,
+) -> PruneResult:
+    from graphprune.passes import PassContext, parse_pipeline, run_pipeline
+
     passes = parse_pipeline(text)
     t0 = time.perf_counter()
+    onnx_input = _is_onnx(model)
     if onnx_input:
         if progress:
             progress("load")
         prep, feeds, graph, _ = _load_onnx_source(model, example_inputs, input_shapes)
-        ctx = PassContext(model=None, example_inputs=feeds, onnx=prep)
+        ctx = PassContext(model=None, example_inputs=feeds, onnx=prep, seed=seed)
         ctx.timings["capture"] = time.perf_counter() - t0
         graph = run_pipeline(passes, graph, ctx, progress)
         example_inputs = feeds
@@ -212,7 +255,8 @@ def prune(
             if progress:
                 progress("capture")
             cap = capture(model, example_inputs)
-            ctx = PassContext(model=model, example_inputs=example_inputs, program=cap.program)
+            ctx = PassContext(model=model, example_inputs=example_inputs, program=cap.program, calib=calib, loss=loss,
+                              seed=seed)
             ctx.timings["capture"] = cap.seconds
             graph = run_pipeline(passes, cap.graph, ctx, progress)
         finally:
@@ -232,6 +276,35 @@ def prune(
     if ctx.latency is not None:
         report["latency"] = latency_report(graph, ctx, loop)
     return PruneResult(ctx.pruned, report, plan, example_inputs, ctx.coupling, ctx.allocation.removed)
+
+
+def _prune_steps(
+    model: nn.Module, once: Callable[[nn.Module, float], PruneResult], metric: str, frac: float, steps: int,
+    callback: Callable[[nn.Module, int], None] | None,
+) -> PruneResult:
+    """k pruning steps; step i targets ``1 - (1 - frac) * i / k`` of the ORIGINAL cost, asking each
+    step for (goal / current cost) of its own input, so rounding in one step is absorbed by the next."""
+    res = once(model, 1.0 - (1.0 - frac) / steps)
+    first = res.report
+    total0 = float(first[f"{metric}_before"])
+    plan, history = res.plan, [res.report["achieved"][metric]]
+    for i in range(2, steps + 1):
+        if callback is not None:
+            callback(res.model, i - 1)
+        goal = (1.0 - (1.0 - frac) * i / steps) * total0
+        current = float(res.report[f"{metric}_after"])
+        res = once(res.model, min(1.0, goal / current) if current > 0 else 1.0)
+        plan = plan.compose(res.plan)
+        history.append(res.report["achieved"][metric])
+    report = dict(res.report)
+    report.update({
+        "target": {metric: frac},
+        "achieved": {metric: float(report[f"{metric}_after"]) / total0 if total0 else 1.0},
+        "flops_before": first["flops_before"], "params_before": first["params_before"],
+        "steps": {"count": steps, "achieved_per_step_of_input": history},
+    })
+    plan = dataclasses.replace(plan, target={metric: frac})
+    return PruneResult(res.model, report, plan, res.example_inputs, res.coupling, res.removed)
 
 
 def _plan(graph: Graph, ctx: Any) -> PruningPlan:
@@ -342,4 +415,6 @@ def prune_report(graph: Graph, ctx: Any) -> dict[str, Any]:
         "verification": ctx.verification.as_dict() if ctx.verification is not None else None,
         "widths": widths,
         "timings": {k: round(v, 4) for k, v in ctx.timings.items()},
+        "reconstruction": list(ctx.reconstructed),
+        "notes": list(ctx.notes),
     }

@@ -94,7 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--iterate", type=int, default=2, help="re-allocations when the measured latency misses by >5%%")
     pr.add_argument("-o", "--output", required=True, help="output file: .pt or .onnx")
     pr.add_argument("--report", help="write the JSON report here")
-    pr.add_argument("--criterion", default="l2", help="importance criterion: l1, l2 (default l2)")
+    pr.add_argument("--criterion", default="l2",
+                    help="importance criterion: l1, l2, bn_scale, random, wanda, flap, taylor, fisher (default l2)")
+    pr.add_argument("--calib", help="calibration batches (.pt or .npz) for data-aware criteria and reconstruction")
+    pr.add_argument("--reconstruct", default="", help="comma list of lsq, bias, bn (needs --calib)")
+    pr.add_argument("--steps", type=int, default=1, help="prune in N steps toward the budget")
     pr.add_argument("--allocation", default=None, choices=["uniform", "global", "greedy"],
                     help="default: uniform for flops/params, greedy for latency budgets")
     pr.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of N")
@@ -148,6 +152,7 @@ def _input_shapes(items: list[str]) -> dict[str, tuple[int, ...]] | None:
 
 def _cmd_prune(args: argparse.Namespace) -> int:
     import graphprune as gp
+    from graphprune.frontends.calib import load_calib_file
     from graphprune.sources import load_source
 
     out = Path(args.output)
@@ -157,6 +162,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise OptionError(f"-o {args.output}: an ONNX model is written as .onnx")
     with err_console.status("loading model") as status:
         model, x = load_source(args.source)
+        calib = load_calib_file(args.calib, x) if args.calib else None
         res = gp.prune(
             model, x, flops=args.flops, params=args.params, latency=args.latency, speedup=args.speedup,
             latency_ms=args.latency_ms, runtime=args.runtime, threads=args.threads, iterate=args.iterate,
@@ -164,6 +170,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             allocation=args.allocation, round_to=args.round_to, verify=not args.no_verify,
             pipeline=args.pipeline, progress=lambda name: status.update(f"running {name}"),
             input_shapes=_input_shapes(args.input_shape),
+            calib=calib, reconstruct=args.reconstruct, steps=args.steps,
         )
         status.update(f"writing {out}")
         saved = res.save(out)

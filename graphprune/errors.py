@@ -7,6 +7,7 @@ from __future__ import annotations
 
 __all__ = [
     "BudgetError",
+    "CalibrationError",
     "CaptureError",
     "ExportError",
     "GraphpruneError",
@@ -26,6 +27,10 @@ class SourceError(GraphpruneError):
 
 class CaptureError(GraphpruneError):
     """The model could not be traced into the IR."""
+
+
+class CalibrationError(GraphpruneError):
+    """Calibration data is missing, unreadable, or does not match the example inputs."""
 
 
 class OptionError(GraphpruneError):

@@ -36,6 +36,25 @@ class PruningPlan:
     kept: dict[str, dict[int, tuple[int, ...]]]  # weight name -> axis -> kept indices
     provenance: dict[str, str] = field(default_factory=dict)
 
+    def compose(self, later: PruningPlan) -> PruningPlan:
+        """The plan equivalent to applying ``self`` and then ``later`` (made on self's output).
+
+        Kept indices compose by indexing: a weight axis kept ``k1`` (original indices) and then
+        ``k2`` (indices into the k1-sized tensor) keeps ``k1[k2]`` of the original. Groups and the
+        target are ``later``'s (unit ids are per coupling analysis, so removed_units is dropped).
+        """
+        kept: dict[str, dict[int, tuple[int, ...]]] = {k: dict(v) for k, v in self.kept.items()}
+        for name, axes in later.kept.items():
+            mine = kept.setdefault(name, {})
+            for ax, idx in axes.items():
+                mine[ax] = tuple(mine[ax][i] for i in idx) if ax in mine else tuple(idx)
+        steps = int(self.provenance.get("steps", "1")) + int(later.provenance.get("steps", "1"))
+        return PruningPlan(
+            model=self.model, target=dict(later.target), criterion=later.criterion, allocation=later.allocation,
+            round_to=later.round_to, groups=later.groups, removed_units=(), kept=kept,
+            provenance={**later.provenance, "steps": str(steps)},
+        )
+
     def to_json(self) -> str:
         d = asdict(self)
         d["kept"] = {k: {str(ax): list(ix) for ax, ix in v.items()} for k, v in self.kept.items()}

@@ -22,7 +22,10 @@ from torch.utils._pytree import tree_flatten
 from .analysis.coupling import Coupling
 from .frontends.inputs import ExampleInputs, as_args_kwargs
 
-__all__ = ["VerifyResult", "compare_outputs", "masked_original", "merge_results", "random_like_inputs", "verify_pruned"]
+__all__ = [
+    "VerifyResult", "compare_outputs", "masked_original", "merge_results", "random_like_inputs", "verify_pruned",
+    "verify_structure",
+]
 
 
 @dataclass(frozen=True)
@@ -128,3 +131,27 @@ def merge_results(a: VerifyResult, b: VerifyResult) -> VerifyResult:
     scale = max(a.max_ref, b.max_ref)
     return VerifyResult(a.ok and b.ok, max(a.max_abs_err, b.max_abs_err), scale, max(a.tolerance, b.tolerance),
                         a.checks + b.checks, a.detail or b.detail)
+
+
+def verify_structure(
+    original: nn.Module, pruned: nn.Module, coupling: Coupling, removed: np.ndarray, example_inputs: ExampleInputs
+) -> VerifyResult:
+    """Shapes only (for a reconstructed model): planned weight shapes and output shapes."""
+    from .rewrite.slicing import kept_indices
+
+    state = dict(pruned.named_parameters(remove_duplicate=False))
+    state.update(dict(pruned.named_buffers(remove_duplicate=False)))
+    for k in kept_indices(coupling, removed):
+        src = k.value.source
+        if src is None or src not in state:
+            continue
+        want = tuple(len(k.axes[ax]) if ax in k.axes else s for ax, s in enumerate(k.value.shape))
+        if tuple(state[src].shape) != want:
+            return VerifyResult(False, math.inf, 0.0, 0.0, 1, f"{src} has shape {tuple(state[src].shape)}, planned {want}")
+    ref, got = _run(masked_original(original, coupling, removed), example_inputs), _run(pruned, example_inputs)
+    if len(ref) != len(got):
+        return VerifyResult(False, math.inf, 0.0, 0.0, 1, f"{len(got)} outputs, expected {len(ref)}")
+    for i, (r, g) in enumerate(zip(ref, got, strict=True)):
+        if r.shape != g.shape:
+            return VerifyResult(False, math.inf, 0.0, 0.0, 1, f"output {i} has shape {tuple(g.shape)}, expected {tuple(r.shape)}")
+    return VerifyResult(True, 0.0, 0.0, 0.0, 1, "structure only (weights were reconstructed)")

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from . import allocate, couple, lint, rewrite, score, verify  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    allocate,
+    couple,
+    lint,
+    reconstruct_bias,
+    reconstruct_bn,
+    reconstruct_lsq,
+    rewrite,
+    score,
+    verify,
+)
 from .infra import PASSES, Pass, PassContext, PassResult, parse_pipeline, register_pass, run_pipeline
 from .pipelines import default_pipeline
 

@@ -48,6 +48,14 @@ class PassContext:
     latency: Any = None  # graphprune.latency_target.LatencySetup, built by allocate{latency=...}
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # calibration and reconstruction (issue 5)
+    calib: list[Any] | None = None  # calibration batches (example-input forms), re-iterable
+    loss: Any = None  # loss(outputs, batch) -> scalar for gradient criteria; None = output probe
+    seed: int = 0
+    sites: list[Any] | None = None  # graphprune.analysis.calibration.Site, filled on first use
+    stats: dict[str, Any] = field(default_factory=dict)  # site node -> ChannelStats
+    reconstructed: list[str] = field(default_factory=list)  # reconstruction passes that changed weights
+    refit: set[str] = field(default_factory=set)  # consumer nodes refit by reconstruct-lsq
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
-__all__ = ["default_pipeline"]
+from collections.abc import Sequence
+
+from graphprune.errors import OptionError
+
+__all__ = ["RECONSTRUCT", "default_pipeline"]
+
+# reconstruct= names -> pass, in the order they run (lsq refits the bias itself, so bias
+# compensation then only touches consumers lsq could not refit; BN statistics go last because
+# they depend on every weight upstream)
+RECONSTRUCT: dict[str, str] = {"lsq": "reconstruct-lsq", "bias": "reconstruct-bias", "bn": "reconstruct-bn"}
 
 
 def default_pipeline(
     metric: str, fraction: float, criterion: str = "l2", policy: str = "uniform", round_to: int = 1, strict: bool = True,
     runtime: str = "onnxruntime", threads: int = 1,
+    reconstruct: Sequence[str] = (),
 ) -> str:
+    """``couple,score,allocate,rewrite,verify`` then the chosen reconstruction passes.
+
+    verify runs BEFORE reconstruction so the masked-original oracle stays exact.
+    """
+    unknown = [r for r in reconstruct if r not in RECONSTRUCT]
+    if unknown:
+        raise OptionError(f"reconstruct={unknown[0]!r} is unknown; choose from {', '.join(RECONSTRUCT)}")
+    tail = "".join(f",{p}" for name, p in RECONSTRUCT.items() if name in reconstruct)
     extra = f",runtime={runtime},threads={threads}" if metric.startswith("latency") else ""
     return (
         f"couple,score{{criterion={criterion}}},"
         f"allocate{{{metric.replace('_', '-')}={fraction!r},policy={policy},round-to={round_to}{extra}}},"
-        f"rewrite,verify{{strict={str(strict).lower()}}}"
+        f"rewrite,verify{{strict={str(strict).lower()}}}{tail}"
     )

@@ -1,4 +1,10 @@
-"""score: per-unit importance with a registered criterion, normalized per group."""
+"""score: per-unit importance with a registered criterion, normalized per group.
+
+The criterion declares what it needs (``graphprune.analysis.importance``): weights only, activation
+statistics (one streamed pass over ``ctx.calib``), or loss gradients (backward passes over
+``ctx.calib`` with ``ctx.loss`` or the default output probe). A data-aware criterion without
+calibration data is an error naming the criterion and the ``calib=`` option.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +13,39 @@ from typing import ClassVar
 
 import torch
 
-from graphprune.analysis import CRITERIA, normalize_per_group
-from graphprune.errors import OptionError
+from graphprune.analysis import CRITERIA, CriterionInputs, normalize_per_group
+from graphprune.analysis.calibration import collect_stats, reader_sites
+from graphprune.analysis.gradients import gradient_scores
+from graphprune.errors import CalibrationError, OptionError
 from graphprune.ir import Graph
 
 from .infra import PassContext, PassResult, register_pass
 
-__all__ = ["Score", "weights_of"]
+__all__ = ["Score", "ensure_stats", "weights_of"]
 
 
-def weights_of(graph: Graph, ctx: PassContext) -> dict[str, torch.Tensor]:
-    """Weight tensors by IR value name, from the nn.Module or the ONNX initializers."""
-    if ctx.onnx is not None:
+def weights_of(graph: Graph, src: PassContext | torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Weight tensors by IR value name: from an nn.Module, or from a run's context (its module or,
+    for an ONNX model, its initializers)."""
+    if isinstance(src, PassContext) and src.onnx is not None:
         from graphprune.frontends.onnx import constant_values
 
-        consts = constant_values(ctx.onnx.model)
+        consts = constant_values(src.onnx.model)
         return {v.name: torch.from_numpy(consts[v.name].copy()) for v in graph.weights() if v.name in consts}
-    model = ctx.model
+    model = src.model if isinstance(src, PassContext) else src
     assert model is not None
     state = dict(model.named_parameters(remove_duplicate=False))
     state.update(dict(model.named_buffers(remove_duplicate=False)))
     return {v.name: state[v.source] for v in graph.weights() if v.source in state}
+
+
+def ensure_stats(ctx: PassContext, gram_for: frozenset[str] = frozenset(), who: str = "") -> None:
+    """Fill ``ctx.sites``/``ctx.stats`` (and Grams for ``gram_for``) from ``ctx.calib``, once."""
+    if ctx.calib is None:
+        raise CalibrationError(f"{who} needs calibration data: pass calib=[batch, ...] to prune() (CLI: --calib FILE)")
+    if ctx.sites is None:
+        ctx.sites = reader_sites(ctx.coupling)
+    ctx.stats = collect_stats(ctx.program, ctx.sites, ctx.calib, gram_for, ctx.stats)
 
 
 @register_pass
@@ -39,10 +57,22 @@ class Score:
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if ctx.coupling is None:
             raise OptionError("pass 'score' needs 'couple' to run first")
-        fn = CRITERIA.get(self.criterion)
-        if fn is None:
+        crit = CRITERIA.get(self.criterion)
+        if crit is None:
             raise OptionError(f"unknown criterion {self.criterion!r}; available: {', '.join(sorted(CRITERIA))}")
-        raw = fn(ctx.coupling, weights_of(graph, ctx))
+        inputs = CriterionInputs(ctx.coupling, weights_of(graph, ctx), seed=ctx.seed)
+        if crit.needs == "activations":
+            ensure_stats(ctx, who=f"criterion {self.criterion!r}")
+            inputs = CriterionInputs(ctx.coupling, inputs.weights, ctx.sites or [], ctx.stats, seed=ctx.seed)
+        elif crit.needs == "gradients":
+            if ctx.calib is None:
+                raise CalibrationError(
+                    f"criterion {self.criterion!r} needs calibration data: pass calib=[batch, ...] to prune() "
+                    "(CLI: --calib FILE)"
+                )
+            grads = gradient_scores(ctx.program, ctx.coupling, ctx.calib, ctx.loss, ctx.seed)
+            inputs = CriterionInputs(ctx.coupling, inputs.weights, gradients=grads, seed=ctx.seed)
+        raw = crit(inputs)
         ctx.scores = normalize_per_group(ctx.coupling, raw)
         ctx.criterion = self.criterion
         return PassResult(graph, False)

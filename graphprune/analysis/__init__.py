@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 from .coupling import CHANNEL, FIXED, Coupling, CouplingBuilder, Group, couple
-from .importance import CRITERIA, magnitude, normalize_per_group
+from .importance import (
+    CRITERIA,
+    Criterion,
+    CriterionInputs,
+    magnitude,
+    normalize_per_group,
+    register_criterion,
+)
 
-__all__ = ["CHANNEL", "CRITERIA", "FIXED", "Coupling", "CouplingBuilder", "Group", "couple", "magnitude", "normalize_per_group"]
+__all__ = [
+    "CHANNEL", "CRITERIA", "FIXED", "Coupling", "CouplingBuilder", "Criterion", "CriterionInputs", "Group", "couple",
+    "magnitude", "normalize_per_group", "register_criterion",
+]

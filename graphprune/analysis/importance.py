@@ -1,27 +1,86 @@
-"""Group importance from weight magnitudes (Li et al. 2016 filter norms; Han et al. 2015).
+"""Group importance criteria: one interface, each criterion declaring what it needs.
 
-For a unit u (a set of channels removed together) the score is
+A unit u is a set of channels removed together; it owns slices of several tensors (producer rows,
+consumer columns, norm scales, biases). ``Coupling.readers`` marks the consumer-side slices; a
+*site* (``calibration.Site``) is a consumer node with input activation X [n, C] (rows flattened).
 
-    s(u) = sum over every weight tensor W and axis a with elements of u:  || W.select(a, i) ||_p^p
+    weights       l1 / l2    s(u) = sum_{tensors W, slices i of u} ||W.select(a, i)||_p^p   (Li et al. 2016)
+                  bn_scale   s(u) = sum over BatchNorm scales of u: |gamma_c|      (Liu et al. 2017)
+                  random     s(u) ~ U(0, 1), seeded                                  (baseline)
+    activations   wanda      s(u) = sum_{sites, columns j of u} (sum_rows |W[:, j]|) * ||X_j||   (Sun et al. 2023)
+                  flap       s(u) = sum_{sites, columns j of u} Var(X_j) * ||W[:, j]||^2          (An et al. 2024)
+    gradients     taylor     s(u) = mean_b (sum_{elements of u} w * dL_b/dw)^2       (Molchanov et al. 2019)
+                  fisher     s(u) = mean_b sum_{elements of u} w^2 (dL_b/dw)^2       (OBD / Fisher diagonal)
 
-summed over all slices i of u in W's axis a (producer rows and consumer columns alike), so a
-unit's score counts every tensor that loses a slice when it goes. Scores are then divided by
-the mean score of the unit's group, so groups of different scale compete fairly in global
-allocation. Criteria are pluggable: each maps (coupling, weights) -> per-unit scores.
+(``||X_j||`` is the root mean square over rows; conv kernels are summed over their spatial
+positions. The gradient statistics and their default loss are defined in ``gradients.py``.)
+A group no slice of which a data-aware criterion can see (no consumer site with statistics, no
+BatchNorm) falls back to l2 for its units, so every group has a meaningful ranking.
+
+Scores are then divided by the mean score of the unit's group (``normalize_per_group``): the
+allocator compares units across groups of different scale on a common, unit-mean footing (the
+adaptive structure search of FLAP standardizes per layer for the same reason).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
+from .calibration import ChannelStats, Site
 from .coupling import Coupling
+from .gradients import GradientScores
 
-__all__ = ["CRITERIA", "Criterion", "magnitude", "normalize_per_group"]
+__all__ = [
+    "CRITERIA",
+    "Criterion",
+    "CriterionInputs",
+    "Need",
+    "magnitude",
+    "normalize_per_group",
+    "register_criterion",
+]
 
-Criterion = Callable[[Coupling, Mapping[str, torch.Tensor]], np.ndarray]
+Need = Literal["weights", "activations", "gradients"]
+
+
+@dataclass(frozen=True)
+class CriterionInputs:
+    """What the score pass collected for a criterion (only what it declared it needs)."""
+
+    coupling: Coupling
+    weights: Mapping[str, torch.Tensor]
+    sites: Sequence[Site] = ()
+    stats: Mapping[str, ChannelStats] | None = None
+    gradients: GradientScores | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    needs: Need
+    fn: Callable[[CriterionInputs], np.ndarray]
+
+    def __call__(self, inputs: CriterionInputs) -> np.ndarray:
+        return self.fn(inputs)
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str, needs: Need) -> Callable[[Callable[[CriterionInputs], np.ndarray]], Criterion]:
+    def deco(fn: Callable[[CriterionInputs], np.ndarray]) -> Criterion:
+        if name in CRITERIA:
+            raise ValueError(f"criterion {name!r} registered twice")
+        CRITERIA[name] = Criterion(name, needs, fn)
+        return CRITERIA[name]
+
+    return deco
 
 
 def _slice_norms(powered: torch.Tensor, axis: int) -> np.ndarray:
@@ -59,7 +118,83 @@ def normalize_per_group(coupling: Coupling, scores: np.ndarray) -> np.ndarray:
     return out
 
 
-CRITERIA: dict[str, Criterion] = {
-    "l1": lambda c, w: magnitude(c, w, p=1),
-    "l2": lambda c, w: magnitude(c, w, p=2),
-}
+def _fallback_l2(inp: CriterionInputs, scores: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """Groups none of whose units the criterion could see are ranked by l2 magnitude."""
+    blind = [g for g in inp.coupling.groups if not covered[g.units].any()]
+    if not blind:
+        return scores
+    l2 = magnitude(inp.coupling, inp.weights, p=2)
+    for g in blind:
+        scores[g.units] = l2[g.units]
+    return scores
+
+
+@register_criterion("l1", "weights")
+def _l1(inp: CriterionInputs) -> np.ndarray:
+    return magnitude(inp.coupling, inp.weights, p=1)
+
+
+@register_criterion("l2", "weights")
+def _l2(inp: CriterionInputs) -> np.ndarray:
+    return magnitude(inp.coupling, inp.weights, p=2)
+
+
+@register_criterion("random", "weights")
+def _random(inp: CriterionInputs) -> np.ndarray:
+    return np.random.default_rng(inp.seed).random(inp.coupling.n_units)
+
+
+@register_criterion("bn_scale", "weights")
+def _bn_scale(inp: CriterionInputs) -> np.ndarray:
+    c = inp.coupling
+    scores = np.zeros(c.n_units)
+    covered = np.zeros(c.n_units, dtype=bool)
+    for node in c.graph.nodes:
+        gamma = node.input(1) if node.op == "batch_norm" else None
+        t = inp.weights.get(gamma.name) if gamma is not None else None
+        if gamma is None or t is None or gamma.kind != "param":
+            continue
+        units = c.units_of(gamma, 0)
+        ok = units >= 0
+        np.add.at(scores, units[ok], t.detach().abs().double().numpy()[ok])
+        covered[units[ok]] = True
+    return _fallback_l2(inp, scores, covered)
+
+
+def _site_columns(inp: CriterionInputs, column_score: Callable[[torch.Tensor, int, ChannelStats], np.ndarray]) -> np.ndarray:
+    c = inp.coupling
+    scores = np.zeros(c.n_units)
+    covered = np.zeros(c.n_units, dtype=bool)
+    for site in inp.sites:
+        st = (inp.stats or {}).get(site.node)
+        w = inp.weights.get(site.weight.name)
+        if st is None or st.sum is None or w is None:
+            continue
+        units = c.units_of(site.weight, site.w_axis)
+        ok = units >= 0
+        col = column_score(w.detach().double(), site.w_axis % w.dim(), st)
+        np.add.at(scores, units[ok], col[ok])
+        covered[units[ok]] = True
+    return _fallback_l2(inp, scores, covered)
+
+
+@register_criterion("wanda", "activations")
+def _wanda(inp: CriterionInputs) -> np.ndarray:
+    return _site_columns(inp, lambda w, ax, st: _slice_norms(w.abs(), ax) * st.rms)
+
+
+@register_criterion("flap", "activations")
+def _flap(inp: CriterionInputs) -> np.ndarray:
+    return _site_columns(inp, lambda w, ax, st: _slice_norms(w * w, ax) * st.var)
+
+
+@register_criterion("taylor", "gradients")
+def _taylor(inp: CriterionInputs) -> np.ndarray:
+    assert inp.gradients is not None
+    return inp.gradients.taylor.copy()
+
+
+@register_criterion("fisher", "gradients")
+def _fisher(inp: CriterionInputs) -> np.ndarray:
+    assert inp.gradients is not None
+    return inp.gradients.fisher.copy()

@@ -1,0 +1,214 @@
+"""Retraining-free reconstruction of a pruned model from calibration statistics.
+
+Every consumer site (``analysis.calibration.Site``) is viewed as a linear map ``y = W z + b`` with
+``W`` [out, d]: a linear's weight; a conv's weight reshaped to [out, C*kh*kw] acting on unfolded
+patches z; a weight operand of matmul/addmm transposed. Pruning keeps the columns K of W (and
+possibly a subset of its rows); the removed columns R read channels that are gone.
+
+Bias compensation (FLAP's baseline bias, Nagel et al. 2019 style): the removed channels' mean
+contribution is folded into the bias,
+
+    b' = b + W[:, R] mu[R]           (conv: W summed over its kernel positions first)
+
+which is exact in expectation for a linear consumer. For a conv the zero padding at borders is
+ignored (border outputs see fewer than kh*kw positions of the mean); the error is confined to
+the border ring.
+
+Least-squares refit (the structured OBS / ZipLM update with a ridge): with G = Z^T Z the Gram of
+the consumer's dense inputs over calibration rows, augmented with a constant column 1 (so the
+bias is refit too: G~ = [[G, s], [s^T, n]], s = sum_r z_r) when the consumer has or may get a
+bias, the kept weights minimizing  sum_r ||W z_r + b - (W' z_r[K] + b')||^2 + lambda ||W'||^2 are
+
+    [W', b'] = [W, b] G~[:, K~] (G~[K~, K~] + lambda I_K)^-1,   K~ = K + {intercept},
+    lambda = ridge * mean(diag G[K, K])
+
+(the intercept is not regularized). Statistics come from the dense model's activations, so each
+consumer is refit independently (no error propagation between layers is modelled).
+
+BatchNorm recalibration: running mean/var of every BatchNorm module are reset and re-estimated
+as cumulative averages (momentum=None) over the calibration batches, in eval mode otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..analysis.calibration import ChannelStats, Site
+from ..analysis.coupling import Coupling
+from ..frontends.inputs import ExampleInputs, as_args_kwargs
+from .slicing import set_tensor, tensor_owners
+
+__all__ = ["as_matrix", "bias_delta", "get_tensor", "lsq_refit", "recalibrate_bn", "set_bias", "set_weight", "shrunk_sites"]
+
+log = logging.getLogger(__name__)
+
+
+def get_tensor(root: nn.Module, fqn: str) -> torch.Tensor | None:
+    mod_path, _, name = fqn.rpartition(".")
+    try:
+        mod = root.get_submodule(mod_path) if mod_path else root
+    except AttributeError:
+        return None
+    t = getattr(mod, name, None)
+    return t if isinstance(t, torch.Tensor) else None
+
+
+def _out_axis(site: Site) -> int:
+    if site.op == "conv":
+        return 1 if site.transposed else 0
+    return 0 if site.op == "linear" else site.weight.rank - 1
+
+
+def as_matrix(site: Site, w: torch.Tensor) -> torch.Tensor | None:
+    """The site's weight as W [out, d] (d = C, or C*prod(k) for a conv); None if not linear-like."""
+    if site.linear_like:
+        return w.reshape(w.shape[0], -1)
+    if site.op in ("matmul", "addmm") and w.dim() == 2 and site.w_axis % 2 == 0:
+        return w.T
+    return None
+
+
+def shrunk_sites(sites: Iterable[Site], coupling: Coupling, removed: np.ndarray) -> list[Site]:
+    """Sites whose weight lost input columns and that only one node reads."""
+    out = []
+    for s in sites:
+        if len(coupling.kept(s.weight, s.w_axis, removed)) < s.weight.shape[s.w_axis] and len(s.weight.users) == 1:
+            out.append(s)
+    return out
+
+
+def bias_delta(site: Site, w_dense: torch.Tensor, st: ChannelStats, coupling: Coupling, removed: np.ndarray) -> torch.Tensor | None:
+    """W[:, R] mu[R] over the kept output rows (see the module docstring); None if unsupported."""
+    ax = site.w_axis % w_dense.dim()
+    oax = _out_axis(site) % w_dense.dim()
+    if ax == oax or st.sum is None:
+        return None
+    w = w_dense.double()
+    other = [d for d in range(w.dim()) if d not in (ax, oax)]
+    w2 = w.sum(dim=other) if other else w  # kernel positions summed
+    w2 = w2 if ax > oax else w2.T  # [out, C]
+    gone = np.setdiff1d(np.arange(w.shape[ax]), coupling.kept(site.weight, ax, removed))
+    mu = torch.as_tensor(st.mean[gone], dtype=torch.float64)
+    delta = w2[:, torch.as_tensor(gone)] @ mu
+    rows = torch.as_tensor(coupling.kept(site.weight, oax, removed))
+    return delta[rows]
+
+
+def _module_of(root: nn.Module, fqn: str) -> tuple[nn.Module, str] | None:
+    mod_path, _, name = fqn.rpartition(".")
+    try:
+        return (root.get_submodule(mod_path) if mod_path else root), name
+    except AttributeError:
+        return None
+
+
+def can_create_bias(root: nn.Module, site: Site) -> bool:
+    if site.weight.source is None or site.op not in ("linear", "conv"):
+        return False
+    got = _module_of(root, site.weight.source)
+    return bool(got and got[1] == "weight" and isinstance(got[0], (nn.Linear, nn.modules.conv._ConvNd))
+                and getattr(got[0], "bias", None) is None)
+
+
+def set_bias(root: nn.Module, site: Site, value: torch.Tensor) -> bool:
+    """Set the consumer's bias in the pruned model (creating it for Linear/Conv); False if impossible."""
+    if site.bias is not None and site.bias.source is not None:
+        t = get_tensor(root, site.bias.source)
+        if t is None or t.shape != value.shape:
+            return False
+        with torch.no_grad():
+            t.copy_(value.to(t.dtype))
+        return True
+    if not can_create_bias(root, site):
+        return False
+    assert site.weight.source is not None
+    mod, _ = _module_of(root, site.weight.source)  # type: ignore[misc]
+    w = mod.weight
+    mod.bias = nn.Parameter(value.to(dtype=w.dtype, device=w.device).clone(), requires_grad=w.requires_grad)
+    return True
+
+
+def current_bias(root: nn.Module, site: Site, rows: int, like: torch.Tensor) -> torch.Tensor:
+    if site.bias is not None and site.bias.source is not None:
+        t = get_tensor(root, site.bias.source)
+        if t is not None:
+            return t.detach().double()
+    return torch.zeros(rows, dtype=torch.float64, device=like.device)
+
+
+def set_weight(root: nn.Module, site: Site, value: torch.Tensor) -> bool:
+    assert site.weight.source is not None
+    old = get_tensor(root, site.weight.source)
+    if old is None or old.numel() != value.numel():
+        return False
+    new = value.reshape(old.shape).to(old.dtype) if site.linear_like else value.T.reshape(old.shape).to(old.dtype)
+    owners = tensor_owners(root).get(id(old))
+    if not owners:
+        return False
+    set_tensor(owners, new.contiguous(), isinstance(old, nn.Parameter), old.requires_grad)
+    return True
+
+
+def lsq_refit(
+    site: Site, w_dense: torch.Tensor, b_dense: torch.Tensor | None, st: ChannelStats, coupling: Coupling,
+    removed: np.ndarray, ridge: float, intercept: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(W' [out_kept, |K|], b' or None) by the closed form in the module docstring; None if unsupported."""
+    mat = as_matrix(site, w_dense.double())
+    if mat is None or st.gram is None or st.gsum is None:
+        return None
+    ax = site.w_axis % w_dense.dim()
+    kept_ch = coupling.kept(site.weight, ax, removed)
+    per = mat.shape[1] // site.weight.shape[ax]  # kernel positions per channel (1 for linear)
+    cols = (kept_ch[:, None] * per + np.arange(per)[None, :]).reshape(-1)
+    rows = torch.as_tensor(coupling.kept(site.weight, _out_axis(site) % w_dense.dim(), removed))
+    w = mat[rows]
+    g = st.gram
+    d = g.shape[0]
+    if intercept:
+        aug = torch.zeros(d + 1, d + 1, dtype=torch.float64)
+        aug[:d, :d], aug[:d, d], aug[d, :d], aug[d, d] = g, st.gsum, st.gsum, float(st.gn)
+        g = aug
+        b = b_dense.double()[rows] if b_dense is not None else torch.zeros(len(rows), dtype=torch.float64)
+        w = torch.cat([w, b[:, None]], dim=1)
+        cols = np.append(cols, d)
+    k = torch.as_tensor(cols)
+    gkk = g[k][:, k].clone()
+    n_reg = len(cols) - (1 if intercept else 0)
+    lam = ridge * float(gkk.diagonal()[:n_reg].mean()) if n_reg else 0.0
+    gkk.diagonal()[:n_reg] += max(lam, 1e-12)
+    rhs = w @ g[:, k]  # [out, |K~|]
+    sol = torch.linalg.solve(gkk, rhs.T).T  # gkk symmetric
+    if intercept:
+        return sol[:, :-1], sol[:, -1]
+    return sol, None
+
+
+def recalibrate_bn(model: nn.Module, calib: Iterable[ExampleInputs]) -> int:
+    """Re-estimate BatchNorm running statistics on ``calib``; returns how many modules changed."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    was = model.training
+    saved: list[Any] = [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        with torch.no_grad():
+            for batch in calib:
+                args, kwargs = as_args_kwargs(batch)
+                model(*args, **kwargs)
+    finally:
+        for m, mom in zip(bns, saved, strict=True):
+            m.momentum = mom
+        model.train(was)
+    return len(bns)

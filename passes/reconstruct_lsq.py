@@ -1,0 +1,70 @@
+"""reconstruct-lsq: ridge least-squares refit of each shrunk consumer's kept weights (and bias).
+
+[W', b'] = [W, b] G~[:, K~] (G~[K~, K~] + lambda I)^-1 on the dense inputs' Gram matrix, one
+closed-form solve per consumer (structured OBS / ZipLM). ``ridge`` scales lambda by the mean
+diagonal of G[K, K]. Linear, 2-d conv (groups=1) and 2-d weight matmul/addmm consumers are refit;
+others are left as they are and named in the report notes. Maths: ``graphprune.rewrite.reconstruct``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+from graphprune.errors import OptionError
+from graphprune.ir import Graph
+from graphprune.rewrite.reconstruct import (
+    as_matrix,
+    can_create_bias,
+    lsq_refit,
+    set_bias,
+    set_weight,
+    shrunk_sites,
+)
+
+from .infra import PassContext, PassResult, register_pass
+from .score import ensure_stats, weights_of
+
+__all__ = ["ReconstructLsq"]
+
+log = logging.getLogger(__name__)
+
+
+@register_pass
+@dataclass(frozen=True)
+class ReconstructLsq:
+    name: ClassVar[str] = "reconstruct-lsq"
+    ridge: float = 1e-2
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        if ctx.pruned is None or ctx.allocation is None or ctx.coupling is None or ctx.model is None:
+            raise OptionError(f"pass {self.name!r} needs 'rewrite' to run first")
+        if self.ridge < 0:
+            raise OptionError(f"pass {self.name!r} option ridge={self.ridge} must be >= 0")
+        removed = ctx.allocation.removed
+        if ctx.sites is None:
+            ensure_stats(ctx, who=f"pass {self.name!r}")
+        dense = weights_of(graph, ctx)
+        todo = [s for s in shrunk_sites(ctx.sites or [], ctx.coupling, removed)
+                if s.weight.name in dense and as_matrix(s, dense[s.weight.name]) is not None]
+        ensure_stats(ctx, frozenset(s.node for s in todo), who=f"pass {self.name!r}")
+        done, skipped = 0, []
+        for site in todo:
+            st = ctx.stats[site.node]
+            intercept = site.bias is not None or can_create_bias(ctx.pruned, site)
+            b = dense.get(site.bias.name) if site.bias is not None else None
+            got = lsq_refit(site, dense[site.weight.name], b, st, ctx.coupling, removed, self.ridge, intercept)
+            if got is None or not set_weight(ctx.pruned, site, got[0]):
+                skipped.append(site.node)
+                continue
+            if got[1] is not None:
+                set_bias(ctx.pruned, site, got[1])
+            ctx.refit.add(site.node)
+            done += 1
+        if skipped:
+            ctx.notes.append(f"{self.name}: not refit: {', '.join(skipped[:10])}")
+        log.info("%s: refit %d consumers (%d skipped)", self.name, done, len(skipped))
+        if done:
+            ctx.reconstructed.append(self.name)
+        return PassResult(graph, done > 0)

@@ -57,7 +57,11 @@ def verify_onnx(
     all_feeds = ([dict(feeds)] if feeds else []) + [random_feeds(original, input_shapes, seed=s) for s in range(trials)]
     worst, scale = 0.0, 0.0
     for f in all_feeds:
-        ref, got = run_onnx(masked, f), run_onnx(pruned, f)
+        try:
+            ref, got = run_onnx(masked, f), run_onnx(pruned, f)
+        except Exception as exc:  # onnxruntime cannot run the model (custom ops, bad shapes)
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            return VerifyResult(False, float("inf"), 0.0, rtol, 0, f"onnxruntime cannot run the model: {first}")
         if len(ref) != len(got):
             return VerifyResult(False, float("inf"), 0.0, rtol, len(all_feeds), "output count differs")
         for i, (r, g) in enumerate(zip(ref, got, strict=True)):

@@ -47,11 +47,18 @@ def load_onnx(source: str | os.PathLike[str] | ModelProto) -> ModelProto:
             raise SourceError(f"{where}: not a readable ONNX model ({type(exc).__name__}); is the file truncated?") from exc
         if not model.graph.node and not model.graph.input:
             raise SourceError(f"{where}: not an ONNX model (empty graph); is it the right file?")
-        if any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer):
+        external = [t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+        if external:
+            for t in external:
+                loc = next((e.value for e in t.external_data if e.key == "location"), "")
+                if not (path.parent / loc).is_file():
+                    raise SourceError(
+                        f"{where}: external data file {loc!r} (for {t.name!r}) is missing; keep it next to the model"
+                    )
             try:
                 onnx.load_external_data_for_model(model, str(path.parent))
-            except (FileNotFoundError, OSError) as exc:
-                raise SourceError(f"{where}: external data missing ({exc}); keep the .data file next to the model") from exc
+            except Exception as exc:  # truncated or unreadable data files
+                raise SourceError(f"{where}: cannot read its external data ({str(exc).splitlines()[0][:200]})") from exc
     try:
         onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as exc:
@@ -74,12 +81,23 @@ def _bind_inputs(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | 
     """Give every graph input a static shape; symbolic dims default to 1 unless given."""
     bound: dict[str, tuple[int, ...]] = {}
     given = dict(input_shapes or {})
+    names = [i.name for i in graph_inputs(model)]
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise SourceError(f"input shape given for {', '.join(map(repr, unknown))}, which is not a model input; inputs: {names}")
     for inp in graph_inputs(model):
         dims = inp.type.tensor_type.shape.dim
         if inp.name in given:
             shape = tuple(int(d) for d in given[inp.name])
             if len(shape) != len(dims):
-                raise SourceError(f"input_shapes[{inp.name!r}] has rank {len(shape)}, the model input has rank {len(dims)}")
+                raise SourceError(f"input shape for {inp.name!r} has rank {len(shape)}; the model input has rank {len(dims)}")
+            for ax, (d, n) in enumerate(zip(dims, shape, strict=True)):
+                if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != n:
+                    raise SourceError(
+                        f"input shape for {inp.name!r}: axis {ax} is fixed at {d.dim_value} in the model, not {n}"
+                    )
+                if n < 1:
+                    raise SourceError(f"input shape for {inp.name!r}: axis {ax} must be >= 1, got {n}")
         else:
             shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims)
         for d, s in zip(dims, shape, strict=True):
@@ -105,7 +123,13 @@ def _opset(model: ModelProto) -> int:
 def prepare(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> PreparedOnnx:
     work = ModelProto()
     work.CopyFrom(model)
+    # initializers also listed as graph inputs (older exporters) are constants, not inputs
+    inits = {t.name for t in work.graph.initializer}
+    keep_inputs = [i for i in work.graph.input if i.name not in inits]
+    del work.graph.input[:]
+    work.graph.input.extend(keep_inputs)
     bound = _bind_inputs(work, input_shapes)
+    declared = {vi.name: vi for vi in work.graph.value_info}  # custom ops' output shapes, if the file has them
     del work.graph.value_info[:]
     try:
         work = _clean(work)
@@ -117,9 +141,15 @@ def prepare(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None 
     except Exception as exc:
         raise SourceError(f"ONNX shape inference failed: {str(exc).splitlines()[0][:200]}") from exc
     shapes, dtypes = _collect_shapes(inferred)
+    note = _symbolic_note(model, input_shapes)
+    if _has_symbolic_inputs(model):
+        given = ", ".join(f"'{k}'={list(v)}" for k, v in bound.items())
+        _check_binding(work, bound, note or f"; input shapes used: {given} -- check them")
     missing = [o for n in work.graph.node for o in n.output if o and o not in shapes]
+    _shapes_from_declared(declared, missing, shapes, dtypes)
+    missing = [o for o in missing if o not in shapes]
     if missing:
-        _shapes_from_runtime(work, bound, missing, shapes, dtypes)
+        _shapes_from_runtime(work, bound, missing, shapes, dtypes, note)
     return PreparedOnnx(work, shapes, dtypes, bound, _opset(work))
 
 
@@ -199,8 +229,52 @@ def random_feeds(model: ModelProto, shapes: Mapping[str, Sequence[int]], seed: i
     return feeds
 
 
+def _symbolic_note(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> str:
+    given = set(input_shapes or {})
+    sym = [f"{i.name}[{ax}]" for i in graph_inputs(model) if i.name not in given
+           for ax, d in enumerate(i.type.tensor_type.shape.dim) if not (d.HasField("dim_value") and d.dim_value > 0)]
+    if not sym:
+        return ""
+    return f"; symbolic dims {', '.join(sym)} were bound to 1 -- give their sizes with --input-shape / input_shapes="
+
+
+def _has_symbolic_inputs(model: ModelProto) -> bool:
+    return any(not (d.HasField("dim_value") and d.dim_value > 0)
+               for i in graph_inputs(model) for d in i.type.tensor_type.shape.dim)
+
+
+def _check_binding(model: ModelProto, bound: dict[str, tuple[int, ...]], note: str) -> None:
+    """Symbolic dims were bound by default: run the model once so a wrong guess (a symbolic channel
+    dim, say) is reported against the input, not later as a failed verification."""
+    if any(n.domain not in ("", "ai.onnx") for n in model.graph.node):
+        return  # onnxruntime cannot run custom ops; shapes are checked by inference only
+    import onnxruntime as ort
+
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess.run(None, random_feeds(model, bound))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise SourceError(f"the model does not run with the bound input shapes ({first}){note}") from exc
+
+
+def _shapes_from_declared(declared: dict[str, onnx.ValueInfoProto], names: list[str],
+                          shapes: dict[str, tuple[int, ...]], dtypes: dict[str, int]) -> None:
+    """Static shapes the file declares in value_info (e.g. for custom-domain ops) fill the gaps."""
+    for n in names:
+        vi = declared.get(n)
+        if vi is None or not vi.type.tensor_type.HasField("shape"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            shapes[n] = tuple(int(d.dim_value) for d in dims)
+            dtypes[n] = vi.type.tensor_type.elem_type
+
+
 def _shapes_from_runtime(model: ModelProto, bound: dict[str, tuple[int, ...]], names: list[str],
-                         shapes: dict[str, tuple[int, ...]], dtypes: dict[str, int]) -> None:
+                         shapes: dict[str, tuple[int, ...]], dtypes: dict[str, int], note: str = "") -> None:
     import onnxruntime as ort
 
     probe = ModelProto()
@@ -213,7 +287,10 @@ def _shapes_from_runtime(model: ModelProto, bound: dict[str, tuple[int, ...]], n
         sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
         outs = sess.run(None, random_feeds(model, bound))
     except Exception as exc:
-        raise SourceError(f"could not determine tensor shapes (onnxruntime: {str(exc).splitlines()[0][:200]})") from exc
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        custom = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
+        hint = f"; custom ops {', '.join(custom)}: declare their output shapes in value_info" if custom else ""
+        raise SourceError(f"could not determine tensor shapes (onnxruntime: {first}){hint}{note}") from exc
     for meta, val in zip(sess.get_outputs(), outs, strict=True):
         if isinstance(val, np.ndarray):
             shapes.setdefault(meta.name, tuple(int(s) for s in val.shape))

@@ -5,6 +5,7 @@ only after the checks pass, so a failed save never leaves a half-written file.""
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -76,7 +77,9 @@ def _export_onnx(model: nn.Module, path: Path, example_inputs: ExampleInputs, op
     errors = []
     for dynamo in (False, True):  # the TorchScript exporter is ~8x faster where it works
         try:
-            with warnings.catch_warnings(), torch.no_grad(), _quiet_onnx_logs():
+            sink = io.StringIO()  # the exporters print graphs and progress; keep them out of the terminal
+            with warnings.catch_warnings(), torch.no_grad(), _quiet_onnx_logs(), \
+                    contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
                     model, args, str(path), kwargs=kwargs or None, dynamo=dynamo,

@@ -303,3 +303,30 @@ def test_resnet50_torch_and_onnx_keep_identical_channels(tmp_path: Path) -> None
     assert not diff, f"different kept channels for {diff[:5]}: torch {kt[diff[0]]} vs onnx {ko[diff[0]]}"
     extra = sorted(k for k in set(ko) - set(kt) if k.split("__use")[0] not in kt)
     assert not extra, f"pruned via ONNX but not via PyTorch: {extra[:8]}"
+
+
+def test_onnx_dynamic_reshape_it_cannot_express_falls_back_reported() -> None:
+    """Reshape (batch, seq, 8) -> (seq, batch * 8) through a Shape sub-graph: after folding, both
+    output dims follow symbolic dims that the input does not carry at the same position, which no
+    0/-1 shape expresses. The model keeps its bound shapes, runs, and the report names the Reshape."""
+    from _onnx_util import build
+
+    m = build('<ir_version: 8, opset_import: ["" : 17]>\n' + """g (float[batch,seq,8] x) => (float[seq,n] z) {
+      h = MatMul(x, w1)
+      r = Relu(h)
+      y = MatMul(r, w2)
+      s = Shape(y)
+      a = Gather(s, i1)
+      b = Gather(s, i0)
+      c = Mul(b, eight)
+      p = Concat<axis=0>(a, c)
+      z = Reshape(y, p)
+    }""", {"w1": (8, 16), "w2": (16, 8)},
+              ints={"i0": np.asarray([0]), "i1": np.asarray([1]), "eight": np.asarray([8])})
+    res = gp.prune(m, flops=FLOPS, input_shapes=None)
+    dyn = res.report["onnx_dynamic"]
+    assert dyn["kept"] is False and "Reshape" in dyn["reason"], dyn
+    assert res.report["verification"]["ok"], res.report["verification"]
+    assert [d.dim_value for d in res.model.graph.input[0].type.tensor_type.shape.dim] == [1, 1, 8]
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 1, 8)).astype(np.float32)}
+    assert_close(run(masked_by_plan(m, res.plan.kept), feeds), run(res.model, feeds))

@@ -273,6 +273,8 @@ def _prune_once(
     report = prune_report(graph, ctx)
     if onnx_input:
         report["input_shapes"] = {k: list(v) for k, v in ctx.onnx.input_shapes.items()}
+        if ctx.onnx_dynamic:
+            report["onnx_dynamic"] = dict(ctx.onnx_dynamic)
     if ctx.latency is not None:
         report["latency"] = latency_report(graph, ctx, loop)
     return PruneResult(ctx.pruned, report, plan, example_inputs, ctx.coupling, ctx.allocation.removed)

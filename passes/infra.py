@@ -34,6 +34,7 @@ class PassContext:
     example_inputs: Any
     program: Any = None  # torch.export.ExportedProgram
     onnx: Any = None  # graphprune.frontends.PreparedOnnx when pruning an ONNX model
+    onnx_dynamic: dict[str, Any] = field(default_factory=dict)  # symbolic input dims kept? (report["onnx_dynamic"])
     coupling: Any = None  # graphprune.analysis.Coupling
     scores: np.ndarray | None = None
     criterion: str = ""

@@ -12,14 +12,14 @@ import time
 from dataclasses import dataclass
 from typing import ClassVar
 
-from graphprune.errors import OptionError
+from graphprune.errors import ExportError, OptionError
 from graphprune.ir import Graph
-from graphprune.rewrite import NotRewritable, rewrite_fx, rewrite_module, rewrite_onnx
+from graphprune.rewrite import NotDynamic, NotRewritable, rewrite_fx, rewrite_module, rewrite_onnx
 from graphprune.verification import masked_original, verify_pruned
 
 from .infra import PassContext, PassResult, register_pass
 
-__all__ = ["Rewrite"]
+__all__ = ["Rewrite", "rewrite_onnx_ctx"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Rewrite:
         if ctx.coupling is None or ctx.allocation is None:
             raise OptionError("pass 'rewrite' needs 'couple' and 'allocate' to run first")
         if ctx.onnx is not None:
-            ctx.pruned = rewrite_onnx(ctx.onnx.model, graph, ctx.coupling, ctx.allocation.removed)
+            rewrite_onnx_ctx(graph, ctx, dynamic=True)
             ctx.route, ctx.verification = "onnx", None
             return PassResult(graph, True)
         assert ctx.model is not None
@@ -66,3 +66,23 @@ class Rewrite:
         ctx.route = "fx"
         ctx.verification = None
         return PassResult(graph, True)
+
+
+def rewrite_onnx_ctx(graph: Graph, ctx: PassContext, dynamic: bool, reason: str = "") -> None:
+    """Set ``ctx.pruned`` to the rewritten ONNX model and ``ctx.onnx_dynamic`` to what became of the
+    symbolic input dims: kept symbolic when ``dynamic`` and the rewriter can express every shape,
+    else bound (static, as analyzed) with the reason."""
+    prep, removed = ctx.onnx, ctx.allocation.removed
+    dyn = prep.dynamic if dynamic else None
+    if dyn is not None:
+        try:
+            ctx.pruned = rewrite_onnx(prep.model, graph, ctx.coupling, removed, dynamic=dyn)
+            ctx.onnx_dynamic = {"kept": True, "dims": {k: {str(ax): p for ax, p in v.items()} for k, v in dyn.dims.items()}}
+            return
+        except (NotDynamic, ExportError) as exc:
+            reason = str(exc)
+    ctx.pruned = rewrite_onnx(prep.model, graph, ctx.coupling, removed)
+    reason = reason or prep.dynamic_reason
+    ctx.onnx_dynamic = {"kept": False, "reason": reason} if reason else {}
+    if reason:
+        log.info("pruned ONNX model keeps the bound input shapes %s: %s", prep.input_shapes, reason)

@@ -17,6 +17,7 @@ from graphprune.verification import masked_original, merge_results, verify_prune
 from graphprune.verification_onnx import verify_onnx
 
 from .infra import PassContext, PassResult, register_pass
+from .rewrite import rewrite_onnx_ctx
 
 __all__ = ["Verify"]
 
@@ -34,10 +35,7 @@ class Verify:
             raise OptionError("pass 'verify' needs 'rewrite' to run first")
         removed = ctx.allocation.removed
         if ctx.onnx is not None:
-            ctx.verification = verify_onnx(
-                ctx.onnx.model, ctx.pruned, ctx.coupling, removed, ctx.onnx.input_shapes,
-                feeds=ctx.example_inputs, trials=max(1, self.trials), rtol=self.rtol,
-            )
+            self._verify_onnx(graph, ctx)
             return self._check(graph, ctx)
         if ctx.reconstructed:
             res = verify_structure(ctx.model, ctx.pruned, ctx.coupling, removed, ctx.example_inputs)
@@ -58,6 +56,29 @@ class Verify:
             )
             ctx.verification = merge_results(ctx.verification, extra)
         return self._check(graph, ctx)
+
+    def _verify_onnx(self, graph: Graph, ctx: PassContext) -> None:
+        """Exact oracle at the bound shapes; a model with symbolic dims kept is also checked at the
+        second binding, against the masked original prepared there. If either fails, the model
+        is rewritten with static shapes, checked again, and the report says why."""
+        prep, removed = ctx.onnx, ctx.allocation.removed
+        ctx.verification = verify_onnx(prep.model, ctx.pruned, ctx.coupling, removed, prep.input_shapes,
+                                       feeds=ctx.example_inputs, trials=max(1, self.trials), rtol=self.rtol)
+        if not ctx.onnx_dynamic.get("kept"):
+            return
+        dyn = prep.dynamic
+        if ctx.verification.ok:
+            alt = verify_onnx(dyn.alt_model, ctx.pruned, ctx.coupling, removed, dyn.alt_input_shapes,
+                              trials=max(1, self.trials), rtol=self.rtol)
+            if alt.ok:
+                return
+            why = alt.detail or f"max abs error {alt.max_abs_err:.3g} > {alt.tolerance:.3g}"
+            reason = f"at input shapes {dyn.alt_input_shapes} the pruned model disagrees with the masked original: {why}"
+        else:
+            reason = "the model with symbolic dims failed verification at the bound shapes"
+        rewrite_onnx_ctx(graph, ctx, dynamic=False, reason=reason)
+        ctx.verification = verify_onnx(prep.model, ctx.pruned, ctx.coupling, removed, prep.input_shapes,
+                                       feeds=ctx.example_inputs, trials=max(1, self.trials), rtol=self.rtol)
 
     def _check(self, graph: Graph, ctx: PassContext) -> PassResult:
         res = ctx.verification

@@ -6,6 +6,14 @@ quantized (QDQ/QOperator) graph. ``prepare`` then binds symbolic input dims to c
 (``input_shapes``, else 1), folds constants and removes identities with onnxscript's optimizer
 (shape sub-graphs become initializers that the rewriter can edit), and infers a static shape for
 every tensor, running onnxruntime once for any the shape inference could not resolve.
+
+Dynamic dims: symbolic input dims bound by default (not given in ``input_shapes``) are also bound
+to a second, distinct size (``bound + k + 1`` for the k-th dim name) and prepared again into
+``OnnxDynamic``. A tensor dim whose size differs between the two bindings follows a symbolic dim;
+the rewriter uses that to write Reshape/Expand shapes that stay valid at any size, and the
+verifier runs the pruned model at the second binding too. Only when both preparations give the
+same graph (node ops and value names, initializer names) and the only size-dependent initializers
+are Reshape/Expand shape inputs is the dynamic path offered; otherwise ``dynamic_reason`` says why.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from onnx import ModelProto, TensorProto, numpy_helper
 
 from ..errors import SourceError
 
-__all__ = ["PreparedOnnx", "graph_inputs", "load_onnx", "prepare", "random_feeds"]
+__all__ = ["OnnxDynamic", "PreparedOnnx", "graph_inputs", "load_onnx", "prepare", "random_feeds"]
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +86,12 @@ def graph_inputs(model: ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def _bind_inputs(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
-    """Give every graph input a static shape; symbolic dims default to 1 unless given."""
+    """Give every graph input a static shape; symbolic dims default to 1 unless given (a dim named
+    like a dim of a given input, e.g. ``attention_mask[1]`` and ``input_ids[1]`` both ``seq``,
+    takes that size)."""
     bound: dict[str, tuple[int, ...]] = {}
     given = dict(input_shapes or {})
+    sized = _given_dim_params(model, given)
     names = [i.name for i in graph_inputs(model)]
     unknown = sorted(set(given) - set(names))
     if unknown:
@@ -99,12 +110,39 @@ def _bind_inputs(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | 
                 if n < 1:
                     raise SourceError(f"input shape for {inp.name!r}: axis {ax} must be >= 1, got {n}")
         else:
-            shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims)
+            shape = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else sized.get(d.dim_param, 1)
+                          for d in dims)
         for d, s in zip(dims, shape, strict=True):
             d.Clear()
             d.dim_value = s
         bound[inp.name] = shape
     return bound
+
+
+def _given_dim_params(model: ModelProto, given: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """dim_param -> size, from the symbolic dims of the inputs the user gave shapes for."""
+    sized: dict[str, int] = {}
+    for inp in graph_inputs(model):
+        shape = given.get(inp.name)
+        dims = inp.type.tensor_type.shape.dim
+        if shape is None or len(shape) != len(dims):
+            continue
+        for d, n in zip(dims, shape, strict=True):
+            if d.dim_param:
+                sized.setdefault(d.dim_param, int(n))
+    return sized
+
+
+@dataclass
+class OnnxDynamic:
+    """The same graph prepared at a second binding of the default-bound symbolic input dims."""
+
+    dims: dict[str, dict[int, str]]  # graph input -> axis -> dim_param (the symbolic name restored)
+    alt_model: ModelProto
+    alt_shapes: dict[str, tuple[int, ...]]
+    alt_input_shapes: dict[str, tuple[int, ...]]
+    base_shapes: dict[str, tuple[int, ...]]  # = PreparedOnnx.shapes, the analysis binding
+    output_dims: dict[str, dict[int, str]]  # the original model's output dim_params, reused on the pruned outputs
 
 
 @dataclass
@@ -114,6 +152,8 @@ class PreparedOnnx:
     dtypes: dict[str, int]
     input_shapes: dict[str, tuple[int, ...]]
     opset: int
+    dynamic: OnnxDynamic | None = None  # set when symbolic input dims can be kept symbolic
+    dynamic_reason: str = ""  # why not, when the model had default-bound symbolic dims
 
 
 def _opset(model: ModelProto) -> int:
@@ -121,6 +161,18 @@ def _opset(model: ModelProto) -> int:
 
 
 def prepare(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> PreparedOnnx:
+    work, shapes, dtypes, bound = _prepare_once(model, input_shapes)
+    prep = PreparedOnnx(work, shapes, dtypes, bound, _opset(work))
+    dims = _default_symbolic(model, input_shapes)
+    if dims:
+        prep.dynamic, prep.dynamic_reason = _prepare_alt(model, prep, dims)
+        if prep.dynamic is None:
+            log.info("symbolic input dims stay bound (%s)", prep.dynamic_reason)
+    return prep
+
+
+def _prepare_once(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None
+                  ) -> tuple[ModelProto, dict[str, tuple[int, ...]], dict[str, int], dict[str, tuple[int, ...]]]:
     work = ModelProto()
     work.CopyFrom(model)
     # initializers also listed as graph inputs (older exporters) are constants, not inputs
@@ -150,7 +202,72 @@ def prepare(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None 
     missing = [o for o in missing if o not in shapes]
     if missing:
         _shapes_from_runtime(work, bound, missing, shapes, dtypes, note)
-    return PreparedOnnx(work, shapes, dtypes, bound, _opset(work))
+    return work, shapes, dtypes, bound
+
+
+def _default_symbolic(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> dict[str, dict[int, str]]:
+    """Input -> axis -> dim name, for symbolic dims the user did not size (an unnamed dim gets
+    ``<input>_<axis>``)."""
+    given = set(input_shapes or {})
+    sized = _given_dim_params(model, dict(input_shapes or {}))
+    out: dict[str, dict[int, str]] = {}
+    for inp in graph_inputs(model):
+        if inp.name in given:
+            continue
+        for ax, d in enumerate(inp.type.tensor_type.shape.dim):
+            if not (d.HasField("dim_value") and d.dim_value > 0) and d.dim_param not in sized:
+                out.setdefault(inp.name, {})[ax] = d.dim_param or f"{inp.name}_{ax}"
+    return out
+
+
+def _alt_binding(bound: Mapping[str, tuple[int, ...]], dims: Mapping[str, Mapping[int, str]]) -> dict[str, tuple[int, ...]]:
+    """The second binding: the k-th distinct dim name gets ``bound + k + 1``, so two symbolic dims
+    never change by the same amount (a batch dim is not mistaken for a sequence dim)."""
+    names = sorted({p for axes in dims.values() for p in axes.values()})
+    step = {p: k + 1 for k, p in enumerate(names)}
+    alt = {}
+    for name, shape in bound.items():
+        axes = dims.get(name, {})
+        alt[name] = tuple(s + step[axes[ax]] if ax in axes else s for ax, s in enumerate(shape))
+    return alt
+
+
+def _prepare_alt(model: ModelProto, prep: PreparedOnnx, dims: dict[str, dict[int, str]]) -> tuple[OnnxDynamic | None, str]:
+    alt_inputs = _alt_binding(prep.input_shapes, dims)
+    try:
+        alt_model, alt_shapes, _, _ = _prepare_once(model, alt_inputs)
+    except Exception as exc:  # the model does not run at another size: keep it static
+        return None, f"the model does not prepare with input shapes {alt_inputs}: {str(exc).splitlines()[0][:200]}"
+    reason = _same_graph(prep.model, alt_model) or _size_dependent_constants(prep.model, alt_model)
+    if reason:
+        return None, reason
+    outs = {o.name: {ax: d.dim_param for ax, d in enumerate(o.type.tensor_type.shape.dim) if d.dim_param}
+            for o in model.graph.output}
+    return OnnxDynamic(dims, alt_model, alt_shapes, alt_inputs, prep.shapes, outs), ""
+
+
+def _same_graph(a: ModelProto, b: ModelProto) -> str:
+    """'' when both preparations have the same nodes (op, inputs, outputs) and initializer names."""
+    sig = lambda m: [(n.op_type, tuple(n.input), tuple(n.output)) for n in m.graph.node]  # noqa: E731
+    if sig(a) != sig(b):
+        return "the graph folds differently at another input size"
+    if sorted(t.name for t in a.graph.initializer) != sorted(t.name for t in b.graph.initializer):
+        return "the initializers differ at another input size"
+    return ""
+
+
+def _size_dependent_constants(a: ModelProto, b: ModelProto) -> str:
+    """'' when every initializer that changes with the input size is only a Reshape/Expand shape."""
+    alt = {t.name: t for t in b.graph.initializer}
+    differ = {t.name for t in a.graph.initializer
+              if t.dims != alt[t.name].dims or not np.array_equal(numpy_helper.to_array(t), numpy_helper.to_array(alt[t.name]))}
+    for n in a.graph.node:
+        for i, name in enumerate(n.input):
+            if name in differ and not (n.op_type in ("Reshape", "Expand") and i == 1):
+                return f"constant {name!r} (input {i} of {n.op_type} {n.name!r}) depends on the input size"
+    if any(o.name in differ for o in a.graph.output):
+        return "a graph output is a constant that depends on the input size"
+    return ""
 
 
 def _clean(model: ModelProto) -> ModelProto:
@@ -230,9 +347,7 @@ def random_feeds(model: ModelProto, shapes: Mapping[str, Sequence[int]], seed: i
 
 
 def _symbolic_note(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> str:
-    given = set(input_shapes or {})
-    sym = [f"{i.name}[{ax}]" for i in graph_inputs(model) if i.name not in given
-           for ax, d in enumerate(i.type.tensor_type.shape.dim) if not (d.HasField("dim_value") and d.dim_value > 0)]
+    sym = [f"{k}[{ax}]" for k, axes in _default_symbolic(model, input_shapes).items() for ax in axes]
     if not sym:
         return ""
     return f"; symbolic dims {', '.join(sym)} were bound to 1 -- give their sizes with --input-shape / input_shapes="

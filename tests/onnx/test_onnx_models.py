@@ -216,11 +216,72 @@ def test_onnx_dynamic_batch_stays_dynamic(tmp_path: Path) -> None:
                           dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
     res = gp.prune(str(src), flops=FLOPS)
     assert res.report["verification"]["ok"], res.report["verification"]
+    assert res.report["onnx_dynamic"] == {"kept": True, "dims": {"x": {"0": "batch"}}}
+    assert [d.dim_param for d in res.model.graph.output[0].type.tensor_type.shape.dim][:1] == ["batch"]
     x3 = np.random.default_rng(0).standard_normal((3, *x[0].shape[1:])).astype(np.float32)
     got = run(res.model, {"x": x3})[0]
     assert got.shape[0] == 3
     for i in range(3):
         np.testing.assert_allclose(got[i : i + 1], run(res.model, {"x": x3[i : i + 1]})[0], rtol=1e-4, atol=1e-5)
+
+
+def _export_bert(path: Path, axes: dict[int, str]) -> None:
+    model, x = MODELS["bert_tiny"]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, x, str(path), dynamo=False, input_names=["input_ids", "attention_mask"],
+                          output_names=["logits"],
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "logits": {0: "batch"}})
+
+
+def _tokens(shape: tuple[int, int], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    mask = np.ones(shape, dtype=np.int64)
+    mask[0, shape[1] // 2 :] = 0
+    return {"input_ids": rng.integers(0, 1000, size=shape).astype(np.int64), "attention_mask": mask}
+
+
+def test_onnx_symbolic_dim_named_like_a_given_one_takes_its_size(tmp_path: Path) -> None:
+    """attention_mask shares the dim names of input_ids: sizing input_ids sizes both, and then no
+    dim is left symbolic (the pruned model has the given shapes, no dynamic report)."""
+    src = tmp_path / "bert_dyn2.onnx"
+    _export_bert(src, {0: "batch", 1: "seq"})
+    res = gp.prune(str(src), flops=FLOPS, input_shapes={"input_ids": (2, 8)})
+    assert res.report["verification"]["ok"], res.report["verification"]
+    assert res.report["input_shapes"] == {"input_ids": [2, 8], "attention_mask": [2, 8]}
+    assert "onnx_dynamic" not in res.report
+
+
+def test_onnx_transformer_dynamic_batch_stays_dynamic(tmp_path: Path) -> None:
+    """BERT exported with a symbolic batch: the pruned model keeps it and, at batch 3 and 5, equals
+    the original at that batch with the removed channels zeroed (independent oracle)."""
+    src = tmp_path / "bert_dynbatch.onnx"
+    _export_bert(src, {0: "batch"})
+    res = gp.prune(str(src), flops=FLOPS)
+    assert res.report["verification"]["ok"], res.report["verification"]
+    assert res.report["onnx_dynamic"] == {"kept": True, "dims": {"input_ids": {"0": "batch"}, "attention_mask": {"0": "batch"}}}
+    assert all([d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] == ["batch", 16]
+               for i in res.model.graph.input)
+    masked = masked_by_plan(onnx.load(str(src)), res.plan.kept)
+    for batch in (3, 5):
+        feeds = _tokens((batch, 16), seed=batch)
+        assert_close(run(masked, feeds), run(res.model, feeds), what=f"batch {batch}")
+
+
+def test_onnx_transformer_dynamic_sequence_falls_back_reported(tmp_path: Path) -> None:
+    """BERT with symbolic batch AND sequence: the TorchScript export slices the position table by
+    the sequence length, which constant folding bakes into a constant that no Reshape/Expand edit
+    can express. The pruned model then keeps the bound shapes, and the report says why."""
+    src = tmp_path / "bert_dynseq.onnx"
+    _export_bert(src, {0: "batch", 1: "seq"})
+    res = gp.prune(str(src), flops=FLOPS)
+    dyn = res.report["onnx_dynamic"]
+    assert dyn["kept"] is False and "depends on the input size" in dyn["reason"], dyn
+    assert res.report["verification"]["ok"], res.report["verification"]
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in res.model.graph.input}
+    assert shapes == {"input_ids": [1, 1], "attention_mask": [1, 1]}
+    feeds = _tokens((1, 1), seed=1)
+    assert_close(run(masked_by_plan(onnx.load(str(src)), res.plan.kept), feeds), run(res.model, feeds))
 
 
 def test_resnet50_torch_and_onnx_keep_identical_channels(tmp_path: Path) -> None:
@@ -242,3 +303,30 @@ def test_resnet50_torch_and_onnx_keep_identical_channels(tmp_path: Path) -> None
     assert not diff, f"different kept channels for {diff[:5]}: torch {kt[diff[0]]} vs onnx {ko[diff[0]]}"
     extra = sorted(k for k in set(ko) - set(kt) if k.split("__use")[0] not in kt)
     assert not extra, f"pruned via ONNX but not via PyTorch: {extra[:8]}"
+
+
+def test_onnx_dynamic_reshape_it_cannot_express_falls_back_reported() -> None:
+    """Reshape (batch, seq, 8) -> (seq, batch * 8) through a Shape sub-graph: after folding, both
+    output dims follow symbolic dims that the input does not carry at the same position, which no
+    0/-1 shape expresses. The model keeps its bound shapes, runs, and the report names the Reshape."""
+    from _onnx_util import build
+
+    m = build('<ir_version: 8, opset_import: ["" : 17]>\n' + """g (float[batch,seq,8] x) => (float[seq,n] z) {
+      h = MatMul(x, w1)
+      r = Relu(h)
+      y = MatMul(r, w2)
+      s = Shape(y)
+      a = Gather(s, i1)
+      b = Gather(s, i0)
+      c = Mul(b, eight)
+      p = Concat<axis=0>(a, c)
+      z = Reshape(y, p)
+    }""", {"w1": (8, 16), "w2": (16, 8)},
+              ints={"i0": np.asarray([0]), "i1": np.asarray([1]), "eight": np.asarray([8])})
+    res = gp.prune(m, flops=FLOPS, input_shapes=None)
+    dyn = res.report["onnx_dynamic"]
+    assert dyn["kept"] is False and "Reshape" in dyn["reason"], dyn
+    assert res.report["verification"]["ok"], res.report["verification"]
+    assert [d.dim_value for d in res.model.graph.input[0].type.tensor_type.shape.dim] == [1, 1, 8]
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 1, 8)).astype(np.float32)}
+    assert_close(run(masked_by_plan(m, res.plan.kept), feeds), run(res.model, feeds))

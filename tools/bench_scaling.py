@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-
-import graphprune as gp
 from graphprune.models.llama import build_llama_tiny
 from graphprune.models.resnet import Bottleneck, ResNet
+
+import graphprune as gp
 
 
 def _resnet(blocks: int) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:

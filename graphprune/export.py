@@ -8,6 +8,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -77,9 +78,8 @@ def _export_onnx(model: nn.Module, path: Path, example_inputs: ExampleInputs, op
     errors = []
     for dynamo in (False, True):  # the TorchScript exporter is ~8x faster where it works
         try:
-            sink = io.StringIO()  # the exporters print graphs and progress; keep them out of the terminal
-            with warnings.catch_warnings(), torch.no_grad(), _quiet_onnx_logs(), \
-                    contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            # the exporters print whole graphs on failure (from C++ too); keep them off the terminal
+            with warnings.catch_warnings(), torch.no_grad(), _quiet_onnx_logs(), _silenced_fds():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
                     model, args, str(path), kwargs=kwargs or None, dynamo=dynamo,
@@ -92,6 +92,27 @@ def _export_onnx(model: nn.Module, path: Path, example_inputs: ExampleInputs, op
         raise ExportError("ONNX export failed: " + "; ".join(errors))
     err = check_onnx(path, model, example_inputs)
     return {"format": "onnx", "onnxruntime_max_abs_err": err}
+
+
+@contextlib.contextmanager
+def _silenced_fds() -> Iterator[None]:
+    """Send file descriptors 1 and 2 to /dev/null for the duration (Python and C++ writes alike)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
 
 
 @contextlib.contextmanager

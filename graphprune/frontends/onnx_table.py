@@ -122,6 +122,7 @@ _UNARY = {
     "Abs": "abs", "Sin": "sin", "Cos": "cos", "Not": "logical_not", "Sign": "sign", "Floor": "floor",
     "Ceil": "ceil", "Round": "round", "Clip": "clamp", "Cast": "cast", "CastLike": "cast",
     "Identity": "identity", "Dropout": "dropout", "Shrink": "relu", "ThresholdedRelu": "relu",
+    "IsNaN": "isnan", "IsInf": "isinf",
 }
 _BINARY = {
     "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow", "Max": "maximum", "Min": "minimum",

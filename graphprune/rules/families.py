@@ -13,7 +13,7 @@ UNARY = frozenset(
         "relu", "relu6", "leaky_relu", "prelu_scalar", "elu", "selu", "celu", "gelu", "silu", "mish",
         "sigmoid", "hardsigmoid", "hardswish", "hardtanh", "tanh", "softplus", "softsign", "erf",
         "exp", "log", "sqrt", "rsqrt", "reciprocal", "neg", "abs", "sin", "cos", "square",
-        "logical_not", "sign", "floor", "ceil", "round",
+        "logical_not", "sign", "floor", "ceil", "round", "isnan", "isinf", "isfinite",
     }
 )
 

@@ -583,3 +583,27 @@ def test_shared_conv_weight_ties_both_uses() -> None:
     assert canon(t["w1"][0]) == list(range(8))
     same(t["w2"][1], t["w1"][0])
     prune_checked(m)
+
+
+def test_isnan_where_safe_softmax_pattern_keeps_channels() -> None:
+    """The dynamo exporter writes softmax as Where(IsNaN(s), 0, s): IsNaN is elementwise, not a
+    barrier (it froze every attention head of exported LLaMA/Qwen2/Mistral models)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    import graphprune as gp
+
+    rng = np.random.default_rng(0)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.zeros((), np.float32), "zero")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("IsNaN", ["h"], ["n"]),
+             helper.make_node("Where", ["n", "zero", "h"], ["s"]), helper.make_node("MatMul", ["s", "w2"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    res = gp.prune(model, flops=0.5)
+    assert res.report["barriers"] == {}
+    assert res.report["verification"]["ok"]
+    w1 = next(t for t in res.model.graph.initializer if t.name == "w1")
+    assert w1.dims[0] == 8 and 0 < w1.dims[1] < 16

@@ -175,6 +175,19 @@ def rewrite_fx(program: ExportedProgram, graph: Graph, coupling: Coupling, remov
         fn = ARG_REWRITERS.get(packet.__name__)
         if fn is not None and any(ctx.shape(v) != v.shape for v in [*node.inputs, *node.outputs] if v is not None):
             fn(fx, node, ctx)
+    return _plain_graph_module(gm)
+
+
+def _plain_graph_module(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A regular GraphModule: the unlifted export module refuses .eval()/.train() and cannot be
+    pickled (its input-guard submodule is a local lambda). Input shapes are unchanged by pruning,
+    so the guard call is dropped; everything the graph references is copied."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
+            gm.graph.erase_node(node)
     gm.graph.lint()
-    gm.recompile()
-    return gm
+    gm.graph._tracer_cls = None  # the export tracer cannot be rebuilt when the module is unpickled
+    gm.graph._tracer_extras = {}
+    out = torch.fx.GraphModule(gm, gm.graph, class_name="PrunedGraphModule")
+    out.eval()
+    return out

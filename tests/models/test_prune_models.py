@@ -83,3 +83,16 @@ def test_saved_pt_roundtrip(tmp_path: Path) -> None:
     res.save(path)
     loaded = torch.load(path, weights_only=False)
     torch.testing.assert_close(_outputs(loaded, x), _outputs(res.model, x))
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "shufflenet"])
+def test_fx_route_model_is_a_plain_module(name: str, tmp_path: Path) -> None:
+    """The fx route returns a GraphModule a user can .eval(), save as .pt and load back."""
+    model, x = build(name)
+    res = gp.prune(model, x, flops=0.5)
+    assert res.report["route"] == "fx"
+    res.model.eval().train(False)
+    path = tmp_path / "m.pt"
+    res.save(path)
+    loaded = torch.load(path, weights_only=False)
+    torch.testing.assert_close(_outputs(loaded, x), _outputs(res.model, x), rtol=0, atol=0)

@@ -43,7 +43,8 @@ Torch-Pruning's progressive/bisect search steers by the same counter (falling ba
 Also: output shape kept (bool), and onnxruntime CPU latency before/after: export with
 ``torch.onnx.export(..., dynamo=False)`` (TorchScript exporter; falls back to the dynamo
 exporter), ``intra_op_num_threads=--threads``, median of ``--latency-runs`` runs after 3 warm-up
-runs. An error in one model or one tool is recorded in its row and the run goes on; ``--timeout``
+runs; the original and the pruned models run in turn, round after round, so that load from other
+processes hits them alike (thread spinning is off, so an idle session does not steal the cores). An error in one model or one tool is recorded in its row and the run goes on; ``--timeout``
 bounds each tool per model (SIGALRM).
 
 Usage (in the zoo venv, with ``pip install -e /work/main`` done once graphprune exists)::
@@ -204,42 +205,55 @@ def list_models() -> None:
 # -------------------------------------------------------------------------------------- ONNX
 
 
-def onnx_latency_ms(model: nn.Module, inputs: Inputs, runs: int, threads: int) -> dict[str, Any]:
-    """Export to ONNX and time onnxruntime CPU inference; median ms over ``runs`` after 3 warm-ups."""
+def onnx_session(
+    model: nn.Module, inputs: Inputs, tmp: str, tag: str, threads: int
+) -> tuple[Any, dict, dict]:
+    """Export ``model`` to ONNX under ``tmp`` and open an onnxruntime CPU session on it.
+
+    TorchScript exporter (``dynamo=False``) first, the dynamo exporter if that fails. Returns
+    ``(session, feeds, info)``.
+    """
     import onnxruntime as ort
 
     args = as_tuple(inputs)
     info: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.onnx")
-        model = eval_mode(model)
-        t0 = time.perf_counter()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(model, args, path, dynamo=False, opset_version=17)
-            info["exporter"] = "torchscript"
-        except Exception as exc:  # noqa: BLE001 - fall back to the dynamo exporter
-            info["torchscript_error"] = _short(exc)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(model, args, path, dynamo=True)
-            info["exporter"] = "dynamo"
-        info["export_s"] = round(time.perf_counter() - t0, 3)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        feeds = {i.name: a.detach().numpy() for i, a in zip(sess.get_inputs(), args, strict=False)}
-        for _ in range(3):
-            sess.run(None, feeds)
-        times = []
-        for _ in range(runs):
+    path = os.path.join(tmp, f"{tag}.onnx")
+    model = eval_mode(model)
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, args, path, dynamo=False, opset_version=17)
+        info["exporter"] = "torchscript"
+    except Exception as exc:  # noqa: BLE001 - fall back to the dynamo exporter
+        info["torchscript_error"] = _short(exc)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, args, path, dynamo=True)
+        info["exporter"] = "dynamo"
+    info["export_s"] = round(time.perf_counter() - t0, 3)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    # sessions are timed in turn: idle ones must not spin their threads while another runs
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    feeds = {i.name: a.detach().numpy() for i, a in zip(sess.get_inputs(), args, strict=False)}
+    for _ in range(3):  # warm-up
+        sess.run(None, feeds)
+    return sess, feeds, info
+
+
+def interleaved_median_ms(sessions: dict[str, tuple[Any, dict]], runs: int) -> dict[str, float]:
+    """Median ms per session over ``runs`` rounds; each round runs every session once, in turn,
+    so that load from other processes on the machine hits all models alike."""
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(runs):
+        for tag, (sess, feeds) in sessions.items():
             t0 = time.perf_counter()
             sess.run(None, feeds)
-            times.append((time.perf_counter() - t0) * 1e3)
-        info["ms"] = round(statistics.median(times), 3)
-    return info
+            times[tag].append((time.perf_counter() - t0) * 1e3)
+    return {k: round(statistics.median(v), 3) for k, v in times.items()}
 
 
 # ------------------------------------------------------------------------------- Torch-Pruning
@@ -258,13 +272,17 @@ class TPRecipe:
 
 
 def output_modules(model: nn.Module, inputs: Inputs) -> list[nn.Module]:
-    """Leaf modules whose output tensor is (a view of) a tensor the model returns."""
-    produced: dict[int, nn.Module] = {}
+    """Leaf modules whose output tensor is (a view of) a tensor the model returns.
+
+    All producers of one tensor are kept: an ``nn.Identity`` after the classifier returns the
+    classifier's own tensor object. The tensors are held until the end so that ids stay unique.
+    """
+    produced: dict[int, tuple[torch.Tensor, list[nn.Module]]] = {}
     hooks = []
 
     def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
         if isinstance(out, torch.Tensor):
-            produced[id(out)] = mod
+            produced.setdefault(id(out), (out, []))[1].append(mod)
 
     for m in model.modules():
         if len(list(m.children())) == 0:
@@ -279,8 +297,9 @@ def output_modules(model: nn.Module, inputs: Inputs) -> list[nn.Module]:
     found = []
     for o in outs:
         for t in (o, getattr(o, "_base", None)):
-            if t is not None and id(t) in produced and produced[id(t)] not in found:
-                found.append(produced[id(t)])
+            for mod in produced.get(id(t), (None, []))[1] if t is not None else []:
+                if mod not in found:
+                    found.append(mod)
     return found
 
 
@@ -485,7 +504,7 @@ def _run_tp(
         t0 = time.perf_counter()
         pruner = _tp_pruner(m, inputs, recipe, 1.0, ns.tp_steps, ns.round_to)
         r["tp_build_s"] = round(time.perf_counter() - t0, 3)
-        prune_s, steps, flops = 0.0, 0, steer(m, inputs)
+        prune_s, steps, stalled, flops = 0.0, 0, 0, steer(m, inputs)
         while flops > target_flops and steps < ns.tp_steps:
             t0 = time.perf_counter()
             pruner.step()
@@ -493,10 +512,11 @@ def _run_tp(
             prune_s += time.perf_counter() - t0
             steps += 1
             new = steer(m, inputs)
-            if new >= flops and steps > 3:  # stuck: nothing left that this setup can prune
-                flops = new
-                break
+            stalled = stalled + 1 if new >= flops else 0
             flops = new
+            if stalled >= 5:  # five steps without a FLOP less: nothing this setup can prune
+                r["tp_stalled"] = True
+                break
         r["tp_prune_s"] = round(prune_s, 3)
         r["tp_steps"] = steps
         r["tp_pruning_ratio"] = round(steps / ns.tp_steps, 4)
@@ -635,15 +655,23 @@ def bench_model(name: str, ns: argparse.Namespace) -> dict[str, Any]:
             row[f"{tool}_forward_error"] = _short(exc)
 
     if ns.latency_runs > 0:
-        for tag, m in [("orig", model), *pruned.items()]:
+        with tempfile.TemporaryDirectory() as tmp:
+            sessions: dict[str, tuple[Any, dict]] = {}
+            for tag, m in [("orig", model), *pruned.items()]:
+                row[f"{tag}_ms"] = None
+                try:
+                    with time_limit(ns.timeout):
+                        sess, feeds, info = onnx_session(m, inputs, tmp, tag, ns.threads)
+                    sessions[tag] = (sess, feeds)
+                    row[f"{tag}_onnx"] = info
+                except Exception as exc:  # noqa: BLE001
+                    row[f"{tag}_onnx_error"] = _short(exc)
             try:
                 with time_limit(ns.timeout):
-                    info = onnx_latency_ms(m, inputs, ns.latency_runs, ns.threads)
-                row[f"{tag}_ms"] = info["ms"]
-                row[f"{tag}_onnx"] = {k: v for k, v in info.items() if k != "ms"}
+                    for tag, ms in interleaved_median_ms(sessions, ns.latency_runs).items():
+                        row[f"{tag}_ms"] = ms
             except Exception as exc:  # noqa: BLE001
-                row[f"{tag}_ms"] = None
-                row[f"{tag}_onnx_error"] = _short(exc)
+                row["latency_error"] = _short(exc)
     return row
 
 

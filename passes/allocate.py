@@ -58,6 +58,10 @@ class Allocate:
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if ctx.coupling is None:
             raise OptionError("pass 'allocate' needs 'couple' to run first")
+        # a new allocation invalidates everything built from the previous one (the latency loop
+        # re-runs allocate on the same context)
+        ctx.pruned = ctx.masked = ctx.verification = None
+        ctx.route = ctx.route_reason = ""
         metric, frac = self._budget()
         if self.round_to < 1:
             raise OptionError(f"round_to={self.round_to} must be >= 1")

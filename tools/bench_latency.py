@@ -27,7 +27,7 @@ from graphprune.passes.score import weights_of
 
 from graphprune.analysis import couple, normalize_per_group
 from graphprune.analysis.allocation import ShapeTable
-from graphprune.analysis.importance import CRITERIA
+from graphprune.analysis.importance import CRITERIA, CriterionInputs
 from graphprune.analysis.knapsack import allocate_greedy
 from graphprune.cost import count, predict
 from graphprune.cost.profile import measure_models, random_masks
@@ -48,7 +48,7 @@ def bench_arch(name: str, variants: int, threads: int, lat_fracs: list[float], f
     cap = capture(model, x)
     graph = cap.graph
     coupling = couple(graph)
-    scores = normalize_per_group(coupling, CRITERIA["l2"](coupling, weights_of(graph, model)))
+    scores = normalize_per_group(coupling, CRITERIA["l2"](CriterionInputs(coupling, weights_of(graph, model))))
     t0 = time.perf_counter()
     setup = setup_latency(model, x, graph, coupling, cap.program, "onnxruntime", threads)
     t_setup = time.perf_counter() - t0

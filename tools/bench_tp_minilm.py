@@ -19,20 +19,20 @@ kept); a point counts as reached when the counted FLOPs ratio is within 0.02.
 from __future__ import annotations
 
 import argparse
-from importlib import metadata
 import copy
 import json
 import os
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_quality_minilm as bq  # noqa: E402
 import torch  # noqa: E402
 
-import bench_quality_minilm as bq  # noqa: E402
 import graphprune as gp  # noqa: E402
 
 

@@ -25,9 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from zoo import ZOO  # noqa: E402
+
 import graphprune as gp  # noqa: E402
 from graphprune.frontends import as_args_kwargs  # noqa: E402
-from zoo import ZOO  # noqa: E402
 
 
 def _export(model: torch.nn.Module, x: object, path: Path) -> str:

@@ -68,7 +68,7 @@ def tp_prune(dense: torch.nn.Module, example: tuple, ratio: float) -> torch.nn.M
 
 def shape(model: torch.nn.Module) -> str:
     lay = model.bert.encoder.layer
-    return " ".join(f"{l.attention.self.num_attention_heads}h/{l.intermediate.dense.out_features}" for l in lay)
+    return " ".join(f"{layer.attention.self.num_attention_heads}h/{layer.intermediate.dense.out_features}" for layer in lay)
 
 
 def main() -> None:

@@ -3,9 +3,10 @@ allocation's masked original, pruned model or verification."""
 
 from __future__ import annotations
 
-from graphprune.frontends import capture
 from graphprune.models import build
 from graphprune.passes import PassContext, parse_pipeline, run_pipeline
+
+from graphprune.frontends import capture
 
 
 def test_second_allocation_is_verified_against_its_own_mask() -> None:

@@ -105,6 +105,26 @@ def _extra_blocks(coupling: Coupling, extra: np.ndarray, scores: np.ndarray, rou
     return blocks
 
 
+def _closest_by_bisection(
+    candidate: Callable[[int], np.ndarray], n: int, price: Callable[[np.ndarray], float], target: float,
+    best: np.ndarray, best_cost: float,
+) -> tuple[np.ndarray, float]:
+    """Bisect k in [0, n] over removal masks whose cost falls as k grows; return the mask whose
+    cost is closest to ``target`` among those tried (starting from ``best``)."""
+    a, z = 0, n
+    while a <= z:
+        k = (a + z) // 2
+        rem = candidate(k)
+        c = price(rem)
+        if abs(c - target) < abs(best_cost - target):
+            best, best_cost = rem, c
+        if c > target:
+            a = k + 1
+        else:
+            z = k - 1
+    return best, best_cost
+
+
 def allocate(
     coupling: Coupling,
     scores: np.ndarray,
@@ -172,36 +192,19 @@ def allocate(
         # (bisection on how many), so coarse groups do not make the cost jump. Where round_to
         # applies, extra units move in blocks of unit_step so kept widths stay multiples.
         blocks = _extra_blocks(coupling, rem_hi & ~rem_lo, scores, round_to)
-        best, best_cost = rem_lo, price(rem_lo)
-        a, z = 0, len(blocks)
-        while a <= z:
-            k = (a + z) // 2
+
+        def with_blocks(k: int) -> np.ndarray:
             rem = rem_lo.copy()
             for blk in blocks[:k]:
                 rem[blk] = True
-            c = price(rem)
-            if abs(c - target) < abs(best_cost - target):
-                best, best_cost = rem, c
-            if c > target:
-                a = k + 1
-            else:
-                z = k - 1
+            return rem
+
+        best, best_cost = _closest_by_bisection(with_blocks, len(blocks), price, target, rem_lo, price(rem_lo))
         if abs(price(rem_hi) - target) < abs(best_cost - target):
             best, best_cost = rem_hi, price(rem_hi)
         floor_rem = uniform(1.0)
     elif policy == "global":
-        lo_k, hi_k = 0, n
-        best, best_cost = none, base
-        while lo_k <= hi_k:
-            mid_k = (lo_k + hi_k) // 2
-            rem = global_k(mid_k)
-            c = price(rem)
-            if abs(c - target) < abs(best_cost - target):
-                best, best_cost = rem, c
-            if c > target:
-                lo_k = mid_k + 1
-            else:
-                hi_k = mid_k - 1
+        best, best_cost = _closest_by_bisection(global_k, n, price, target, none, base)
         floor_rem = global_k(n)
     else:
         raise ValueError(f"unknown allocation policy {policy!r}; use 'uniform' or 'global'")

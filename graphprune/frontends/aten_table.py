@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..registry import registrar
 from ..rules.families import BINARY, UNARY
 
 __all__ = ["LOWER", "Lowered", "lower_args"]
@@ -26,13 +27,7 @@ def _arg(args: Sequence[Any], kwargs: dict[str, Any], i: int, name: str, default
     return kwargs.get(name, default)
 
 
-def _reg(*names: str) -> Callable[[Lowering], Lowering]:
-    def deco(fn: Lowering) -> Lowering:
-        for n in names:
-            LOWER[n] = fn
-        return fn
-
-    return deco
+_reg = registrar(LOWER)
 
 
 def lower_args(name: str, args: Sequence[Any], kwargs: dict[str, Any], in_shape: Sequence[int]) -> Lowered | None:

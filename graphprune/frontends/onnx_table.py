@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from onnx import NodeProto, helper
 
+from ..registry import registrar
+
 __all__ = ["LOWER_ONNX", "OnnxCtx"]
 
 
@@ -37,13 +39,7 @@ Lowering = Callable[[NodeProto, dict[str, Any], OnnxCtx], Lowered | None]
 LOWER_ONNX: dict[str, Lowering] = {}
 
 
-def _reg(*names: str) -> Callable[[Lowering], Lowering]:
-    def deco(fn: Lowering) -> Lowering:
-        for n in names:
-            LOWER_ONNX[n] = fn
-        return fn
-
-    return deco
+_reg = registrar(LOWER_ONNX)
 
 
 def attrs_of(node: NodeProto) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from torch.export import ExportedProgram
 
 from ..analysis.coupling import Coupling
 from ..ir import Graph, Node
+from ..registry import registrar
 from .slicing import kept_indices, set_tensor, slice_tensor, tensor_owners
 
 __all__ = ["rewrite_fx"]
@@ -41,13 +42,7 @@ class _Ctx:
         return self.coupling.kept(v, axis, self.removed)
 
 
-def _reg(*names: str) -> Callable[[ArgRewriter], ArgRewriter]:
-    def deco(fn: ArgRewriter) -> ArgRewriter:
-        for n in names:
-            ARG_REWRITERS[n] = fn
-        return fn
-
-    return deco
+_reg = registrar(ARG_REWRITERS)
 
 
 def _set_arg(fx: torch.fx.Node, i: int, name: str, value: Any) -> None:

@@ -29,6 +29,7 @@ from ..errors import ExportError, GraphpruneError
 from ..frontends.onnx import constant_values, node_names
 from ..frontends.onnx_model import OnnxDynamic, graph_inputs
 from ..ir import Graph, Node
+from ..registry import registrar
 from .slicing import kept_indices
 
 __all__ = ["NotDynamic", "rewrite_onnx"]
@@ -74,13 +75,7 @@ Editor = Callable[[NodeProto, Node, _Edit], None]
 EDITORS: dict[str, Editor] = {}
 
 
-def _reg(*ops: str) -> Callable[[Editor], Editor]:
-    def deco(fn: Editor) -> Editor:
-        for o in ops:
-            EDITORS[o] = fn
-        return fn
-
-    return deco
+_reg = registrar(EDITORS)
 
 
 @_reg("Reshape", "Expand")

@@ -10,10 +10,11 @@ same; an op missing from ``COUPLING`` is a barrier.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..ir import Node, Value
+from ..registry import registrar
 
 if TYPE_CHECKING:
     from ..analysis.coupling import CouplingBuilder
@@ -28,20 +29,5 @@ COUPLING: dict[str, CouplingRule] = {}
 COST: dict[str, CostRule] = {}
 
 
-def _register(table: dict, ops: Iterable[str]) -> Callable:
-    def deco(fn: Callable) -> Callable:
-        for op in ops:
-            if op in table:
-                raise ValueError(f"rule for op {op!r} registered twice ({table[op].__name__}, {fn.__name__})")
-            table[op] = fn
-        return fn
-
-    return deco
-
-
-def register_coupling(*ops: str) -> Callable[[CouplingRule], CouplingRule]:
-    return _register(COUPLING, ops)
-
-
-def register_cost(*ops: str) -> Callable[[CostRule], CostRule]:
-    return _register(COST, ops)
+register_coupling: Callable[..., Callable[[CouplingRule], CouplingRule]] = registrar(COUPLING, unique=True)
+register_cost: Callable[..., Callable[[CostRule], CostRule]] = registrar(COST, unique=True)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .slicing import scaled_groups
+
 __all__ = ["UPDATERS", "NotRewritable", "update_module"]
 
 
@@ -49,7 +51,7 @@ def _mha(m: nn.Module) -> None:
 def _conv_t(m: nn.Module) -> None:
     old_in = m.in_channels
     m.in_channels = m.weight.shape[0]
-    m.groups = max(1, m.groups * m.in_channels // old_in)
+    m.groups = scaled_groups(m.groups, old_in, m.in_channels)
     m.out_channels = m.weight.shape[1] * m.groups
 
 
@@ -57,7 +59,7 @@ def _conv_t(m: nn.Module) -> None:
 def _conv(m: nn.Module) -> None:
     old_out = m.out_channels
     m.out_channels = m.weight.shape[0]
-    m.groups = max(1, m.groups * m.out_channels // old_out)
+    m.groups = scaled_groups(m.groups, old_out, m.out_channels)
     m.in_channels = m.weight.shape[1] * m.groups
 
 
@@ -77,7 +79,7 @@ def _bn(m: nn.Module) -> None:
 def _gn(m: nn.Module) -> None:
     if m.weight is not None:
         new = m.weight.shape[0]
-        m.num_groups = max(1, m.num_groups * new // m.num_channels)
+        m.num_groups = scaled_groups(m.num_groups, m.num_channels, new)
         m.num_channels = new
 
 

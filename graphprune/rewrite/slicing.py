@@ -11,7 +11,8 @@ from torch import nn
 from ..analysis.coupling import Coupling
 from ..ir import Value
 
-__all__ = ["KeptIndices", "kept_indices", "new_shapes", "set_tensor", "slice_tensor", "tensor_owners"]
+__all__ = ["KeptIndices", "kept_indices", "kept_position", "new_shapes", "pruned_shape", "scaled_groups", "set_tensor",
+           "slice_tensor", "tensor_owners"]
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,27 @@ def kept_indices(coupling: Coupling, removed: np.ndarray) -> list[KeptIndices]:
     return out
 
 
+def pruned_shape(coupling: Coupling, v: Value, removed: np.ndarray) -> tuple[int, ...]:
+    """The shape of ``v`` once the units in ``removed`` are gone."""
+    return tuple(len(coupling.kept(v, ax, removed)) for ax in range(v.rank))
+
+
+def kept_position(kept: np.ndarray, index: int) -> int:
+    """Where original index ``index`` lands on an axis that keeps ``kept`` (sorted): the number of
+    kept indices below it. Remaps slice bounds after pruning."""
+    return int(np.searchsorted(kept, index))
+
+
+def scaled_groups(groups: int, old: int, new: int) -> int:
+    """A grouped op's group count after whole groups were removed: channels ``old`` -> ``new``."""
+    return max(1, groups * new // old)
+
+
 def new_shapes(coupling: Coupling, removed: np.ndarray) -> dict[str, tuple[int, ...]]:
     """The pruned shape of every value whose shape changes."""
     out = {}
     for v in coupling.graph.values:
-        shape = tuple(len(coupling.kept(v, ax, removed)) for ax in range(v.rank))
+        shape = pruned_shape(coupling, v, removed)
         if shape != v.shape:
             out[v.name] = shape
     return out

@@ -21,7 +21,15 @@ from torch.export import ExportedProgram
 from ..analysis.coupling import Coupling
 from ..ir import Graph, Node
 from ..registry import registrar
-from .slicing import kept_indices, set_tensor, slice_tensor, tensor_owners
+from .slicing import (
+    kept_indices,
+    kept_position,
+    pruned_shape,
+    scaled_groups,
+    set_tensor,
+    slice_tensor,
+    tensor_owners,
+)
 
 __all__ = ["rewrite_fx"]
 
@@ -36,7 +44,7 @@ class _Ctx:
         self.removed = removed
 
     def shape(self, v: Any) -> tuple[int, ...]:
-        return tuple(len(self.coupling.kept(v, ax, self.removed)) for ax in range(v.rank))
+        return pruned_shape(self.coupling, v, self.removed)
 
     def kept(self, v: Any, axis: int) -> np.ndarray:
         return self.coupling.kept(v, axis, self.removed)
@@ -91,8 +99,7 @@ def _slice(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
     kept = ctx.kept(x, axis)
     if len(kept) == x.shape[axis]:
         return
-    start = int(np.searchsorted(kept, int(node.attrs["start"])))
-    end = int(np.searchsorted(kept, int(node.attrs["end"])))
+    start, end = kept_position(kept, int(node.attrs["start"])), kept_position(kept, int(node.attrs["end"]))
     fx.args = (fx.args[0], axis, start, end, int(node.attrs.get("step", 1)))
     fx.kwargs = {}
 
@@ -103,19 +110,15 @@ def _narrow(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
     assert x is not None
     axis = int(node.attrs["axis"])
     kept = ctx.kept(x, axis)
-    start = int(np.searchsorted(kept, int(node.attrs["start"])))
+    start = kept_position(kept, int(node.attrs["start"]))
     fx.args = (fx.args[0], axis, start, ctx.shape(node.output)[axis])
-
-
-def _new_groups(old_groups: int, old: int, new: int) -> int:
-    return max(1, old_groups * new // old) if old_groups > 1 else 1
 
 
 @_reg("conv1d", "conv2d", "conv3d")
 def _conv(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
     g = int(_get_arg(fx, 6, "groups", 1))
     if g > 1:
-        _set_arg(fx, 6, "groups", _new_groups(g, node.output.shape[1], ctx.shape(node.output)[1]))
+        _set_arg(fx, 6, "groups", scaled_groups(g, node.output.shape[1], ctx.shape(node.output)[1]))
 
 
 @_reg("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
@@ -124,20 +127,20 @@ def _conv_t(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
     x = node.inputs[0]
     assert x is not None
     if g > 1:
-        _set_arg(fx, 6, "groups", _new_groups(g, x.shape[1], ctx.shape(x)[1]))
+        _set_arg(fx, 6, "groups", scaled_groups(g, x.shape[1], ctx.shape(x)[1]))
 
 
 @_reg("convolution", "_convolution")
 def _convolution(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
     g = int(_get_arg(fx, 8, "groups", 1))
     if g > 1:
-        _set_arg(fx, 8, "groups", _new_groups(g, node.output.shape[1], ctx.shape(node.output)[1]))
+        _set_arg(fx, 8, "groups", scaled_groups(g, node.output.shape[1], ctx.shape(node.output)[1]))
 
 
 @_reg("group_norm")
 def _group_norm(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
     g = int(fx.args[1])  # type: ignore[arg-type]
-    _set_arg(fx, 1, "num_groups", _new_groups(g, node.output.shape[1], ctx.shape(node.output)[1]) if g > 1 else 1)
+    _set_arg(fx, 1, "num_groups", scaled_groups(g, node.output.shape[1], ctx.shape(node.output)[1]))
 
 
 @_reg("layer_norm", "rms_norm")

@@ -30,7 +30,7 @@ from ..frontends.onnx import constant_values, node_names
 from ..frontends.onnx_model import OnnxDynamic, graph_inputs
 from ..ir import Graph, Node
 from ..registry import registrar
-from .slicing import kept_indices
+from .slicing import kept_indices, kept_position, pruned_shape, scaled_groups
 
 __all__ = ["NotDynamic", "rewrite_onnx"]
 
@@ -51,7 +51,7 @@ class _Edit:
         self.counter = 0
 
     def shape(self, v: object) -> tuple[int, ...]:
-        return tuple(len(self.coupling.kept(v, ax, self.removed)) for ax in range(v.rank))  # type: ignore[attr-defined]
+        return pruned_shape(self.coupling, v, self.removed)  # type: ignore[arg-type]
 
     def kept(self, v: object, axis: int) -> np.ndarray:
         return self.coupling.kept(v, axis, self.removed)
@@ -159,8 +159,7 @@ def _slice(n: NodeProto, node: Node, e: _Edit) -> None:
     assert x is not None
     axis = int(node.attrs["axis"])
     kept = e.kept(x, axis)
-    start = int(np.searchsorted(kept, int(node.attrs["start"])))
-    end = int(np.searchsorted(kept, int(node.attrs["end"])))
+    start, end = kept_position(kept, int(node.attrs["start"])), kept_position(kept, int(node.attrs["end"]))
     e.set_input(n, 1, np.asarray([start], dtype=np.int64))
     e.set_input(n, 2, np.asarray([end], dtype=np.int64))
     e.set_input(n, 3, np.asarray([axis], dtype=np.int64))
@@ -173,15 +172,11 @@ def _resize(n: NodeProto, node: Node, e: _Edit) -> None:
         e.set_input(n, 3, np.asarray(e.shape(node.output), dtype=np.int64))
 
 
-def _groups(old_groups: int, old: int, new: int) -> int:
-    return max(1, old_groups * new // old) if old_groups > 1 else 1
-
-
 @_reg("Conv")
 def _conv(n: NodeProto, node: Node, e: _Edit) -> None:
     g = next((a.i for a in n.attribute if a.name == "group"), 1)
     if g > 1:
-        e.set_attr(n, "group", _groups(g, node.output.shape[1], e.shape(node.output)[1]))
+        e.set_attr(n, "group", scaled_groups(g, node.output.shape[1], e.shape(node.output)[1]))
 
 
 @_reg("ConvTranspose")
@@ -190,7 +185,7 @@ def _conv_t(n: NodeProto, node: Node, e: _Edit) -> None:
     x = node.inputs[0]
     assert x is not None
     if g > 1:
-        e.set_attr(n, "group", _groups(g, x.shape[1], e.shape(x)[1]))
+        e.set_attr(n, "group", scaled_groups(g, x.shape[1], e.shape(x)[1]))
     if any(a.name == "output_shape" for a in n.attribute):
         e.set_attr(n, "output_shape", list(e.shape(node.output)[2:]))
 
@@ -198,7 +193,7 @@ def _conv_t(n: NodeProto, node: Node, e: _Edit) -> None:
 @_reg("GroupNormalization")
 def _gn(n: NodeProto, node: Node, e: _Edit) -> None:
     g = next((a.i for a in n.attribute if a.name == "num_groups"), 1)
-    e.set_attr(n, "num_groups", _groups(g, node.output.shape[1], e.shape(node.output)[1]) if g > 1 else 1)
+    e.set_attr(n, "num_groups", scaled_groups(g, node.output.shape[1], e.shape(node.output)[1]))
 
 
 def rewrite_onnx(model: ModelProto, graph: Graph, coupling: Coupling, removed: np.ndarray,

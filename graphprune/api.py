@@ -30,6 +30,7 @@ from .frontends.calib import check_batches, materialize
 from .ir import Graph
 from .plan import GroupPlan, PruningPlan
 from .rewrite import kept_indices
+from .rewrite.slicing import KeptIndices
 
 __all__ = ["Analysis", "PruneResult", "analyze", "count_flops", "prune"]
 
@@ -269,8 +270,9 @@ def _prune_once(
 
         loop = close_loop(model, graph, ctx, passes, iterate, progress)
     ctx.timings["total"] = time.perf_counter() - t0
-    plan = _plan(graph, ctx)
-    report = prune_report(graph, ctx)
+    kept = kept_indices(ctx.coupling, ctx.allocation.removed)
+    plan = _plan(graph, ctx, kept)
+    report = prune_report(graph, ctx, kept)
     if onnx_input:
         report["input_shapes"] = {k: list(v) for k, v in ctx.onnx.input_shapes.items()}
         if ctx.onnx_dynamic:
@@ -309,7 +311,7 @@ def _prune_steps(
     return PruneResult(res.model, report, plan, res.example_inputs, res.coupling, res.removed)
 
 
-def _plan(graph: Graph, ctx: Any) -> PruningPlan:
+def _plan(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> PruningPlan:
     coupling: Coupling = ctx.coupling
     removed: np.ndarray = ctx.allocation.removed
     groups = tuple(
@@ -318,7 +320,7 @@ def _plan(graph: Graph, ctx: Any) -> PruningPlan:
     )
     kept = {
         k.value.source or k.value.name: {ax: tuple(idx.tolist()) for ax, idx in k.axes.items()}
-        for k in kept_indices(coupling, removed)
+        for k in kept_list
     }
     return PruningPlan(
         model=graph.name, target=dict(ctx.target), criterion=ctx.criterion or "l2",
@@ -379,7 +381,7 @@ def latency_report(graph: Graph, ctx: Any, loop: dict[str, Any] | None) -> dict[
     return out
 
 
-def prune_report(graph: Graph, ctx: Any) -> dict[str, Any]:
+def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[str, Any]:
     from .analysis.allocation import ShapeTable
 
     coupling: Coupling = ctx.coupling
@@ -390,7 +392,7 @@ def prune_report(graph: Graph, ctx: Any) -> dict[str, Any]:
         k.value.source or k.value.name: {"before": list(k.value.shape), "after": [
             len(k.axes[ax]) if ax in k.axes else s for ax, s in enumerate(k.value.shape)
         ]}
-        for k in kept_indices(coupling, removed)
+        for k in kept_list
     }
     metric, frac = next(iter(ctx.target.items()))
     if metric.startswith("latency"):

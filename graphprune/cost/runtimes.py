@@ -150,8 +150,13 @@ class OrtRuntime:
                 inits.append(self._init("B", [cout]))
                 names.append("B")
             pads = [p // 2 for p in f["pads"]] + [p - p // 2 for p in f["pads"]]
-            nodes = [helper.make_node("Conv", names, ["Y"], group=g, kernel_shape=f["kernel"],
-                                      strides=f["strides"], pads=pads)]
+            if f.get("transposed"):
+                inits[0] = self._init("W", [cin, cout, *f["kernel"]])
+                nodes = [helper.make_node("ConvTranspose", names, ["Y"], kernel_shape=f["kernel"], strides=f["strides"],
+                                          pads=pads, output_padding=f["output_padding"])]
+            else:
+                nodes = [helper.make_node("Conv", names, ["Y"], group=g, kernel_shape=f["kernel"],
+                                          strides=f["strides"], pads=pads)]
         elif spec.kind == "linear":
             k, n = widths
             xs = [*f["lead"], k]
@@ -222,6 +227,13 @@ class TorchRuntime:
         r = lambda *s: torch.randn(*s, generator=self._gen)  # noqa: E731
         if spec.kind == "conv":
             cin, cout, g = _conv_dims(spec, widths)
+            if f.get("transposed"):
+                xt, wt = r(f["batch"], cin, *f["spatial"]), r(cin, cout, *f["kernel"])
+                bt = r(cout) if f["bias"] else None
+                tconv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[len(f["kernel"])]
+                pad = tuple((p + 1) // 2 for p in f["pads"])  # torch pads both sides: 2 * pad - out_pad = P
+                out_pad = tuple(min(st - 1, o + p % 2) for st, o, p in zip(f["strides"], f["output_padding"], f["pads"], strict=True))
+                return self._wrap(lambda: tconv(xt, wt, bt, tuple(f["strides"]), pad, out_pad))
             x = r(f["batch"], cin, *[a + p for a, p in zip(f["spatial"], f["pads"], strict=True)])
             w = r(cout, cin // g, *f["kernel"])
             b = r(cout) if f["bias"] else None

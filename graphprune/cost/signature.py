@@ -5,14 +5,15 @@ A *measurable* node (a dense or grouped convolution, a linear layer) is describe
 spatial sizes, kernel, stride, padding, bias) goes into the signature ``key``; the widths are
 the table's variables:
 
-- conv, groups == 1:       widths (C_in, C_out)
+- conv, groups == 1:       widths (C_in, C_out)   (also transposed convs, ``"transposed": true``)
 - conv, grouped/depthwise: widths (G,)  with C_in = G * C_in/G_0 and C_out = G * C_out/G_0
 - linear:                  widths (K, N) for y[M, N] = x[M, K] W^T + b
 
 ``full`` holds the unpruned widths (the grid's upper end). Stride and padding are recovered from
 the shapes (the IR keeps only ``groups``): s = round(H_in / H_out) and the total padding that
 gives the same output size, ``p = max(0, (H_out - 1) s + k - H_in)``, so the measured op does the
-same work as the model's.
+same work as the model's. A transposed conv's output is ``(H_in - 1) s - P + k``: ``P`` is the
+total padding when it is >= 0, else ``-P`` is the output padding.
 """
 
 from __future__ import annotations
@@ -45,21 +46,29 @@ def _key(kind: str, fixed: dict[str, Any], full: tuple[int, ...]) -> str:
 
 def _conv(node: Node, shape: ShapeFn) -> OpSpec | None:
     x, w, b = node.inputs[0], node.inputs[1], node.input(2)
-    if x is None or w is None or node.attrs.get("transposed") or x.rank < 3:
+    if x is None or w is None or x.rank < 3:
         return None
+    transposed = bool(node.attrs.get("transposed"))
     y = node.output
     groups = int(node.attrs.get("groups", 1))
+    if transposed and groups != 1:
+        return None
     ks = list(w.shape[2:])
     xs, ys = list(x.shape[2:]), list(y.shape[2:])
-    strides = [max(1, round(a / max(1, o))) for a, o in zip(xs, ys, strict=True)]
-    pads = [max(0, (o - 1) * s + k - a) for a, o, s, k in zip(xs, ys, strides, ks, strict=True)]
-    fixed: dict[str, Any] = {
-        "batch": x.shape[0], "spatial": xs, "kernel": ks, "strides": strides, "pads": pads, "bias": b is not None,
-    }
+    fixed: dict[str, Any] = {"batch": x.shape[0], "spatial": xs, "kernel": ks, "bias": b is not None}
+    if transposed:
+        strides = [max(1, round(o / max(1, a))) for a, o in zip(xs, ys, strict=True)]
+        total = [(a - 1) * s + k - o for a, o, s, k in zip(xs, ys, strides, ks, strict=True)]
+        fixed.update(strides=strides, pads=[max(0, p) for p in total], output_padding=[max(0, -p) for p in total],
+                     transposed=True)
+    else:
+        strides = [max(1, round(a / max(1, o))) for a, o in zip(xs, ys, strict=True)]
+        fixed.update(strides=strides,
+                     pads=[max(0, (o - 1) * s + k - a) for a, o, s, k in zip(xs, ys, strides, ks, strict=True)])
     if groups == 1:
-        full = (x.shape[1], w.shape[0])
-        px, pw = shape(x), shape(w)
-        widths = (px[1], pw[0])
+        w_out = 1 if transposed else 0
+        full = (x.shape[1], w.shape[w_out])
+        widths = (shape(x)[1], shape(w)[w_out])
         fixed["groups"] = 1
     else:
         gin, gout = x.shape[1] // groups, w.shape[0] // groups

@@ -147,6 +147,20 @@ def test_conv_signature_recovers_stride_and_padding():
     assert [n.op for n in g.nodes if ort_fused(n)] == ["batch_norm", "relu"]
 
 
+@pytest.mark.parametrize("stride, padding, out_pad", [(2, 0, 0), (2, 1, 1), (3, 1, 0)])
+def test_transposed_conv_signature_is_measured_at_the_model_shape(stride, padding, out_pad):
+    net = nn.ConvTranspose2d(12, 6, 3, stride=stride, padding=padding, output_padding=out_pad).eval()
+    x = torch.randn(1, 12, 9, 9)
+    g = capture(net, (x,)).graph
+    node = next(n for n in g.nodes if n.op == "conv")
+    s = op_spec(node)
+    assert s is not None and s.fixed["transposed"] and s.full == (12, 6) and s.fixed["strides"] == [stride, stride]
+    assert s.key != op_spec(next(n for n in capture(nn.Conv2d(12, 6, 3), (x,)).graph.nodes if n.op == "conv")).key  # type: ignore[union-attr]
+    y = make_runtime("torch").op_call(s, (8, 4))()
+    assert isinstance(y, torch.Tensor) and tuple(y.shape) == (1, 4, *net(x).shape[2:])
+    make_runtime("onnxruntime").op_call(s, (8, 4))()  # a valid ConvTranspose at the same output size
+
+
 def _small():
     return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval(), (torch.randn(1, 4),)
 

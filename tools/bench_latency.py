@@ -6,16 +6,22 @@
    cache lacks; calibration uses seeds 0..), then ``--variants`` random pruned variants with
    other seeds are rewritten, exported and measured side by side on onnxruntime; the error is
    |pred - meas| / meas. Reported: median and p90 per architecture and over all variants.
-2. Latency- vs FLOPs-targeted. The same scores (L2, group-normalized) and the same greedy
-   knapsack allocator, once with the measured-latency cost (width steps of the runtime) and
-   once with FLOPs (step 1), swept over budgets; all models of one architecture are measured
-   interleaved in one run. Importance kept (sum of kept unit scores / total) is compared at equal
-   *measured* latency by interpolating the FLOPs sweep at the latency-targeted models' latencies.
+2. Latency- vs FLOPs-targeted. The same scores (L2, group-normalized) feed graphprune's own
+   ``allocate`` pass three ways: a latency budget (``latency=F``: the greedy knapsack under the
+   measured-latency model, as ``gp.prune(latency=F)`` runs it), and a sweep of FLOPs budgets with
+   the FLOPs greedy knapsack and with the default uniform FLOPs allocation (``gp.prune(flops=F)``).
+   All models of one architecture are exported and measured interleaved in one run. Importance
+   kept (sum of kept unit scores / total) is compared at equal *measured* latency: each FLOPs
+   sweep's best-importance-so-far envelope (a slower model keeping less is never the better
+   FLOPs choice) is interpolated at the latency-targeted model's measured latency. Only points
+   inside the sweep's measured range count. The same comparison on *predicted* latency (no
+   measurement noise) is reported beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -23,26 +29,34 @@ from pathlib import Path
 
 import numpy as np
 from graphprune.models import build
+from graphprune.passes import PassContext
+from graphprune.passes.allocate import Allocate
 from graphprune.passes.score import weights_of
 
 from graphprune.analysis import couple, normalize_per_group
 from graphprune.analysis.allocation import ShapeTable
 from graphprune.analysis.importance import CRITERIA, CriterionInputs
-from graphprune.analysis.knapsack import allocate_greedy
-from graphprune.cost import count, predict
+from graphprune.cost import predict
 from graphprune.cost.profile import measure_models, random_masks
 from graphprune.frontends import capture
 from graphprune.latency_target import _rewriter, setup_latency
-from graphprune.rules import COST
 
 ARCHS = "resnet50,resnet18,mobilenet_v2,vit_tiny,unet"
+LAT_FRACS = [0.5, 0.7]
+FLOPS_FRACS = [0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.85]
 
 
-def flops_cost(n, s):  # type: ignore[no-untyped-def]
-    return float(COST[n.op](n, s)) if n.op in COST else 0.0
+def envelope_at(t: float, times: list[float], kept: list[float]) -> float | None:
+    """Importance of the FLOPs sweep at measured latency ``t``: the running maximum of importance
+    over models sorted by latency, linearly interpolated; None outside the measured range."""
+    order = np.argsort(times)
+    ts, ks = np.asarray(times)[order], np.maximum.accumulate(np.asarray(kept)[order])
+    if not ts[0] <= t <= ts[-1]:
+        return None
+    return float(np.interp(t, ts, ks))
 
 
-def bench_arch(name: str, variants: int, threads: int, lat_fracs: list[float], flops_fracs: list[float]) -> dict:
+def bench_arch(name: str, variants: int, threads: int, depth: bool | None) -> dict:
     model, x = build(name)
     model.eval()
     cap = capture(model, x)
@@ -59,35 +73,48 @@ def bench_arch(name: str, variants: int, threads: int, lat_fracs: list[float], f
     pred = [predict(lm, graph, table.shapes(m)).total for m in masks]
     meas = measure_models([rewrite(m) for m in masks], x, rt)
     err = [abs(p - m) / m for p, m in zip(pred, meas, strict=True)]
-    # 2. latency- vs FLOPs-targeted at equal measured latency
-    cal = lm.calibration
-    lat_masks = [allocate_greedy(coupling, scores, lm.node_latency, f * setup.base_measured, step=rt.step,
-                                 scale=cal.scale, offset=cal.offset).removed for f in lat_fracs]
-    base_flops = count(graph).flops
-    fl_masks = [allocate_greedy(coupling, scores, flops_cost, f * base_flops, step=1).removed for f in flops_fracs]
-    all_masks = lat_masks + fl_masks
-    times = measure_models([model] + [rewrite(m) for m in all_masks], x, rt)
-    orig = times[0]
-    kept = [float(scores[~m].sum() / scores.sum()) for m in all_masks]
-    lt, ft = times[1 : 1 + len(lat_masks)], times[1 + len(lat_masks) :]
-    lk, fk = kept[: len(lat_masks)], kept[len(lat_masks) :]
-    order = np.argsort(ft)
+
+    # 2. the allocate pass, as gp.prune runs it, under each budget
+    def allocation(**budget: float | str) -> np.ndarray:
+        ctx = PassContext(model=model, example_inputs=x, program=cap.program)
+        ctx.coupling, ctx.scores, ctx.latency = coupling, scores, setup
+        extra = {"depth": depth} if depth is not None and "depth" in {f.name for f in dataclasses.fields(Allocate)} else {}
+        Allocate(**budget, threads=threads, **extra).run(graph, ctx)  # type: ignore[arg-type]
+        return ctx.allocation.removed
+
+    plans = {"latency": [allocation(latency=f, policy="greedy") for f in LAT_FRACS],
+             "flops_greedy": [allocation(flops=f, policy="greedy") for f in FLOPS_FRACS],
+             "flops_uniform": [allocation(flops=f) for f in FLOPS_FRACS]}
+    flat = [m for ms in plans.values() for m in ms]
+    times = measure_models([model] + [rewrite(m) for m in flat], x, rt)
+    orig, it = times[0], iter(times[1:])
+    sweep = {}
+    for key, ms in plans.items():
+        fr = LAT_FRACS if key == "latency" else FLOPS_FRACS
+        sweep[key] = [{"budget": f, "ms": next(it) * 1e3, "pred_ms": predict(lm, graph, table.shapes(m)).total * 1e3,
+                       "kept": float(scores[~m].sum() / scores.sum())} for f, m in zip(fr, ms, strict=True)]
     compare = []
-    for t, k, f in zip(lt, lk, lat_fracs, strict=True):
-        inside = min(ft) <= t <= max(ft)
-        fk_at = float(np.interp(t, np.asarray(ft)[order], np.asarray(fk)[order]))
-        compare.append({"latency_budget": f, "measured_ms": t * 1e3, "speedup": orig / t, "importance_latency": k,
-                        "importance_flops_at_same_latency": fk_at, "interpolated": inside,
-                        "better": k > fk_at})
+    for row in sweep["latency"]:
+        c = {"latency_budget": row["budget"], "measured_ms": row["ms"], "speedup": orig * 1e3 / row["ms"],
+             "importance_latency": row["kept"]}
+        for base in ("flops_greedy", "flops_uniform"):
+            s = sweep[base]
+            c[f"{base}_at_same_latency"] = envelope_at(row["ms"], [r["ms"] for r in s], [r["kept"] for r in s])
+            c[f"{base}_at_same_predicted"] = envelope_at(row["pred_ms"], [r["pred_ms"] for r in s], [r["kept"] for r in s])
+        c["better"] = all(c[f"{b}_at_same_latency"] is not None and row["kept"] > c[f"{b}_at_same_latency"]
+                          for b in ("flops_greedy", "flops_uniform"))
+        compare.append(c)
     return {
         "arch": name, "setup_s": t_setup, "signatures_measured_now": setup.measured_now,
         "calibration": setup.info()["calibration"], "original_ms": orig * 1e3,
         "predictor": {"pred_ms": [p * 1e3 for p in pred], "meas_ms": [m * 1e3 for m in meas], "rel_err": err,
                       "median": float(np.median(err)), "p90": float(np.percentile(err, 90))},
-        "sweep": {"latency": [{"budget": f, "ms": t * 1e3, "kept": k} for f, t, k in zip(lat_fracs, lt, lk, strict=True)],
-                  "flops": [{"budget": f, "ms": t * 1e3, "kept": k} for f, t, k in zip(flops_fracs, ft, fk, strict=True)]},
-        "compare": compare,
+        "sweep": sweep, "compare": compare,
     }
+
+
+def _fmt(v: float | None) -> str:
+    return "  n/a" if v is None else f"{v:.3f}"
 
 
 def main() -> None:
@@ -95,20 +122,27 @@ def main() -> None:
     ap.add_argument("--archs", default=ARCHS)
     ap.add_argument("--variants", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--depth", choices=["default", "on", "off"], default="default",
+                    help="whole-branch removal in the latency allocation (default: the pass's default)")
     ap.add_argument("--out", default="latency_bench.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    depth = {"default": None, "on": True, "off": False}[args.depth]
     rows = []
     for name in args.archs.split(","):
         t0 = time.perf_counter()
-        r = bench_arch(name, args.variants, args.threads, [0.5, 0.7], [0.15, 0.25, 0.4, 0.55, 0.7, 0.85])
+        r = bench_arch(name, args.variants, args.threads, depth)
         r["seconds"] = time.perf_counter() - t0
         rows.append(r)
         p = r["predictor"]
-        print(f"{name:14s} orig {r['original_ms']:.3f} ms  pred err median {100 * p['median']:.1f}% p90 {100 * p['p90']:.1f}%  "
-              + "  ".join(f"L{c['latency_budget']}: {c['measured_ms']:.3f}ms x{c['speedup']:.2f} kept {c['importance_latency']:.3f}"
-                          f" vs flops {c['importance_flops_at_same_latency']:.3f}" for c in r["compare"])
-              + f"  ({r['seconds']:.0f}s)", flush=True)
+        print(f"{name:13s} orig {r['original_ms']:.3f} ms  pred err median {100 * p['median']:.1f}% p90 {100 * p['p90']:.1f}%"
+              f"  ({r['seconds']:.0f}s)", flush=True)
+        for c in r["compare"]:
+            print(f"    latency={c['latency_budget']}: {c['measured_ms']:.3f} ms (x{c['speedup']:.2f}) keeps "
+                  f"{c['importance_latency']:.3f}; FLOPs greedy {_fmt(c['flops_greedy_at_same_latency'])}, "
+                  f"FLOPs uniform {_fmt(c['flops_uniform_at_same_latency'])} at the same measured latency "
+                  f"(predicted: {_fmt(c['flops_greedy_at_same_predicted'])}, {_fmt(c['flops_uniform_at_same_predicted'])})",
+                  flush=True)
     errs = [e for r in rows for e in r["predictor"]["rel_err"]]
     wins = sum(all(c["better"] for c in r["compare"]) for r in rows)
     summary = {"variants": len(errs), "archs": len(rows), "median_err": float(np.median(errs)),

@@ -12,7 +12,11 @@ with ``(a, b)`` a :class:`Calibration` fitted by least squares on whole-model me
 - :class:`Roofline` (analytic): ``t_n = max(F_n / P, B_n / W) + c`` for ops with a cost rule,
   with ``F_n`` FLOPs (``cost.flops`` rules), ``B_n`` bytes read + written (4 bytes per element of
   every input and output), and a :class:`DeviceProfile` giving peak FLOP/s ``P``, memory
-  bandwidth ``W`` and per-op fixed cost ``c``. Movement ops (reshape, view) cost nothing.
+  bandwidth ``W`` and per-op fixed cost ``c``. Movement ops still are one kernel (onnxruntime)
+  or dispatcher call (eager) each: views (reshape, select, split, slice, expand) cost ``c``, ops
+  that copy (permute -> Transpose, cat, embedding) ``B_n / W + c``; identity, dropout,
+  contiguous and clone cost nothing (exporters and runtimes drop them). This fixed cost is what
+  removing a whole branch saves beyond its FLOPs.
   :func:`fit_profile` fits ``(P, W, c)`` to measurements by minimising
   ``sum_k (log T_k - log T̂_k)^2`` (scipy ``least_squares`` in log-parameters).
 - :class:`TableLatency` (measured): conv and linear nodes are looked up in the measured tables of
@@ -107,11 +111,25 @@ PROFILES: dict[str, DeviceProfile] = {
 }
 
 _MOVEMENT_FREE = frozenset({"identity", "dropout", "contiguous", "clone"})
+_MOVEMENT_COPY = frozenset({"permute", "cat", "embedding"})
+_MOVEMENT_VIEW = frozenset({"reshape", "select", "split", "slice", "expand"})
 
 
 def _bytes(node: Node, shape: ShapeFn) -> float:
     vals = [v for v in node.inputs if v is not None] + list(node.outputs)
     return 4.0 * sum(math.prod(shape(v)) for v in vals)
+
+
+def roofline_terms(node: Node, shape: ShapeFn) -> tuple[float, float] | None:
+    """(FLOPs, bytes) the roofline prices ``node`` by, plus one fixed cost; None: free."""
+    if node.op in _MOVEMENT_VIEW:
+        return 0.0, 0.0
+    if node.op in _MOVEMENT_COPY:
+        return 0.0, _bytes(node, shape)
+    rule = COST.get(node.op)
+    if rule is None or node.op in _MOVEMENT_FREE:
+        return None
+    return float(rule(node, shape)), _bytes(node, shape)
 
 
 class Roofline:
@@ -124,11 +142,12 @@ class Roofline:
         self.calibration = calibration or Calibration()
 
     def node_latency(self, node: Node, shape: ShapeFn) -> float:
-        rule = COST.get(node.op)
-        if rule is None or node.op in _MOVEMENT_FREE:
+        terms = roofline_terms(node, shape)
+        if terms is None:
             return 0.0
         p = self.profile
-        return max(float(rule(node, shape)) / p.peak_flops, _bytes(node, shape) / p.bandwidth) + p.overhead
+        flops, nbytes = terms
+        return max(flops / p.peak_flops, nbytes / p.bandwidth) + p.overhead
 
 
 class TableLatency:
@@ -195,11 +214,11 @@ def fit_profile(
         fn: ShapeFn = shape or (lambda v: v.shape)
         fl, by, n_ops = [], [], 0
         for node in graph.nodes:
-            rule = COST.get(node.op)
-            if rule is None or node.op in _MOVEMENT_FREE:
+            terms = roofline_terms(node, fn)
+            if terms is None:
                 continue
-            fl.append(float(rule(node, fn)))
-            by.append(_bytes(node, fn))
+            fl.append(terms[0])
+            by.append(terms[1])
             n_ops += 1
         feats.append((np.asarray(fl), np.asarray(by), n_ops))
     meas = np.log(np.asarray([m for *_, m in samples], dtype=np.float64))

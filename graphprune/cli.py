@@ -1,8 +1,9 @@
 """The ``graphprune`` command.
 
     graphprune prune SOURCE --flops 0.5 -o out.pt|out.onnx [--report r.json]   (SOURCE may be model.onnx)
-    graphprune prune SOURCE --speedup 2 -o out.onnx [--runtime onnxruntime|torch] [--threads N]
-    graphprune profile SOURCE [--runtime onnxruntime|torch] [--threads N]
+    graphprune prune SOURCE --speedup 2 -o out.onnx [--runtime RUNTIME] [--threads N]
+    graphprune profile SOURCE [--runtime RUNTIME] [--threads N]
+      (RUNTIME: onnxruntime, onnxruntime-cuda, onnxruntime-tensorrt, torch, torch-cuda)
     graphprune analyze SOURCE [--json a.json] [--latency]
     graphprune models
 
@@ -73,8 +74,11 @@ def _threads(text: str) -> int:
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "torch"],
-                   help="target runtime for latency (default onnxruntime CPU)")
+    from .cost.runtimes import RUNTIMES  # torch is already imported with graphprune
+
+    p.add_argument("--runtime", default="onnxruntime", choices=sorted(RUNTIMES),
+                   help="target runtime for latency: onnxruntime / torch on CPU, onnxruntime-cuda / "
+                        "onnxruntime-tensorrt (onnxruntime-gpu) and torch-cuda on GPU 0 (default onnxruntime)")
     p.add_argument("--threads", type=_threads, default=1, help="intra-op threads on the target (default 1)")
 
 

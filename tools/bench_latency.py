@@ -30,9 +30,11 @@ from graphprune.analysis.allocation import ShapeTable
 from graphprune.analysis.importance import CRITERIA, CriterionInputs
 from graphprune.analysis.knapsack import allocate_greedy
 from graphprune.cost import count, predict
-from graphprune.cost.profile import measure_models, random_masks
+from graphprune.cost.profile import random_masks
+from graphprune.cost.runtimes import make_runtime
 from graphprune.frontends import capture
-from graphprune.latency_target import _rewriter, setup_latency
+from graphprune.latency_source import make_timer
+from graphprune.latency_target import setup_latency
 from graphprune.rules import COST
 
 ARCHS = "resnet50,resnet18,mobilenet_v2,vit_tiny,unet"
@@ -50,14 +52,15 @@ def bench_arch(name: str, variants: int, threads: int, lat_fracs: list[float], f
     coupling = couple(graph)
     scores = normalize_per_group(coupling, CRITERIA["l2"](CriterionInputs(coupling, weights_of(graph, model))))
     t0 = time.perf_counter()
-    setup = setup_latency(model, x, graph, coupling, cap.program, "onnxruntime", threads)
+    timer = make_timer(make_runtime("onnxruntime", threads), graph, coupling, model=model, example_inputs=x,
+                       program=cap.program)
+    setup = setup_latency(graph, coupling, timer)
     t_setup = time.perf_counter() - t0
     lm, table, rt = setup.model, ShapeTable(coupling), setup.runtime
-    rewrite = _rewriter(model, cap.program, graph, coupling)
     # 1. predictor error on variants the calibration never saw
     masks = random_masks(coupling, rt.step, variants, seed=1000)
     pred = [predict(lm, graph, table.shapes(m)).total for m in masks]
-    meas = measure_models([rewrite(m) for m in masks], x, rt)
+    meas = timer.measure_masks(masks)
     err = [abs(p - m) / m for p, m in zip(pred, meas, strict=True)]
     # 2. latency- vs FLOPs-targeted at equal measured latency
     cal = lm.calibration
@@ -66,7 +69,7 @@ def bench_arch(name: str, variants: int, threads: int, lat_fracs: list[float], f
     base_flops = count(graph).flops
     fl_masks = [allocate_greedy(coupling, scores, flops_cost, f * base_flops, step=1).removed for f in flops_fracs]
     all_masks = lat_masks + fl_masks
-    times = measure_models([model] + [rewrite(m) for m in all_masks], x, rt)
+    times = timer.measure_masks([np.zeros(coupling.n_units, dtype=bool)] + all_masks)
     orig = times[0]
     kept = [float(scores[~m].sum() / scores.sum()) for m in all_masks]
     lt, ft = times[1 : 1 + len(lat_masks)], times[1 + len(lat_masks) :]

@@ -218,8 +218,11 @@ def _print_prune(rep: dict[str, Any]) -> None:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import graphprune as gp
+    from graphprune.latency_source import check_onnx_runtime
     from graphprune.sources import load_source
 
+    if args.latency and args.source.lower().endswith(".onnx"):
+        check_onnx_runtime(args.runtime)  # before any work: nothing is printed but the error
     with err_console.status("analyzing"):
         model, x = load_source(args.source)
         a = gp.analyze(model, x, input_shapes=_input_shapes(args.input_shape)) if x is None else gp.analyze(model, x)

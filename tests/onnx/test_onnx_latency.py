@@ -195,8 +195,10 @@ def test_cli_torch_runtime_with_onnx_source_exits_2(cmd: str, src: Path, tmp_pat
             "profile": ["profile", str(src), "--runtime", "torch"],
             "analyze": ["analyze", str(src), "--latency", "--runtime", "torch"]}[cmd]
     assert main(argv) == 2
-    line = _one_error_line(capsys.readouterr().err)
+    got = capsys.readouterr()
+    line = _one_error_line(got.err)
     assert "runtime='torch'" in line and "onnxruntime" in line
+    assert got.out == ""  # refused before any work
     assert list(tmp_path.iterdir()) == []
 
 

@@ -3,6 +3,7 @@
     import graphprune as gp
     res = gp.prune(model, example_inputs, flops=0.5)   # keep 50% of FLOPs; or params=0.5
     res = gp.prune(model, example_inputs, speedup=2.0) # half the measured onnxruntime latency
+    res = gp.prune("model.onnx", speedup=2.0)          # ONNX in, ONNX out (onnxruntime only)
     res.model; res.report; res.plan; res.save("small.pt"); res.save("small.onnx")
 """
 
@@ -44,6 +45,8 @@ class Analysis:
     program: Any
     seconds: float
     report: dict[str, Any] = field(default_factory=dict)
+    onnx: Any = None  # graphprune.frontends.PreparedOnnx for an ONNX source (what latency timing runs)
+    feeds: dict[str, np.ndarray] | None = None  # an ONNX source's example inputs, when given
 
 
 @dataclass
@@ -111,9 +114,9 @@ def analyze(model: nn.Module | str | os.PathLike[str], example_inputs: ExampleIn
     """Coupling analysis of an nn.Module (with example inputs) or an ONNX model (path/ModelProto)."""
     t0 = time.perf_counter()
     if _is_onnx(model):
-        prep, _, graph, _ = _load_onnx_source(model, example_inputs, input_shapes)
+        prep, feeds, graph, _ = _load_onnx_source(model, example_inputs, input_shapes)
         coupling = couple(graph)
-        a = Analysis(graph, coupling, None, time.perf_counter() - t0)
+        a = Analysis(graph, coupling, None, time.perf_counter() - t0, onnx=prep, feeds=feeds)
         a.report = analysis_report(graph, coupling)
         return a
     _check_model(model, example_inputs)
@@ -173,7 +176,7 @@ def prune(
     (``example_inputs`` optional: a dict or tuple of arrays; ``input_shapes`` binds symbolic dims).
     Budgets (give one): ``flops`` or ``params`` (fraction kept); ``latency`` (fraction of the
     measured latency on ``runtime`` with ``threads``), ``speedup`` (= 1/latency) or
-    ``latency_ms``. With a latency budget the pruned model is measured against the original
+    ``latency_ms`` (an ONNX model is timed on ``runtime="onnxruntime"`` only). With a latency budget the pruned model is measured against the original
     (``report["latency"]``), and when it misses the target by more than 5% the allocation is
     redone with a corrected budget, up to ``iterate`` times (``measure=False`` skips this).
     ``verify=False`` keeps a model that fails the oracle instead of raising (the report says so).
@@ -188,6 +191,7 @@ def prune(
     from graphprune.passes import default_pipeline
 
     from .cost.runtimes import make_runtime
+    from .latency_source import check_onnx_runtime
     from .latency_target import budget_fraction
 
     onnx_input = _is_onnx(model)
@@ -199,12 +203,14 @@ def prune(
         raise BudgetError("give exactly one budget: flops=, params= or latency= FRACTION (fraction to keep, in (0, 1]), "
                           "speedup=FACTOR or latency_ms=MS")
     recon = tuple(r.strip() for r in reconstruct.split(",") if r.strip()) if isinstance(reconstruct, str) else tuple(reconstruct)
-    if onnx_input and (lat_given or calib is not None or recon or steps != 1):
-        raise OptionError("for an .onnx model use flops= or params= with a weight criterion (l1, l2); latency budgets, "
+    if onnx_input and (calib is not None or recon or steps != 1):
+        raise OptionError("for an .onnx model use flops=, params= or a latency budget with a weight criterion (l1, l2); "
                           "calib=, reconstruct= and steps= need the PyTorch model for now")
     if lat_given:
         metric, frac = budget_fraction(latency, speedup, latency_ms)
         make_runtime(runtime, threads)  # validates runtime= and threads= before any work
+        if onnx_input:
+            check_onnx_runtime(runtime)
         if iterate < 0:
             raise OptionError(f"iterate={iterate} must be >= 0")
     else:
@@ -268,7 +274,7 @@ def _prune_once(
     if ctx.latency is not None and measure:
         from .latency_target import close_loop
 
-        loop = close_loop(model, graph, ctx, passes, iterate, progress)
+        loop = close_loop(graph, ctx, passes, iterate, progress)
     ctx.timings["total"] = time.perf_counter() - t0
     kept = kept_indices(ctx.coupling, ctx.allocation.removed)
     plan = _plan(graph, ctx, kept)

@@ -1,7 +1,7 @@
 """The ``graphprune`` command.
 
     graphprune prune SOURCE --flops 0.5 -o out.pt|out.onnx [--report r.json]   (SOURCE may be model.onnx)
-    graphprune prune SOURCE --speedup 2 -o out.onnx [--runtime RUNTIME] [--threads N]
+    graphprune prune SOURCE --speedup 2 -o out.onnx [--runtime RUNTIME] [--threads N]   (ONNX SOURCE: onnxruntime*)
     graphprune profile SOURCE [--runtime RUNTIME] [--threads N]
       (RUNTIME: onnxruntime, onnxruntime-cuda, onnxruntime-tensorrt, torch, torch-cuda)
     graphprune analyze SOURCE [--json a.json] [--latency]
@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log what each pass does")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     pr = sub.add_parser("prune", help="prune a model to a FLOPs/params budget and write it")
-    pr.add_argument("source", help="built-in model name or package.module:factory")
+    pr.add_argument("source", help="built-in model name, package.module:factory, or model.onnx")
     budget = pr.add_mutually_exclusive_group(required=True)
     budget.add_argument("--flops", type=_fraction, help="fraction of FLOPs to keep, e.g. 0.5")
     budget.add_argument("--params", type=_fraction, help="fraction of parameters to keep")
@@ -123,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     pf.add_argument("source")
     _runtime_args(pf)
     pf.add_argument("--refresh", action="store_true", help="measure again even what the cache holds")
+    pf.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                    help="ONNX: bind an input's symbolic dims (repeatable); default 1 for each symbolic dim")
     sub.add_parser("models", help="list the built-in models")
     return p
 
@@ -220,8 +222,11 @@ def _print_prune(rep: dict[str, Any]) -> None:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import graphprune as gp
+    from graphprune.latency_source import check_onnx_runtime
     from graphprune.sources import load_source
 
+    if args.latency and args.source.lower().endswith(".onnx"):
+        check_onnx_runtime(args.runtime)  # before any work: nothing is printed but the error
     with err_console.status("analyzing"):
         model, x = load_source(args.source)
         a = gp.analyze(model, x, input_shapes=_input_shapes(args.input_shape)) if x is None else gp.analyze(model, x)
@@ -276,20 +281,28 @@ def _latency_setup(args: argparse.Namespace, status_text: str) -> Any:
     from rich.progress import Progress
 
     import graphprune as gp
+    from graphprune.cost.runtimes import make_runtime
+    from graphprune.latency_source import check_onnx_runtime, make_timer
     from graphprune.latency_target import setup_latency
     from graphprune.sources import load_source
 
+    runtime = make_runtime(args.runtime, args.threads)
+    if args.source.lower().endswith(".onnx"):
+        check_onnx_runtime(args.runtime)
     with err_console.status("loading model"):
         model, x = load_source(args.source)
-        a = gp.analyze(model, x)
+        a = gp.analyze(model, x, input_shapes=_input_shapes(args.input_shape)) if x is None else gp.analyze(model, x)
+    if a.onnx is not None:
+        timer = make_timer(runtime, a.graph, a.coupling, onnx=a.onnx, example_inputs=a.feeds)
+    else:
+        timer = make_timer(runtime, a.graph, a.coupling, model=model, example_inputs=x, program=a.program)
     with Progress(console=err_console, transient=True) as bar:
         task = bar.add_task(status_text, total=None)
 
         def progress(done: int, total: int, what: str) -> None:
             bar.update(task, completed=done, total=max(total, 1), description=f"{status_text}: {what}")
 
-        setup = setup_latency(model, x, a.graph, a.coupling, a.program, args.runtime, args.threads, progress=progress,
-                              refresh=getattr(args, "refresh", False))
+        setup = setup_latency(a.graph, a.coupling, timer, progress=progress, refresh=getattr(args, "refresh", False))
     return model, x, a, setup
 
 

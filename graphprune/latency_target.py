@@ -1,5 +1,6 @@
 """Latency targeting: set up a calibrated latency model for one model on one runtime, and
-measure pruned results against the original (closing the loop).
+measure pruned results against the original (closing the loop). The model may be an nn.Module or
+an ONNX file: whole-model timing goes through a :class:`~.latency_source.ModelTimer`.
 
 ``setup_latency`` profiles the model's conv/linear signatures that the cache lacks
 (:func:`graphprune.cost.profile.profile_graph`), then calibrates ``T = a * sum_n t_n + b`` on
@@ -16,14 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from .cost.latency import Calibration, TableLatency
-from .cost.profile import Calibrated, calibrate, graph_key, measure_models, profile_graph, table_model
-from .cost.runtimes import Runtime, make_runtime
+from .cost.profile import Calibrated, calibrate, graph_key, profile_graph, table_model
+from .cost.runtimes import Runtime
 from .cost.table import TableCache
 from .errors import BudgetError
 from .ir import Graph
+from .latency_source import ModelTimer
 
 __all__ = ["LatencySetup", "budget_fraction", "close_loop", "measure_pair", "setup_latency"]
 
@@ -37,6 +38,7 @@ class LatencySetup:
     calibrated: Calibrated
     measured_now: int  # op signatures measured in this setup (0: all from the cache)
     cache_path: str
+    timer: ModelTimer  # times whole models of the source (PyTorch or ONNX)
 
     @property
     def base_measured(self) -> float:
@@ -46,51 +48,41 @@ class LatencySetup:
         cal = self.model.calibration
         return {
             "runtime": self.runtime.name, "threads": self.runtime.threads, "step": self.runtime.step,
+            "source": self.timer.kind,
             "calibration": {"scale": cal.scale, "offset_ms": cal.offset * 1e3, "models": cal.samples},
             "signatures_measured_now": self.measured_now, "cache": self.cache_path,
         }
 
 
-def _rewriter(model: torch.nn.Module, program: Any, graph: Graph, coupling: Any) -> Callable[[np.ndarray], torch.nn.Module]:
-    from .rewrite import rewrite_fx, rewrite_module
-
-    def rewrite(removed: np.ndarray) -> torch.nn.Module:
-        try:
-            return rewrite_module(model, coupling, removed)
-        except Exception:  # the module route may refuse; the fx route always follows the graph
-            return rewrite_fx(program, graph, coupling, removed)
-
-    return rewrite
-
-
 def setup_latency(
-    model: torch.nn.Module, example_inputs: Any, graph: Graph, coupling: Any, program: Any,
-    runtime: str = "onnxruntime", threads: int = 1, cache: TableCache | None = None,
+    graph: Graph, coupling: Any, timer: ModelTimer, cache: TableCache | None = None,
     progress: Callable[[int, int, str], None] | None = None, variants: int = 5, recalibrate: bool = False, refresh: bool = False,
 ) -> LatencySetup:
-    rt = make_runtime(runtime, threads)
+    """Profile the graph's op signatures the cache lacks and calibrate on ``timer.runtime``;
+    ``timer`` (:func:`graphprune.latency_source.make_timer`) times whole models of the source."""
+    rt = timer.runtime
     cache = cache or TableCache()
     tables, n_new = profile_graph(graph, rt, cache, progress, refresh=refresh)
     lm = table_model(tables, rt)
     fp = rt.fingerprint()
-    key = graph_key(graph)
+    key = graph_key(graph) if timer.kind == "torch" else f"{graph_key(graph)}-{timer.kind}"
     stored = None if (recalibrate or n_new) else cache.calibration(fp, key)
     if stored is not None:
         cal = Calibrated(Calibration(stored["scale"], stored["offset"], int(stored["samples"])),
                          list(stored["raw"]), list(stored["measured"]))
     else:
-        cal = calibrate(lm, graph, coupling, model, example_inputs, _rewriter(model, program, graph, coupling), rt, variants)
+        cal = calibrate(lm, graph, coupling, timer.measure_masks, rt, variants)
         c = cal.calibration
         cache.put_calibration(fp, key, {"scale": c.scale, "offset": c.offset, "samples": c.samples,
                                         "raw": cal.raw, "measured": cal.measured})
         cache.save()
-    return LatencySetup(rt, lm.with_calibration(cal.calibration), cal, n_new, str(cache.path))
+    return LatencySetup(rt, lm.with_calibration(cal.calibration), cal, n_new, str(cache.path), timer)
 
 
-def measure_pair(original: torch.nn.Module, pruned: torch.nn.Module, example_inputs: Any, runtime: Runtime) -> tuple[float, float]:
-    """(original, pruned) seconds per run, measured side by side (interleaved) on the runtime."""
-    a, b = measure_models([original, pruned], example_inputs, runtime)
-    return a, b
+def measure_pair(setup: LatencySetup, pruned: Any) -> tuple[float, float]:
+    """(original, pruned) seconds per run, measured side by side (interleaved) on the runtime;
+    ``pruned`` is of the source's kind (nn.Module, or ModelProto for an ONNX source)."""
+    return setup.timer.measure_pair(pruned)
 
 
 def budget_fraction(latency: float | None, speedup: float | None, latency_ms: float | None) -> tuple[str, float]:
@@ -119,7 +111,7 @@ _SNAPSHOT = ("allocation", "pruned", "route", "route_reason", "verification")
 
 
 def close_loop(
-    original: torch.nn.Module, graph: Graph, ctx: Any, passes: list[Any], iterate: int = 2,
+    graph: Graph, ctx: Any, passes: list[Any], iterate: int = 2,
     progress: Callable[[str], None] | None = None, tolerance: float = 0.05,
 ) -> dict[str, Any]:
     """Measure the pruned model against the original side by side; while the measured latency
@@ -141,7 +133,7 @@ def close_loop(
     for it in range(iterate + 1):
         if progress is not None:
             progress("measure")
-        orig_now, pruned_s = measure_pair(original, ctx.pruned, ctx.example_inputs, setup.runtime)
+        orig_now, pruned_s = measure_pair(setup, ctx.pruned)
         originals.append(orig_now)
         orig_s = float(np.median(originals))
         target_s = value * orig_s if metric == "latency" else value / 1e3

@@ -3,7 +3,8 @@
 Latency budgets (``latency=FRACTION`` of the measured latency, or ``latency-ms=MS``) price
 candidates with the calibrated measured-table model of :mod:`graphprune.latency_target`, built on
 first use on ``runtime`` with ``threads`` (and kept in the context for later passes and
-iterations). Policies: ``uniform`` and ``global`` bisect on the budget; ``greedy`` is the
+iterations); whole models are timed from the PyTorch model or, for an ONNX source, from the
+prepared ONNX model (``runtime=onnxruntime`` only). Policies: ``uniform`` and ``global`` bisect on the budget; ``greedy`` is the
 importance-per-cost knapsack of :mod:`graphprune.analysis.knapsack` (default for latency).
 """
 
@@ -90,13 +91,15 @@ class Allocate:
         return PassResult(graph, bool(ctx.allocation.removed.any()))
 
     def _latency(self, graph: Graph, ctx: PassContext, metric: str, value: float, scores: np.ndarray) -> PassResult:
+        from graphprune.cost.runtimes import make_runtime
+        from graphprune.latency_source import make_timer
         from graphprune.latency_target import setup_latency
 
-        if ctx.model is None:
-            raise OptionError("a latency budget needs the PyTorch model to measure")
         setup = ctx.latency
         if setup is None or setup.runtime.name != self.runtime or setup.runtime.threads != self.threads:
-            setup = setup_latency(ctx.model, ctx.example_inputs, graph, ctx.coupling, ctx.program, self.runtime, self.threads)
+            timer = make_timer(make_runtime(self.runtime, self.threads), graph, ctx.coupling, model=ctx.model,
+                               example_inputs=ctx.example_inputs, program=ctx.program, onnx=ctx.onnx)
+            setup = setup_latency(graph, ctx.coupling, timer)
             ctx.latency = setup
         lm = setup.model
         target = value * setup.base_measured if metric == "latency" else value / 1e3

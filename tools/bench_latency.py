@@ -37,9 +37,11 @@ from graphprune.analysis import couple, normalize_per_group
 from graphprune.analysis.allocation import ShapeTable
 from graphprune.analysis.importance import CRITERIA, CriterionInputs
 from graphprune.cost import predict
-from graphprune.cost.profile import measure_models, random_masks
+from graphprune.cost.profile import random_masks
+from graphprune.cost.runtimes import make_runtime
 from graphprune.frontends import capture
-from graphprune.latency_target import _rewriter, setup_latency
+from graphprune.latency_source import make_timer
+from graphprune.latency_target import setup_latency
 
 ARCHS = "resnet50,resnet18,mobilenet_v2,vit_tiny,unet"
 LAT_FRACS = [0.5, 0.7]
@@ -64,14 +66,15 @@ def bench_arch(name: str, variants: int, threads: int, depth: bool | None) -> di
     coupling = couple(graph)
     scores = normalize_per_group(coupling, CRITERIA["l2"](CriterionInputs(coupling, weights_of(graph, model))))
     t0 = time.perf_counter()
-    setup = setup_latency(model, x, graph, coupling, cap.program, "onnxruntime", threads)
+    timer = make_timer(make_runtime("onnxruntime", threads), graph, coupling, model=model, example_inputs=x,
+                       program=cap.program)
+    setup = setup_latency(graph, coupling, timer)
     t_setup = time.perf_counter() - t0
     lm, table, rt = setup.model, ShapeTable(coupling), setup.runtime
-    rewrite = _rewriter(model, cap.program, graph, coupling)
     # 1. predictor error on variants the calibration never saw
     masks = random_masks(coupling, rt.step, variants, seed=1000)
     pred = [predict(lm, graph, table.shapes(m)).total for m in masks]
-    meas = measure_models([rewrite(m) for m in masks], x, rt)
+    meas = timer.measure_masks(masks)
     err = [abs(p - m) / m for p, m in zip(pred, meas, strict=True)]
 
     # 2. the allocate pass, as gp.prune runs it, under each budget
@@ -86,7 +89,7 @@ def bench_arch(name: str, variants: int, threads: int, depth: bool | None) -> di
              "flops_greedy": [allocation(flops=f, policy="greedy") for f in FLOPS_FRACS],
              "flops_uniform": [allocation(flops=f) for f in FLOPS_FRACS]}
     flat = [m for ms in plans.values() for m in ms]
-    times = measure_models([model] + [rewrite(m) for m in flat], x, rt)
+    times = timer.measure_masks([np.zeros(coupling.n_units, dtype=bool)] + flat)
     orig, it = times[0], iter(times[1:])
     sweep = {}
     for key, ms in plans.items():

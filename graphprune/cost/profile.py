@@ -7,7 +7,8 @@
   saved after every signature so an interrupted run keeps what it measured.
 - :func:`measure_models`: whole models timed side by side (interleaved) on the runtime.
 - :func:`calibrate`: ``(a, b)`` of ``T = a * sum_n t_n + b`` fitted on the unpruned model and a
-  few random pruned variants (:meth:`.latency.Calibration.fit`).
+  few random pruned variants (:meth:`.latency.Calibration.fit`), timed by a ``measure_masks``
+  callable, so calibration does not care whether the model is a module or an ONNX file.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .signature import OpSpec, grid_points, op_spec
 from .table import OpTable, TableCache
 from .timing import TimingConfig, time_interleaved
 
-__all__ = ["Calibrated", "calibrate", "default_fallback", "table_model", "graph_key", "measure_models", "measure_onnx", "profile_graph", "random_masks"]
+__all__ = ["Calibrated", "MeasureMasks", "calibrate", "default_fallback", "table_model", "graph_key", "measure_models", "measure_onnx", "profile_graph", "random_masks"]
 
 log = logging.getLogger(__name__)
 
@@ -167,18 +168,24 @@ class Calibrated:
         return self.measured[0]
 
 
+MeasureMasks = Callable[[Sequence[np.ndarray]], list[float]]
+
+
 def calibrate(
-    lm: TableLatency, graph: Graph, coupling: Any, model: torch.nn.Module, example_inputs: Any,
-    rewrite: Callable[[np.ndarray], torch.nn.Module], runtime: Runtime, variants: int = 3, seed: int = 0,
+    lm: TableLatency, graph: Graph, coupling: Any, measure_masks: MeasureMasks, runtime: Runtime, variants: int = 3,
+    seed: int = 0,
 ) -> Calibrated:
-    """Fit the whole-model calibration on the unpruned model and ``variants`` random prunings."""
+    """Fit the whole-model calibration on the unpruned model and ``variants`` random prunings.
+
+    ``measure_masks(masks)`` returns seconds per run of the model pruned by each removal mask
+    (the all-False mask is the original), timed side by side; see
+    :mod:`graphprune.latency_source` for the PyTorch and ONNX versions."""
     from ..analysis.allocation import ShapeTable
 
     table = ShapeTable(coupling)
     masks = [np.zeros(coupling.n_units, dtype=bool)] + random_masks(coupling, runtime.step, variants, seed)
     raw = [predict(lm, graph, table.shapes(m)).raw for m in masks]
-    models = [model] + [rewrite(m) for m in masks[1:]]
-    meas = measure_models(models, example_inputs, runtime)
+    meas = measure_masks(masks)
     cal = Calibration.fit(raw, meas)
     log.info("latency calibration: scale %.3f offset %.3g ms over %d models", cal.scale, cal.offset * 1e3, len(meas))
     return Calibrated(cal, raw, meas)

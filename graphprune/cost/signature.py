@@ -7,7 +7,8 @@ the table's variables:
 
 - conv, groups == 1:       widths (C_in, C_out)   (also transposed convs, ``"transposed": true``)
 - conv, grouped/depthwise: widths (G,)  with C_in = G * C_in/G_0 and C_out = G * C_out/G_0
-- linear:                  widths (K, N) for y[M, N] = x[M, K] W^T + b
+- linear:                  widths (K, N) for y[M, N] = x[M, K] W^T + b; an ONNX Gemm or a MatMul
+                           with a 2-D weight is the same op (same key, so tables are shared)
 
 ``full`` holds the unpruned widths (the grid's upper end). Stride and padding are recovered from
 the shapes (the IR keeps only ``groups``): s = round(H_in / H_out) and the total padding that
@@ -89,7 +90,28 @@ def _linear(node: Node, shape: ShapeFn) -> OpSpec | None:
     return OpSpec("linear", _key("linear", fixed, full), fixed, (pw[1], pw[0]), full)
 
 
-_SPECS: dict[str, Callable[[Node, ShapeFn], OpSpec | None]] = {"conv": _conv, "linear": _linear}
+def _weight_matmul(x: Value | None, w: Value | None, b: Value | None, shape: ShapeFn, k_axis: int) -> OpSpec | None:
+    """``x[..., K] @ W`` with a 2-D weight stored with K on ``k_axis``: the same op as a linear."""
+    if x is None or w is None or w.rank != 2 or not w.is_weight:
+        return None
+    n_axis = 1 - k_axis
+    fixed: dict[str, Any] = {"lead": list(shape(x)[:-1]), "bias": b is not None}
+    full = (w.shape[k_axis], w.shape[n_axis])
+    pw = shape(w)
+    return OpSpec("linear", _key("linear", fixed, full), fixed, (pw[k_axis], pw[n_axis]), full)
+
+
+def _gemm(node: Node, shape: ShapeFn) -> OpSpec | None:  # ONNX Gemm (transA = 0): W is [N, K] when transB
+    return _weight_matmul(node.inputs[0], node.inputs[1], node.input(2), shape, 1 if node.attrs.get("trans_b") else 0)
+
+
+def _matmul(node: Node, shape: ShapeFn) -> OpSpec | None:  # ONNX MatMul with a weight: x @ W[K, N]
+    return _weight_matmul(node.inputs[0], node.inputs[1], None, shape, 0)
+
+
+_SPECS: dict[str, Callable[[Node, ShapeFn], OpSpec | None]] = {
+    "conv": _conv, "linear": _linear, "gemm": _gemm, "matmul": _matmul,
+}
 
 
 def op_spec(node: Node, shape: ShapeFn | None = None) -> OpSpec | None:

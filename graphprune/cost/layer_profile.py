@@ -21,8 +21,9 @@ with ``d_{k,r}`` the time of measured unit ``k`` in run ``r`` of the whole model
   ``(unattributed)``.
 
 ``measured_total`` is the sum of the measured rows (for onnxruntime: the kernel total, which
-leaves out the per-run session overhead), so the rows add up to it exactly. Nothing here is
-compared against a timing value: measurements are reported, never asserted.
+leaves out the per-run session overhead), so the rows add up to it exactly; ``run_time`` is the
+median of the same runs timed whole (``model_run`` events; the root module's inclusive time).
+Nothing here is compared against a timing value: measurements are reported, never asserted.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class LayerProfile:
     rows: tuple[LayerRow, ...]
     predicted_total: float  # calibrated whole-model prediction (offset included)
     calibration: Calibration
+    run_time: float  # median seconds of the profiled runs themselves (session.run / the root module)
 
     @property
     def measured_total(self) -> float:
@@ -82,6 +84,7 @@ class LayerProfile:
     def to_json(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "threads": self.threads, "runs": self.runs,
                 "predicted_total_us": self.predicted_total * 1e6, "measured_total_us": self.measured_total * 1e6,
+                "measured_run_us": self.run_time * 1e6,
                 "calibration": {"scale": self.calibration.scale, "offset_us": self.calibration.offset * 1e6},
                 "layers": [r.to_json() for r in self.rows]}
 
@@ -162,6 +165,7 @@ class _Measured:
     ops: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     units: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     runs: int = 0
+    run_time: float = 0.0  # median seconds per run, whole
 
 
 # ---------------------------------------------------------------- onnxruntime
@@ -172,7 +176,7 @@ class _Kernels:
     times: dict[str, float]  # executed node -> median seconds per run
     ops: dict[str, str]  # executed node -> kernel op
     io: dict[str, tuple[list[str], list[str]]]  # executed node -> (inputs, outputs), from the optimized model
-    runs: int
+    runs: list[float]  # seconds of each run used
 
 
 def _ort_kernels(path: Path, feeds: list[np.ndarray], runtime: OrtRuntime, runs: int, warmup: int,
@@ -193,8 +197,8 @@ def _ort_kernels(path: Path, feeds: list[np.ndarray], runtime: OrtRuntime, runs:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise SourceError(f"onnxruntime {runtime.ort.__version__} cannot profile {what}: {reason}") from exc
     times, ops, used = node_times(events, warmup)
-    if used != runs:
-        raise GraphpruneError(f"the onnxruntime {runtime.ort.__version__} profile shows {used} of {runs} runs "
+    if len(used) != runs:
+        raise GraphpruneError(f"the onnxruntime {runtime.ort.__version__} profile shows {len(used)} of {runs} runs "
                               "(no 'model_run' events?); per-layer times cannot be told apart by run")
     io: dict[str, tuple[list[str], list[str]]] = {}
     try:
@@ -208,7 +212,7 @@ def _ort_kernels(path: Path, feeds: list[np.ndarray], runtime: OrtRuntime, runs:
 def _place(kernels: _Kernels, source: Any, layer_of: Callable[[str], str | None]) -> _Measured:
     """Kernel times summed per layer label (UNATTRIBUTED for kernels placed on no source node)."""
     where = place(kernels.ops, kernels.io, OnnxIndex.of(source.graph))
-    out = _Measured(runs=kernels.runs)
+    out = _Measured(runs=len(kernels.runs), run_time=float(np.median(kernels.runs)))
     times: dict[str, float] = defaultdict(float)
     for name, t in kernels.times.items():
         op = kernels.ops.get(name, "")
@@ -267,6 +271,7 @@ def _measure_torch(model: torch.nn.Module, example_inputs: Any, runtime: Runtime
     label = {name: _label(name) if (name in leaves or name in ir_scopes) else UNATTRIBUTED for name in modules}
     current: dict[str, float] = defaultdict(float)
     stack: list[list[Any]] = []  # [module name, start, children's inclusive seconds]
+    whole: list[float] = []  # the root's inclusive seconds per call
 
     def pre(name: str) -> Callable[..., None]:
         def hook(_m: Any, _a: Any) -> None:
@@ -279,12 +284,15 @@ def _measure_torch(model: torch.nn.Module, example_inputs: Any, runtime: Runtime
         current[label[name]] += max(0.0, end - start - child)
         if stack:
             stack[-1][2] += end - start
+        else:
+            whole.append(end - start)
 
     handles = []
     for name, m in modules.items():
         handles.append(m.register_forward_pre_hook(pre(name)))
         handles.append(m.register_forward_hook(post))
     per_run: list[dict[str, float]] = []
+    run_times: list[float] = []
     was_training = model.training
     threads = getattr(runtime, "threads_set", None)
     try:
@@ -293,14 +301,16 @@ def _measure_torch(model: torch.nn.Module, example_inputs: Any, runtime: Runtime
             for i in range(warmup + runs):
                 current.clear()
                 stack.clear()
+                whole.clear()
                 model(*args, **kwargs)
                 if i >= warmup:
                     per_run.append(dict(current))
+                    run_times.append(sum(whole))
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    out = _Measured(runs=len(per_run))
+    out = _Measured(runs=len(per_run), run_time=float(np.median(run_times)))
     for name in modules:
         out.units[label[name]] += 1
     out.times = {lab: float(np.median([r.get(lab, 0.0) for r in per_run])) for lab in out.units}
@@ -343,4 +353,5 @@ def layer_profile(graph: Graph, latency_model: LatencyModel, source: Any, exampl
             rows.append(LayerRow(lab, op, p, measured.times.get(lab, 0.0), units))
     if rows[-1].layer != UNATTRIBUTED:  # keep it last
         rows.append(rows.pop(next(i for i, r in enumerate(rows) if r.layer == UNATTRIBUTED)))
-    return LayerProfile(runtime.name, runtime.threads, measured.runs, tuple(rows), rep.total, latency_model.calibration)
+    return LayerProfile(runtime.name, runtime.threads, measured.runs, tuple(rows), rep.total, latency_model.calibration,
+                        measured.run_time)

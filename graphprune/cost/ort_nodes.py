@@ -4,7 +4,7 @@
   seconds per run of every executed node: events with ``"cat": "Node"`` whose name ends in
   ``_kernel_time`` (``dur`` in microseconds, ``args.op_name`` the kernel's op) are assigned to the
   ``model_run`` event whose interval holds them, summed per node within a run, and the first
-  ``warmup`` runs are dropped.
+  ``warmup`` runs are dropped (the ``model_run`` durations are returned too).
 - :func:`anchor`: which node of the *source* ONNX graph an executed (optimized) node stands for.
   onnxruntime keeps the names of nodes it leaves alone; fused nodes keep the name of the node they
   replace or take the name of the tensor they produce plus ``_nchwc`` (NCHWc layout), e.g. the
@@ -45,8 +45,10 @@ _KERNEL = "_kernel_time"
 _WALK = 8  # steps up a first-input chain when looking for the fused op
 
 
-def node_times(events: Iterable[Mapping[str, Any]], warmup: int = 0) -> tuple[dict[str, float], dict[str, str], int]:
-    """(node name -> median seconds per run, node name -> kernel op, runs used) from profile events."""
+def node_times(events: Iterable[Mapping[str, Any]], warmup: int = 0,
+               ) -> tuple[dict[str, float], dict[str, str], list[float]]:
+    """(node name -> median seconds per run, node name -> kernel op, seconds of each run used) from
+    profile events."""
     runs: list[tuple[float, float]] = []
     kernels: list[tuple[float, str, float, str]] = []
     for e in events:
@@ -67,7 +69,7 @@ def node_times(events: Iterable[Mapping[str, Any]], warmup: int = 0) -> tuple[di
         ops.setdefault(name, op)
     used = per_run[warmup:]
     times = {name: float(np.median([r.get(name, 0.0) for r in used])) for name in ops} if used else {}
-    return times, ops, len(used)
+    return times, ops, [(end - start) * 1e-6 for start, end in runs[warmup:]]
 
 
 @dataclass

@@ -4,7 +4,7 @@
     graphprune prune SOURCE --speedup 2 -o out.onnx [--runtime RUNTIME] [--threads N]   (ONNX SOURCE: onnxruntime*)
     graphprune profile SOURCE [--runtime RUNTIME] [--threads N]
       (RUNTIME: onnxruntime, onnxruntime-cuda, onnxruntime-tensorrt, torch, torch-cuda)
-    graphprune analyze SOURCE [--json a.json] [--latency]
+    graphprune analyze SOURCE [--json a.json] [--latency]      (--latency: predicted and measured per layer)
     graphprune models
 
 Errors a person can fix print one line and exit 2; nothing is written unless it was verified.
@@ -254,7 +254,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         for line in _explain(a, item):
             out_console.print(line, highlight=False, markup=False)
     if args.latency:
-        _print_latency(args)
+        rep["latency"] = _print_latency(args)
     if args.json:
         _write_json(args.json, rep)
     return 0
@@ -303,6 +303,8 @@ def _latency_setup(args: argparse.Namespace, status_text: str) -> Any:
             bar.update(task, completed=done, total=max(total, 1), description=f"{status_text}: {what}")
 
         setup = setup_latency(a.graph, a.coupling, timer, progress=progress, refresh=getattr(args, "refresh", False))
+    if a.onnx is not None:  # the prepared (static-shaped) model stands in for the module
+        model = a.onnx
     return model, x, a, setup
 
 
@@ -317,23 +319,31 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_latency(args: argparse.Namespace) -> None:
-    from graphprune.cost import predict
+def _print_latency(args: argparse.Namespace) -> dict[str, Any]:
+    from rich.markup import escape
+
+    from graphprune.cost.layer_profile import layer_profile
 
     model, x, a, setup = _latency_setup(args, "profiling")
-    rep = predict(setup.model, a.graph)
+    with err_console.status("measuring per-layer latency"):
+        prof = layer_profile(a.graph, setup.model, model, x, setup.runtime)
     lt = Table(title=f"{a.graph.name}: latency on {setup.runtime.name} ({setup.runtime.threads} thr)")
-    for col in ("layer", "op", "predicted us"):
+    for col in ("layer", "op", "predicted us", "measured us"):
         lt.add_column(col, justify="right" if col.endswith("us") else "left")
-    for node in a.graph.nodes:
-        t = rep.per_node.get(node.name, 0.0)
-        if t > 0:
-            lt.add_row(node.scope or node.name, node.op, f"{t * 1e6 * setup.model.calibration.scale:.1f}")
+    for r in prof.rows:
+        lt.add_row(escape(r.layer), escape(r.op), f"{r.predicted * 1e6:.1f}", f"{r.measured * 1e6:.1f}")
+    lt.add_section()
+    lt.add_row("sum of layers", "", f"{sum(r.predicted for r in prof.rows) * 1e6:.1f}", f"{prof.measured_total * 1e6:.1f}")
     out_console.print(lt)
+    cal = setup.model.calibration
+    how = ("kernel times from an onnxruntime profile (per-run session overhead left out)" if prof.runtime == "onnxruntime"
+           else "module self times from forward hooks (hook overhead included)")
     out_console.print(
-        f"total predicted {rep.total * 1e3:.3f} ms, measured {setup.base_measured * 1e3:.3f} ms "
-        f"(per-layer values include the calibration scale {setup.model.calibration.scale:.3f}; offset "
-        f"{setup.model.calibration.offset * 1e3:.3f} ms)", highlight=False)
+        f"total predicted {prof.predicted_total * 1e3:.3f} ms, measured {setup.base_measured * 1e3:.3f} ms (whole model, "
+        f"as calibrated) and {prof.run_time * 1e3:.3f} ms (median of the profiled runs). Predicted per layer includes "
+        f"the calibration scale {cal.scale:.3f} (the total also the offset {cal.offset * 1e3:.3f} ms); measured per "
+        f"layer: median over {prof.runs} runs of {how}", highlight=False)
+    return {**prof.to_json(), "measured_model_us": setup.base_measured * 1e6}
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

@@ -166,6 +166,7 @@ def prune(
     steps: int = 1,
     callback: Callable[[nn.Module, int], None] | None = None,
     seed: int = 0,
+    depth: bool | None = None,
 ) -> PruneResult:
     """Prune ``model`` to a budget; returns a new, verified model.
 
@@ -183,6 +184,9 @@ def prune(
     ``"bn"`` (run after verification, in that order). ``steps=k`` prunes in k steps toward the
     budget (step i keeps ``1 - (1 - fraction) * i / k`` of the original), calling
     ``callback(model, i)`` between steps; the returned plan is the composition of the steps' plans.
+    ``depth``: let the allocator remove whole residual branches (groups taken to width 0, see
+    ``graphprune.analysis.depth``); ``None`` means on for latency budgets, off otherwise; needs
+    ``allocation="greedy"`` (the latency default) and a PyTorch model.
     """
 
     from graphprune.passes import default_pipeline
@@ -217,11 +221,15 @@ def prune(
     if batches is not None:
         check_batches(batches, example_inputs)
     policy = allocation or ("greedy" if lat_given else "uniform")
+    use_depth = (lat_given and policy == "greedy") if depth is None else bool(depth)
+    if use_depth and (policy != "greedy" or onnx_input):
+        raise OptionError("depth=True needs allocation='greedy' (the default for latency budgets) and a PyTorch model; "
+                          f"got allocation={policy!r}" + (" and an ONNX model" if onnx_input else ""))
 
     def once(m: Any, fraction: float | None) -> PruneResult:
         text = pipeline or default_pipeline(
             metric, float(1.0 if fraction is None else fraction), criterion, policy, round_to, strict=verify,
-            runtime=runtime, threads=threads, reconstruct=recon,
+            runtime=runtime, threads=threads, reconstruct=recon, depth=use_depth,
         )
         return _prune_once(m, example_inputs, text, batches, loss, seed, progress, input_shapes, measure, iterate)
 
@@ -331,7 +339,10 @@ def _plan(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> PruningPlan:
 
 
 def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:
+    from .analysis.depth import depth_eligible
+
     cost = count(graph)
+    whole = depth_eligible(coupling)
     layers = []
     for node in graph.nodes:
         w = [v for v in node.inputs if v is not None and v.kind == "param"]
@@ -350,10 +361,12 @@ def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:
         "params": cost.params,
         "units": coupling.n_units,
         "groups": [
-            {"id": g.id, "units": g.size, "width": g.width, "spaces": [f"{n}[{a}]" for n, a in g.spaces],
+            {"id": g.id, "units": g.size, "width": g.width, "depth_eligible": g.id in whole,
+             "spaces": [f"{n}[{a}]" for n, a in g.spaces],
              "weights": [f"{graph.value(n).source}[{a}]" for n, a in g.spaces if graph.value(n).is_weight]}
             for g in coupling.groups
         ],
+        "depth_eligible": len(whole),
         "barriers": {op: names for op, names in coupling.barriers.items()},
         "layers": layers,
     }

@@ -18,6 +18,12 @@ Looking ahead over the next few allowed widths (not only the next one) *snaps* w
 steps where a smaller width is actually faster: a step with dT <= 0 is never taken on its own,
 only together with a later one that pays. With a linear cost and equal-importance units this is
 the classic fractional-knapsack greedy, optimal up to the last step.
+
+Depth: a group in ``depth`` (see :mod:`.depth`) may also take width 0, removing its residual
+branch; nodes left with an empty tensor cost nothing, so that move also saves the per-op fixed
+costs that no single width step sees. Besides the snapped step, such a group is offered the move
+straight to 0 (all its remaining importance for all its remaining cost), taken when its ratio is
+better; from the last step the two coincide.
 """
 
 from __future__ import annotations
@@ -38,12 +44,14 @@ log = logging.getLogger(__name__)
 NodeCost = Callable[[Node, Callable[[Value], tuple[int, ...]]], float]
 
 
-def allowed_widths(g: Group, step: int) -> list[int]:
-    """Kept counts a group may take, descending (``n_g`` first)."""
+def allowed_widths(g: Group, step: int, allow_zero: bool = False) -> list[int]:
+    """Kept counts a group may take, descending (``n_g`` first); 0 last when ``allow_zero``."""
     n = g.size
     if g.width == 1 and step > 1 and n > step:
-        return [n] + [k for k in range((n - 1) // step * step, 0, -step) if k < n]
-    return list(range(n, 0, -1))
+        ws = [n] + [k for k in range((n - 1) // step * step, 0, -step) if k < n]
+    else:
+        ws = list(range(n, 0, -1))
+    return [*ws, 0] if allow_zero else ws
 
 
 def _group_nodes(coupling: Coupling) -> list[list[int]]:
@@ -70,8 +78,10 @@ def allocate_greedy(
     scale: float = 1.0,
     offset: float = 0.0,
     lookahead: int = 4,
+    depth: frozenset[int] | set[int] = frozenset(),
 ) -> Allocation:
-    """Remove units until ``scale * sum_n node_cost + offset <= target`` (see module docstring)."""
+    """Remove units until ``scale * sum_n node_cost + offset <= target`` (see module docstring);
+    groups whose index is in ``depth`` may be removed whole."""
     graph = coupling.graph
     table = ShapeTable(coupling)
     n_units = coupling.n_units
@@ -82,7 +92,7 @@ def allocate_greedy(
     raw_target = (target - offset) / scale
     groups = coupling.groups
     order = [g.units[np.argsort(scores[g.units], kind="stable")] for g in groups]
-    widths = [allowed_widths(g, step) for g in groups]
+    widths = [allowed_widths(g, step, allow_zero=g.id in depth) for g in groups]
     pos = [0] * len(groups)  # index into widths[g] of the current kept count
     gnodes = _group_nodes(coupling)
     neighbours: list[set[int]] = [set() for _ in groups]
@@ -101,19 +111,27 @@ def allocate_greedy(
             return None
         old = float(cost[ns].sum())
         best: tuple[float, int, np.ndarray] | None = None
-        for q in range(p + 1, min(len(ws), p + 1 + lookahead)):
+
+        def move(q: int) -> tuple[float, int, np.ndarray] | None:
             trial = rem.copy()
             trial[order[gi][: g.size - ws[q]]] = True
             shp = table.shapes(trial)
             new = np.array([node_cost(graph.nodes[n], shp) for n in ns])
             gain = old - float(new.sum())
             if gain <= 1e-12 * max(old, 1e-30):
-                continue
+                return None
             lost = float(scores[order[gi][g.size - ws[p] : g.size - ws[q]]].sum())
-            ratio = lost / gain
-            if best is None or ratio < best[0]:
-                best = (ratio, q, new)
-            break  # the first step that pays is the snapped step; later ones are other moves
+            return lost / gain, q, new
+
+        for q in range(p + 1, min(len(ws), p + 1 + lookahead)):
+            best = move(q)
+            if best is not None:
+                break  # the first step that pays is the snapped step; later ones are other moves
+        last = len(ws) - 1
+        if ws[last] == 0 and p < last and (best is None or best[1] < last):
+            whole = move(last)  # the whole branch at once
+            if whole is not None and (best is None or whole[0] < best[0]):
+                best = whole
         return best
 
     cands = [candidate(gi) for gi in range(len(groups))]

@@ -186,7 +186,7 @@ def prune(
     ``callback(model, i)`` between steps; the returned plan is the composition of the steps' plans.
     ``depth``: let the allocator remove whole residual branches (groups taken to width 0, see
     ``graphprune.analysis.depth``); ``None`` means on for latency budgets, off otherwise; needs
-    ``allocation="greedy"`` (the latency default) and a PyTorch model.
+    ``allocation="greedy"`` (the latency default).
     """
 
     from graphprune.passes import default_pipeline
@@ -222,9 +222,8 @@ def prune(
         check_batches(batches, example_inputs)
     policy = allocation or ("greedy" if lat_given else "uniform")
     use_depth = (lat_given and policy == "greedy") if depth is None else bool(depth)
-    if use_depth and (policy != "greedy" or onnx_input):
-        raise OptionError("depth=True needs allocation='greedy' (the default for latency budgets) and a PyTorch model; "
-                          f"got allocation={policy!r}" + (" and an ONNX model" if onnx_input else ""))
+    if use_depth and policy != "greedy":
+        raise OptionError(f"depth=True needs allocation='greedy' (the default for latency budgets); got allocation={policy!r}")
 
     def once(m: Any, fraction: float | None) -> PruneResult:
         text = pipeline or default_pipeline(

@@ -6,7 +6,7 @@ first use on ``runtime`` with ``threads`` (and kept in the context for later pas
 iterations). Policies: ``uniform`` and ``global`` bisect on the budget; ``greedy`` is the
 importance-per-cost knapsack of :mod:`graphprune.analysis.knapsack` (default for latency).
 ``depth=true`` (greedy only) also lets the groups :func:`graphprune.analysis.depth.depth_eligible`
-finds be removed whole (a residual branch dropped); not for ONNX sources yet.
+finds be removed whole (a residual branch dropped).
 """
 
 from __future__ import annotations
@@ -101,9 +101,6 @@ class Allocate:
         if self.policy != "greedy":
             raise OptionError(f"allocate option depth=true needs policy=greedy (got policy={self.policy}); "
                               "drop depth or use policy=greedy")
-        if ctx.onnx is not None:
-            raise OptionError("allocate option depth=true is not supported for ONNX sources yet (the ONNX rewriter "
-                              "cannot drop a residual branch); drop depth=true / use --no-depth")
         return depth_eligible(ctx.coupling)
 
     def _latency(self, graph: Graph, ctx: PassContext, metric: str, value: float, scores: np.ndarray,

@@ -28,9 +28,10 @@ from graphprune.cost import count
 from graphprune.cost.latency import PROFILES, Roofline, TableLatency, removed_node
 from graphprune.errors import OptionError
 from graphprune.export import save_model
-from graphprune.frontends import capture
-from graphprune.rewrite import NotRewritable, rewrite_fx, rewrite_module
+from graphprune.frontends import capture, load_onnx, lower_onnx, prepare
+from graphprune.rewrite import NotRewritable, rewrite_fx, rewrite_module, rewrite_onnx
 from graphprune.verification import verify_pruned
+from graphprune.verification_onnx import verify_onnx
 
 
 class ResMLP(nn.Module):
@@ -190,12 +191,24 @@ def test_greedy_removes_a_whole_branch_when_fixed_costs_make_it_optimal() -> Non
     assert not no_depth.reachable and not removed_whole(c, no_depth.removed)
 
 
-def _allocate_pass(depth: bool):  # type: ignore[no-untyped-def]
+def _onnx_resmlp(tmp_path, x: torch.Tensor) -> str:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    path = str(tmp_path / "resmlp.onnx")
+    torch.onnx.export(ResMLP().eval(), (x,), path, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    return path
+
+
+def _allocate_pass(depth: bool, onnx_dir=None):  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     model, x = ResMLP().eval(), torch.randn(4, 16)
-    cap = capture(model, (x,))
-    ctx = PassContext(model=model, example_inputs=(x,), program=cap.program)
-    graph = run_pipeline(parse_pipeline("couple"), cap.graph, ctx)
+    if onnx_dir is not None:
+        prep = prepare(load_onnx(_onnx_resmlp(onnx_dir, x)))  # batch symbolic, bound to 1 (FLOPs scale by 1/4)
+        ctx = PassContext(model=None, example_inputs=None, onnx=prep)
+        graph = run_pipeline(parse_pipeline("couple"), lower_onnx(prep), ctx)
+    else:
+        cap = capture(model, (x,))
+        ctx = PassContext(model=model, example_inputs=(x,), program=cap.program)
+        graph = run_pipeline(parse_pipeline("couple"), cap.graph, ctx)
     c = ctx.coupling
     ga, gb, stream = (_group_of(c, w) for w in ("fc1.0.weight", "fc1.1.weight", "stem.weight"))
     ctx.scores = np.ones(c.n_units)
@@ -217,6 +230,44 @@ def test_allocate_pass_with_depth_on_flops_removes_the_branch_and_verifies() -> 
     ctx, widths = _allocate_pass(depth=False)
     assert widths == [1, 7, 16]
     assert ctx.route == "module" and ctx.verification.ok
+
+
+def test_allocate_pass_with_depth_on_an_onnx_source(tmp_path) -> None:
+    ctx, widths = _allocate_pass(depth=True, onnx_dir=tmp_path)
+    assert widths == [0, 8, 16]
+    assert ctx.route == "onnx" and ctx.verification.ok, ctx.verification
+    ops = [n.op_type for n in ctx.pruned.graph.node]
+    assert ops.count("Gemm") + ops.count("MatMul") == 1 + 2 + 1  # stem, block 1's two, head
+    assert ops.count("Expand") == 1 and "Relu" in ops and ops.count("Relu") == 1  # block 0's fc2 is its bias
+    assert ctx.onnx_dynamic["kept"] is False and "removed whole" in ctx.onnx_dynamic["reason"]  # static shapes
+
+
+def test_onnx_exit_without_bias_becomes_zeros(tmp_path) -> None:
+    model = Chain()
+    model.c2 = nn.Conv2d(8, 3, 3, padding=1, bias=False)
+
+    class Res(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.branch = nn.Conv2d(3, 3, 1), model
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.stem(x)
+            return h + self.branch(h)
+
+    x = torch.randn(1, 3, 8, 8)
+    path = str(tmp_path / "res.onnx")
+    torch.onnx.export(Res().eval(), (x,), path, dynamo=False, input_names=["x"])
+    a = gp.analyze(path)
+    (gid,) = depth_eligible(a.coupling)  # the branch's hidden channels (c1 filters)
+    rem = np.zeros(a.coupling.n_units, dtype=bool)
+    rem[a.coupling.groups[gid].units] = True
+    prep = prepare(load_onnx(path), {"x": (1, 3, 8, 8)})
+    pruned = rewrite_onnx(prep.model, a.graph, a.coupling, rem)
+    assert "ConstantOfShape" in [n.op_type for n in pruned.graph.node]
+    assert [n.op_type for n in pruned.graph.node].count("Conv") == 1  # only the stem is left
+    res = verify_onnx(prep.model, pruned, a.coupling, rem, prep.input_shapes, trials=2)
+    assert res.ok and res.max_abs_err == 0.0, res
 
 
 def test_depth_needs_the_greedy_policy_and_a_pytorch_model() -> None:

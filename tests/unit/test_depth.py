@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from graphprune.models import build
-from graphprune.passes import PassContext, parse_pipeline, run_pipeline
+from graphprune.passes import PassContext, default_pipeline, parse_pipeline, run_pipeline
 from torch import nn
 
 import graphprune as gp
@@ -278,6 +278,16 @@ def test_depth_needs_the_greedy_policy_and_a_pytorch_model() -> None:
         gp.prune(model, x, pipeline="couple,score,allocate{flops=0.5,depth=true},rewrite,verify")
     res = gp.prune(model, x, flops=0.5, allocation="greedy", depth=False)
     assert res.report["verification"]["ok"] and not removed_whole(res.coupling, res.removed)
+
+
+def test_depth_option_in_pipeline_string_and_cli(tmp_path, capsys) -> None:
+    text = default_pipeline("latency", 0.5, policy="greedy", depth=True)
+    alloc = next(p for p in parse_pipeline(text) if p.name == "allocate")
+    assert alloc.depth is True and alloc.policy == "greedy"
+    assert next(p for p in parse_pipeline(default_pipeline("flops", 0.5)) if p.name == "allocate").depth is False
+    out = tmp_path / "x.onnx"
+    assert main(["prune", "resnet18", "--flops", "0.5", "--depth", "-o", str(out)]) == 2
+    assert "depth=True needs allocation='greedy'" in capsys.readouterr().err and not out.exists()
 
 
 # -- rewrite and verification -----------------------------------------------------------------------

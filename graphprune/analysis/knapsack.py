@@ -23,13 +23,16 @@ Depth: a group in ``depth`` (see :mod:`.depth`) may also take width 0, removing 
 branch; nodes left with an empty tensor cost nothing, so that move also saves the per-op fixed
 costs that no single width step sees. Besides the snapped step, such a group is offered the move
 straight to 0 (all its remaining importance for all its remaining cost), taken when its ratio is
-better; from the last step the two coincide.
+best -- unless it would overshoot the target and buying the remaining need at the best other
+move's rate loses less importance than the jump (large groups are then shrunk instead of
+dropped). From the last step the two moves coincide.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,6 +55,15 @@ def allowed_widths(g: Group, step: int, allow_zero: bool = False) -> list[int]:
     else:
         ws = list(range(n, 0, -1))
     return [*ws, 0] if allow_zero else ws
+
+
+class _Move(NamedTuple):
+    ratio: float  # importance lost per cost saved
+    q: int  # index of the new width in the group's allowed widths
+    new: np.ndarray  # the group's nodes' costs after the move
+    lost: float
+    gain: float
+    jump: bool  # straight to width 0 (a depth group), skipping the widths between
 
 
 def _group_nodes(coupling: Coupling) -> list[list[int]]:
@@ -104,15 +116,15 @@ def allocate_greedy(
         for n in ns:
             neighbours[gi].update(by_node[n])
 
-    def candidate(gi: int) -> tuple[float, int, np.ndarray] | None:
+    def candidate(gi: int) -> list[_Move]:
+        """The group's moves: the snapped step, and for a depth group the jump to width 0."""
         g, ws, p = groups[gi], widths[gi], pos[gi]
         ns = gnodes[gi]
         if not ns:
-            return None
+            return []
         old = float(cost[ns].sum())
-        best: tuple[float, int, np.ndarray] | None = None
 
-        def move(q: int) -> tuple[float, int, np.ndarray] | None:
+        def move(q: int, jump: bool = False) -> _Move | None:
             trial = rem.copy()
             trial[order[gi][: g.size - ws[q]]] = True
             shp = table.shapes(trial)
@@ -121,34 +133,41 @@ def allocate_greedy(
             if gain <= 1e-12 * max(old, 1e-30):
                 return None
             lost = float(scores[order[gi][g.size - ws[p] : g.size - ws[q]]].sum())
-            return lost / gain, q, new
+            return _Move(lost / gain, q, new, lost, gain, jump)
 
+        step: _Move | None = None
         for q in range(p + 1, min(len(ws), p + 1 + lookahead)):
-            best = move(q)
-            if best is not None:
+            step = move(q)
+            if step is not None:
                 break  # the first step that pays is the snapped step; later ones are other moves
+        moves = [step] if step is not None else []
         last = len(ws) - 1
-        if ws[last] == 0 and p < last and (best is None or best[1] < last):
-            whole = move(last)  # the whole branch at once
-            if whole is not None and (best is None or whole[0] < best[0]):
-                best = whole
-        return best
+        if ws[last] == 0 and p < last and (step is None or step.q < last):
+            whole = move(last, jump=True)  # the whole branch at once
+            if whole is not None:
+                moves.append(whole)
+        return moves
 
     cands = [candidate(gi) for gi in range(len(groups))]
     total = float(cost.sum())
     steps = 0
     while total > raw_target:
-        live = [(c[0], gi) for gi, c in enumerate(cands) if c is not None]
+        live = sorted((m.ratio, gi, k) for gi, ms in enumerate(cands) for k, m in enumerate(ms))
         if not live:
             break
-        _, gi = min(live)
-        c = cands[gi]
-        assert c is not None
-        _, q, new = c
+        _, gi, k = live[0]
+        need = total - raw_target
+        if cands[gi][k].jump and cands[gi][k].gain > need:
+            # a jump past the target: take the best other move instead when buying the rest of
+            # the need at its rate loses less than the jump
+            alt = next(((gj, kj) for _, gj, kj in live[1:] if not (cands[gj][kj].jump and cands[gj][kj].gain > need)), None)
+            if alt is not None and cands[alt[0]][alt[1]].ratio * need < cands[gi][k].lost:
+                gi, k = alt
+        mv = cands[gi][k]
         g = groups[gi]
-        rem[order[gi][: g.size - widths[gi][q]]] = True
-        pos[gi] = q
-        cost[gnodes[gi]] = new
+        rem[order[gi][: g.size - widths[gi][mv.q]]] = True
+        pos[gi] = mv.q
+        cost[gnodes[gi]] = mv.new
         total = float(cost.sum())
         steps += 1
         for nb in neighbours[gi]:

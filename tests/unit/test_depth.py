@@ -191,6 +191,32 @@ def test_greedy_removes_a_whole_branch_when_fixed_costs_make_it_optimal() -> Non
     assert not no_depth.reachable and not removed_whole(c, no_depth.removed)
 
 
+def test_greedy_shrinks_instead_of_jumping_far_past_the_target() -> None:
+    _, c = _analyse(ResMLP(), torch.randn(4, 16))
+    ga, gb, stream = (_group_of(c, w) for w in ("fc1.0.weight", "fc1.1.weight", "stem.weight"))
+    scores = np.ones(c.n_units)
+    scores[stream.units] = 10.0
+    fixed = 10.0
+
+    def cost(node, shape):  # type: ignore[no-untyped-def]
+        w = node.inputs[1] if node.op == "linear" else None
+        if w is None or removed_node(node, shape) or w.source in ("stem.weight", "head.weight"):
+            return 0.0
+        return fixed + float(min(shape(w)))
+
+    # dropping a branch is the best rate (8 lost for 36 saved) but 3 is all that is needed: two
+    # single-unit steps (2 lost) beat it, and are the brute-force optimum
+    target = 4 * (fixed + 8) - 3
+    res = allocate_greedy(c, scores, cost, target, depth=depth_eligible(c))
+    ka, kb = (int((~res.removed[g.units]).sum()) for g in (ga, gb))
+
+    def total(a: int, b: int) -> float:
+        return sum(2 * (fixed + k) if k else 0.0 for k in (a, b))
+
+    best = max(a + b for a, b in itertools.product(range(9), repeat=2) if total(a, b) <= target)
+    assert ka + kb == best == 14 and res.reachable and not removed_whole(c, res.removed)
+
+
 def _onnx_resmlp(tmp_path, x: torch.Tensor) -> str:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     path = str(tmp_path / "resmlp.onnx")

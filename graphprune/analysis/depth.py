@@ -25,20 +25,23 @@ Anything else (a reduction or norm over the axis, a shape-dependent op, an op wi
 makes g ineligible. And the branch must be *bypassed*: every model output that depends on a
 model input must still depend on one once g is gone (exits then emit constants and g's emptied
 tensors carry nothing). This keeps a ResNet stage's residual stream or a plain chain's channels
-(whose removal would cut the model in two) out, and lets a residual branch in. The analysis never mutates; :func:`exit_contraction` is shared with the fx
+(whose removal would cut the model in two) out, and lets a residual branch in. Several eligible
+groups removed together can still cut the model (every branch of an Inception module):
+:func:`bypassed` checks a set, and the greedy allocator uses it before each move to width 0. The analysis never mutates; :func:`exit_contraction` is shared with the fx
 rewriter, which replaces each exit with an empty contraction by its bias.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..ir import Node, Value
 from .coupling import Coupling, Group
 
-__all__ = ["depth_eligible", "exit_bias", "exit_contraction", "removed_whole"]
+__all__ = ["bypassed", "depth_eligible", "exit_bias", "exit_contraction", "removed_whole"]
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +95,17 @@ def _user_ok(u: Node, v: Value, ax: int, mine: set[tuple[str, int]], readers: fr
     return all(any((o.name, a) in mine for a in range(o.rank)) for o in u.outputs)
 
 
-def _emptied(c: Coupling, g: Group) -> set[int]:
-    """Indices of the values that become empty (an axis with no element left) when g is removed."""
+def _emptied(c: Coupling, gone: Sequence[Group]) -> set[int]:
+    """Indices of the values that become empty (an axis with no element left) when the groups in
+    ``gone`` are all removed."""
+    ids = np.asarray(sorted({g.id for g in gone}), dtype=np.int64)
     out = set()
-    for name, ax in g.spaces:
-        v = c.graph.value(name)
-        u = c.units_of(v, ax)
-        if len(u) and bool((u >= 0).all()) and bool((c.unit_group[u] == g.id).all()):
-            out.add(v.index)
+    for g in gone:
+        for name, ax in g.spaces:
+            v = c.graph.value(name)
+            u = c.units_of(v, ax)
+            if len(u) and bool((u >= 0).all()) and bool(np.isin(c.unit_group[u], ids).all()):
+                out.add(v.index)
     return out
 
 
@@ -117,9 +123,14 @@ def _live(c: Coupling, empty: set[int]) -> set[int]:
     return live
 
 
-def _bypassed(c: Coupling, g: Group, live0: set[int]) -> bool:
-    live = _live(c, _emptied(c, g))
-    return all(v.index in live for v in c.graph.outputs if v.index in live0)
+def bypassed(coupling: Coupling, gone: Sequence[Group], live0: set[int] | None = None) -> bool:
+    """True when, with every group in ``gone`` removed whole, each model output that depends on a
+    model input still does. Eligibility checks one group; the allocator checks the groups it takes
+    to width 0 together (parallel branches of a concat are each bypassed by the others, not all
+    at once). ``live0``: ``_live`` of the unpruned graph, when the caller has it."""
+    base = _live(coupling, set()) if live0 is None else live0
+    live = _live(coupling, _emptied(coupling, gone))
+    return all(v.index in live for v in coupling.graph.outputs if v.index in base)
 
 
 def _eligible(c: Coupling, g: Group) -> bool:
@@ -139,7 +150,7 @@ def _eligible(c: Coupling, g: Group) -> bool:
 def depth_eligible(coupling: Coupling) -> frozenset[int]:
     """Indices of the groups that may be taken to width 0 (see the module docstring)."""
     live0 = _live(coupling, set())
-    out = frozenset(g.id for g in coupling.groups if _eligible(coupling, g) and _bypassed(coupling, g, live0))
+    out = frozenset(g.id for g in coupling.groups if _eligible(coupling, g) and bypassed(coupling, [g], live0))
     log.debug("depth: %d of %d groups may be removed whole", len(out), len(coupling.groups))
     return out
 

@@ -25,7 +25,8 @@ costs that no single width step sees. Besides the snapped step, such a group is 
 straight to 0 (all its remaining importance for all its remaining cost), taken when its ratio is
 best -- unless it would overshoot the target and buying the remaining need at the best other
 move's rate loses less importance than the jump (large groups are then shrunk instead of
-dropped). From the last step the two moves coincide.
+dropped). From the last step the two moves coincide. A move to 0 is offered only while the groups
+at 0 together keep every model output depending on an input (``depth.bypassed``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 from ..ir import Node, Value
 from .allocation import Allocation, ShapeTable
 from .coupling import Coupling, Group
+from .depth import bypassed
 
 __all__ = ["NodeCost", "allowed_widths", "allocate_greedy"]
 
@@ -116,6 +118,17 @@ def allocate_greedy(
         for n in ns:
             neighbours[gi].update(by_node[n])
 
+    zeroed: list[Group] = []  # groups taken to width 0 so far
+    connected: dict[int, tuple[int, bool]] = {}  # group -> (len(zeroed) when checked, may go to 0)
+
+    def may_empty(gi: int) -> bool:
+        """Whether group gi may go to 0 along with the groups already there (see depth.bypassed)."""
+        got = connected.get(gi)
+        if got is None or got[0] != len(zeroed):
+            got = (len(zeroed), bypassed(coupling, [*zeroed, groups[gi]]))
+            connected[gi] = got
+        return got[1]
+
     def candidate(gi: int) -> list[_Move]:
         """The group's moves: the snapped step, and for a depth group the jump to width 0."""
         g, ws, p = groups[gi], widths[gi], pos[gi]
@@ -137,12 +150,14 @@ def allocate_greedy(
 
         step: _Move | None = None
         for q in range(p + 1, min(len(ws), p + 1 + lookahead)):
+            if ws[q] == 0 and not may_empty(gi):
+                break
             step = move(q)
             if step is not None:
                 break  # the first step that pays is the snapped step; later ones are other moves
         moves = [step] if step is not None else []
         last = len(ws) - 1
-        if ws[last] == 0 and p < last and (step is None or step.q < last):
+        if ws[last] == 0 and p < last and (step is None or step.q < last) and may_empty(gi):
             whole = move(last, jump=True)  # the whole branch at once
             if whole is not None:
                 moves.append(whole)
@@ -170,7 +185,11 @@ def allocate_greedy(
         cost[gnodes[gi]] = mv.new
         total = float(cost.sum())
         steps += 1
-        for nb in neighbours[gi]:
+        again = set(neighbours[gi])
+        if widths[gi][mv.q] == 0:  # other groups' moves to 0 must now keep the model connected with it
+            zeroed.append(g)
+            again.update(gj for gj, ws in enumerate(widths) if ws[-1] == 0 and pos[gj] < len(ws) - 1)
+        for nb in again:
             cands[nb] = candidate(nb)
     after = scale * total + offset
     log.info("greedy allocation: %d moves, cost %.4g -> %.4g (target %.4g)", steps, base, after, target)

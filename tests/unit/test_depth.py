@@ -21,7 +21,7 @@ from torch import nn
 import graphprune as gp
 from graphprune.analysis import couple
 from graphprune.analysis.allocation import ShapeTable
-from graphprune.analysis.depth import depth_eligible, removed_whole
+from graphprune.analysis.depth import bypassed, depth_eligible, removed_whole
 from graphprune.analysis.knapsack import allocate_greedy, allowed_widths
 from graphprune.cli import main
 from graphprune.cost import count
@@ -58,6 +58,22 @@ class Chain(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c2(torch.relu(self.c1(x)))
+
+
+class TwoBranches(nn.Module):
+    """stem -> two parallel conv-relu-conv branches -> concat -> head (an Inception-like module)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+        self.a1, self.a2 = nn.Conv2d(8, 6, 3, padding=1), nn.Conv2d(6, 4, 1)
+        self.b1, self.b2 = nn.Conv2d(8, 6, 3, padding=1), nn.Conv2d(6, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        a = self.a2(torch.relu(self.a1(h)))
+        b = self.b2(torch.relu(self.b1(h)))
+        return self.head(torch.cat([a, b], 1))
 
 
 def _analyse(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]):  # type: ignore[no-untyped-def]
@@ -120,6 +136,27 @@ def test_vit_heads_and_mlp_hidden_are_eligible() -> None:
     mlp = {g.id for g in c.groups if any(s.endswith("fc1.weight") for s in _producers(c, g))}
     assert len(heads) == len(mlp) == 2
     assert depth_eligible(c) == frozenset(heads | mlp)  # all heads of a block go through sdpa to out_proj
+
+
+def test_parallel_branches_are_eligible_alone_not_together() -> None:
+    _, c = _analyse(TwoBranches(), torch.randn(1, 3, 8, 8))
+    g = {w: _group_of(c, f"{w}.weight") for w in ("stem", "a1", "a2", "b1", "b2")}
+    assert depth_eligible(c) == frozenset(g[w].id for w in ("a1", "a2", "b1", "b2"))  # the stem feeds both
+    assert bypassed(c, [g["a1"], g["a2"]])  # branch a gone, b still carries x
+    for pair in (("a1", "b1"), ("a1", "b2"), ("a2", "b1"), ("a2", "b2")):  # each branch cut: the head sees biases
+        assert not bypassed(c, [g[w] for w in pair])
+
+    # removing everything eligible would be cheapest; the greedy stops where the head still sees x
+    def cost(node, shape):  # type: ignore[no-untyped-def]
+        return 0.0 if node.op != "conv" or removed_node(node, shape) else 10.0 + min(shape(node.inputs[1])[:2])
+
+    scores = np.full(c.n_units, 0.01)
+    scores[g["stem"].units] = 10.0
+    res = allocate_greedy(c, scores, cost, 0.0, depth=depth_eligible(c))
+    whole = removed_whole(c, res.removed)
+    assert not res.reachable and whole and bypassed(c, whole)
+    gone = {w for w in ("a1", "a2", "b1", "b2") if g[w] in whole}
+    assert gone and (gone <= {"a1", "a2"} or gone <= {"b1", "b2"})
 
 
 # -- costs at width 0 -----------------------------------------------------------------------------

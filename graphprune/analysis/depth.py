@@ -27,8 +27,10 @@ model input must still depend on one once g is gone (exits then emit constants a
 tensors carry nothing). This keeps a ResNet stage's residual stream or a plain chain's channels
 (whose removal would cut the model in two) out, and lets a residual branch in. Several eligible
 groups removed together can still cut the model (every branch of an Inception module):
-:func:`bypassed` checks a set, and the greedy allocator uses it before each move to width 0. The analysis never mutates; :func:`exit_contraction` is shared with the fx
-rewriter, which replaces each exit with an empty contraction by its bias.
+:func:`bypassed` checks a set, and the greedy allocator uses it before each move to width 0.
+
+The analysis never mutates; :func:`exit_contraction` and :func:`exit_bias` are shared with the fx
+and ONNX rewriters, which replace each exit whose contraction is empty by its bias.
 """
 
 from __future__ import annotations
@@ -44,9 +46,6 @@ from .coupling import Coupling, Group
 __all__ = ["bypassed", "depth_eligible", "exit_bias", "exit_contraction", "removed_whole"]
 
 log = logging.getLogger(__name__)
-
-EXIT_OPS = frozenset({"conv", "linear", "matmul", "addmm", "gemm"})
-
 
 def exit_contraction(node: Node) -> list[tuple[Value, int]]:
     """The (operand, axis) pairs a linear exit contracts over (normalized to non-negative axes);
@@ -86,13 +85,11 @@ def exit_bias(node: Node) -> Value | None:
 
 
 def _user_ok(u: Node, v: Value, ax: int, mine: set[tuple[str, int]], readers: frozenset[tuple[int, int]]) -> bool:
-    if any(x is v and a == ax for x, a in exit_contraction(u)):
-        if v.is_weight and (v.index, ax) not in readers:
-            return False
-        return all(x is not v for x in u.outputs)
+    if any(x is v and a == ax for x, a in exit_contraction(u)):  # (b); a weight must be its reader axis
+        return not v.is_weight or (v.index, ax) in readers
     if u.op == "cat" and not v.is_weight and int(u.attrs.get("axis", 0)) % u.output.rank == ax:
-        return True
-    return all(any((o.name, a) in mine for a in range(o.rank)) for o in u.outputs)
+        return True  # (c)
+    return all(any((o.name, a) in mine for a in range(o.rank)) for o in u.outputs)  # (a)
 
 
 def _emptied(c: Coupling, gone: Sequence[Group]) -> set[int]:

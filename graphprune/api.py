@@ -169,6 +169,7 @@ def prune(
     steps: int = 1,
     callback: Callable[[nn.Module, int], None] | None = None,
     seed: int = 0,
+    depth: bool | None = None,
 ) -> PruneResult:
     """Prune ``model`` to a budget; returns a new, verified model.
 
@@ -186,6 +187,9 @@ def prune(
     ``"bn"`` (run after verification, in that order). ``steps=k`` prunes in k steps toward the
     budget (step i keeps ``1 - (1 - fraction) * i / k`` of the original), calling
     ``callback(model, i)`` between steps; the returned plan is the composition of the steps' plans.
+    ``depth``: let the allocator remove whole residual branches (groups taken to width 0, see
+    ``graphprune.analysis.depth``); ``None`` means on for latency budgets, off otherwise; needs
+    ``allocation="greedy"`` (the latency default).
     """
 
     from graphprune.passes import default_pipeline
@@ -223,11 +227,14 @@ def prune(
     if batches is not None:
         check_batches(batches, example_inputs)
     policy = allocation or ("greedy" if lat_given else "uniform")
+    use_depth = (lat_given and policy == "greedy") if depth is None else bool(depth)
+    if use_depth and policy != "greedy":
+        raise OptionError(f"depth=True needs allocation='greedy' (the default for latency budgets); got allocation={policy!r}")
 
     def once(m: Any, fraction: float | None) -> PruneResult:
         text = pipeline or default_pipeline(
             metric, float(1.0 if fraction is None else fraction), criterion, policy, round_to, strict=verify,
-            runtime=runtime, threads=threads, reconstruct=recon,
+            runtime=runtime, threads=threads, reconstruct=recon, depth=use_depth,
         )
         return _prune_once(m, example_inputs, text, batches, loss, seed, progress, input_shapes, measure, iterate)
 
@@ -337,7 +344,10 @@ def _plan(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> PruningPlan:
 
 
 def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:
+    from .analysis.depth import depth_eligible
+
     cost = count(graph)
+    whole = depth_eligible(coupling)
     layers = []
     for node in graph.nodes:
         w = [v for v in node.inputs if v is not None and v.kind == "param"]
@@ -356,10 +366,12 @@ def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:
         "params": cost.params,
         "units": coupling.n_units,
         "groups": [
-            {"id": g.id, "units": g.size, "width": g.width, "spaces": [f"{n}[{a}]" for n, a in g.spaces],
+            {"id": g.id, "units": g.size, "width": g.width, "depth_eligible": g.id in whole,
+             "spaces": [f"{n}[{a}]" for n, a in g.spaces],
              "weights": [f"{graph.value(n).source}[{a}]" for n, a in g.spaces if graph.value(n).is_weight]}
             for g in coupling.groups
         ],
+        "depth_eligible": len(whole),
         "barriers": {op: names for op, names in coupling.barriers.items()},
         "layers": layers,
     }

@@ -106,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--allocation", default=None, choices=["uniform", "global", "greedy"],
                     help="default: uniform for flops/params, greedy for latency budgets")
     pr.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of N")
+    pr.add_argument("--depth", action=argparse.BooleanOptionalAction, default=None,
+                    help="let the greedy allocator remove whole residual branches (default: on for latency budgets)")
     pr.add_argument("--pipeline", help="a full pass pipeline string instead of the options above")
     pr.add_argument("--no-verify", action="store_true", help="write the model even if verification fails")
     pr.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
@@ -176,7 +178,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             allocation=args.allocation, round_to=args.round_to, verify=not args.no_verify,
             pipeline=args.pipeline, progress=lambda name: status.update(f"running {name}"),
             input_shapes=_input_shapes(args.input_shape),
-            calib=calib, reconstruct=args.reconstruct, steps=args.steps,
+            calib=calib, reconstruct=args.reconstruct, steps=args.steps, depth=args.depth,
         )
         status.update(f"writing {out}")
         saved = res.save(out)
@@ -240,12 +242,14 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     out_console.print(lt)
     groups = sorted(rep["groups"], key=lambda g: -g["units"])
     shown = groups if args.all_groups else groups[:20]
-    gt = Table(title=f"{len(groups)} groups, {rep['units']} prunable units" + ("" if args.all_groups else " (20 largest)"))
-    for col in ("group", "units", "width", "weights"):
+    gt = Table(title=f"{len(groups)} groups, {rep['units']} prunable units, {rep['depth_eligible']} removable whole (depth)"
+               + ("" if args.all_groups else " (20 largest)"))
+    for col in ("group", "units", "width", "depth", "weights"):
         gt.add_column(col)
     for g in shown:
         weights = g["weights"]
-        gt.add_row(str(g["id"]), str(g["units"]), str(g["width"]), ", ".join(weights[:4]) + (" ..." if len(weights) > 4 else ""))
+        gt.add_row(str(g["id"]), str(g["units"]), str(g["width"]), "yes" if g["depth_eligible"] else "no",
+                   ", ".join(weights[:4]) + (" ..." if len(weights) > 4 else ""))
     out_console.print(gt)
     bars = rep["barriers"]
     out_console.print("barriers (ops without a rule; their tensors keep their shape): " + (

@@ -6,6 +6,8 @@ first use on ``runtime`` with ``threads`` (and kept in the context for later pas
 iterations); whole models are timed from the PyTorch model or, for an ONNX source, from the
 prepared ONNX model (``runtime=onnxruntime`` only). Policies: ``uniform`` and ``global`` bisect on the budget; ``greedy`` is the
 importance-per-cost knapsack of :mod:`graphprune.analysis.knapsack` (default for latency).
+``depth=true`` (greedy only) also lets the groups :func:`graphprune.analysis.depth.depth_eligible`
+finds be removed whole (a residual branch dropped).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from graphprune.analysis.allocation import allocate
+from graphprune.analysis.depth import depth_eligible
 from graphprune.analysis.knapsack import allocate_greedy
 from graphprune.cost import count, predict
 from graphprune.errors import BudgetError, OptionError
@@ -41,6 +44,7 @@ class Allocate:
     round_to: int = 1
     runtime: str = "onnxruntime"
     threads: int = 1
+    depth: bool = False
 
     def _budget(self) -> tuple[str, float]:
         given = [(k, v) for k, v in (("flops", self.flops), ("params", self.params), ("latency", self.latency),
@@ -69,8 +73,9 @@ class Allocate:
         if self.policy not in POLICIES:
             raise OptionError(f"allocation policy {self.policy!r} is unknown; use one of: {', '.join(POLICIES)}")
         scores = ctx.scores if ctx.scores is not None else np.ones(ctx.coupling.n_units)
+        depth = self._depth(ctx)
         if metric.startswith("latency"):
-            return self._latency(graph, ctx, metric, frac, scores)
+            return self._latency(graph, ctx, metric, frac, scores, depth)
 
         def cost(shape):  # type: ignore[no-untyped-def]
             rep = count(graph, shape)
@@ -82,7 +87,7 @@ class Allocate:
             base = count(graph).flops
             ctx.allocation = allocate_greedy(
                 ctx.coupling, scores, lambda n, s: float(COST[n.op](n, s)) if n.op in COST else 0.0,
-                frac * base, step=self.round_to,
+                frac * base, step=self.round_to, depth=depth,
             )
         else:
             ctx.allocation = allocate(ctx.coupling, scores, cost, frac, self.policy, self.round_to)
@@ -90,7 +95,17 @@ class Allocate:
         ctx.round_to = self.round_to
         return PassResult(graph, bool(ctx.allocation.removed.any()))
 
-    def _latency(self, graph: Graph, ctx: PassContext, metric: str, value: float, scores: np.ndarray) -> PassResult:
+    def _depth(self, ctx: PassContext) -> frozenset[int]:
+        """The groups that may be removed whole: none unless ``depth=true`` (greedy only)."""
+        if not self.depth:
+            return frozenset()
+        if self.policy != "greedy":
+            raise OptionError(f"allocate option depth=true needs policy=greedy (got policy={self.policy}); "
+                              "drop depth or use policy=greedy")
+        return depth_eligible(ctx.coupling)
+
+    def _latency(self, graph: Graph, ctx: PassContext, metric: str, value: float, scores: np.ndarray,
+                 depth: frozenset[int]) -> PassResult:
         from graphprune.cost.runtimes import make_runtime
         from graphprune.latency_source import make_timer
         from graphprune.latency_target import setup_latency
@@ -107,7 +122,7 @@ class Allocate:
         if self.policy == "greedy":
             cal = lm.calibration
             ctx.allocation = allocate_greedy(ctx.coupling, scores, lm.node_latency, target, step=step,
-                                             scale=cal.scale, offset=cal.offset)
+                                             scale=cal.scale, offset=cal.offset, depth=depth)
         else:
             base_pred = predict(lm, graph).total
             ctx.allocation = allocate(ctx.coupling, scores, lambda shape: predict(lm, graph, shape).total,

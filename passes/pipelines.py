@@ -18,6 +18,7 @@ def default_pipeline(
     metric: str, fraction: float, criterion: str = "l2", policy: str = "uniform", round_to: int = 1, strict: bool = True,
     runtime: str = "onnxruntime", threads: int = 1,
     reconstruct: Sequence[str] = (),
+    depth: bool = False,
 ) -> str:
     """``couple,score,allocate,rewrite,verify`` then the chosen reconstruction passes.
 
@@ -28,6 +29,7 @@ def default_pipeline(
         raise OptionError(f"reconstruct={unknown[0]!r} is unknown; choose from {', '.join(RECONSTRUCT)}")
     tail = "".join(f",{p}" for name, p in RECONSTRUCT.items() if name in reconstruct)
     extra = f",runtime={runtime},threads={threads}" if metric.startswith("latency") else ""
+    extra += ",depth=true" if depth else ""
     return (
         f"couple,score{{criterion={criterion}}},"
         f"allocate{{{metric.replace('_', '-')}={fraction!r},policy={policy},round-to={round_to}{extra}}},"

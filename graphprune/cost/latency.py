@@ -115,6 +115,15 @@ _MOVEMENT_COPY = frozenset({"permute", "cat", "embedding"})
 _MOVEMENT_VIEW = frozenset({"reshape", "select", "split", "slice", "expand"})
 
 
+def removed_node(node: Node, shape: ShapeFn) -> bool:
+    """True when pruning leaves the node nothing to compute: an output, or an input other than one
+    part of a concat, is empty (a residual branch removed whole; a linear exit whose contraction is
+    empty becomes its bias, a constant). Such a node costs nothing, fixed per-op overhead included."""
+    if any(0 in shape(v) for v in node.outputs):
+        return True
+    return node.op != "cat" and any(v is not None and 0 in shape(v) for v in node.inputs)
+
+
 def _bytes(node: Node, shape: ShapeFn) -> float:
     vals = [v for v in node.inputs if v is not None] + list(node.outputs)
     return 4.0 * sum(math.prod(shape(v)) for v in vals)
@@ -143,7 +152,7 @@ class Roofline:
 
     def node_latency(self, node: Node, shape: ShapeFn) -> float:
         terms = roofline_terms(node, shape)
-        if terms is None:
+        if terms is None or removed_node(node, shape):
             return 0.0
         p = self.profile
         flops, nbytes = terms
@@ -178,6 +187,8 @@ class TableLatency:
         return table(spec.widths)
 
     def node_latency(self, node: Node, shape: ShapeFn) -> float:
+        if removed_node(node, shape):
+            return 0.0
         t = self.lookup(node, shape)
         if t is not None:
             return t

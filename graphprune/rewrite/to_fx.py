@@ -6,6 +6,12 @@ unlifted into a GraphModule; weights are sliced and every ATen call whose intege
 encode a size (view/reshape/expand sizes, split sizes, slice bounds, groups) is rewritten from
 the pruned shapes computed by coupling analysis. The module is specialized to the example
 input shapes, like the exported program it comes from.
+
+Depth pruning (a group removed whole): each linear exit whose contraction operand is left empty
+is replaced by its bias broadcast to its (static, pruned) output shape, or zeros without a bias
+(``y = b`` exactly, as in the masked original); a concat drops its empty inputs; dead-code
+elimination then removes the emptied branch (fx keeps impure nodes -- asserts, mutations, random
+ops -- unless their output is empty).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from torch import nn
 from torch.export import ExportedProgram
 
 from ..analysis.coupling import Coupling
+from ..analysis.depth import exit_contraction
 from ..ir import Graph, Node
 from ..registry import registrar
 from .slicing import (
@@ -173,7 +180,61 @@ def rewrite_fx(program: ExportedProgram, graph: Graph, coupling: Coupling, remov
         fn = ARG_REWRITERS.get(packet.__name__)
         if fn is not None and any(ctx.shape(v) != v.shape for v in [*node.inputs, *node.outputs] if v is not None):
             fn(fx, node, ctx)
+    if _drop_emptied(gm, ir_nodes, ctx):
+        # fx keeps impure nodes (asserts, mutations, and ops tagged random such as sdpa, which may
+        # draw dropout); one whose output is empty computes and draws nothing, so it may go too
+        emptied = {n.name for n in graph.nodes if any(0 in ctx.shape(v) for v in n.outputs)}
+        gm.graph.eliminate_dead_code(is_impure_node=lambda n: n.name not in emptied and n.is_impure())
     return _plain_graph_module(gm)
+
+
+def _empty(ctx: _Ctx, v: Any, axis: int | None = None) -> bool:
+    shape = ctx.shape(v)
+    return 0 in shape if axis is None else shape[axis] == 0
+
+
+def _drop_emptied(gm: torch.fx.GraphModule, ir_nodes: dict[str, Node], ctx: _Ctx) -> bool:
+    """Cut every edge into an emptied tensor (see the module docstring); True if any was cut."""
+    changed = False
+    graph = gm.graph
+    for fx in list(graph.nodes):
+        node = ir_nodes.get(fx.name) if fx.op == "call_function" else None
+        if node is None:
+            continue
+        if node.op == "cat" and fx.args and isinstance(fx.args[0], (list, tuple)):
+            axis = int(node.attrs["axis"]) % node.output.rank
+            keep = [i for i, v in enumerate(node.inputs) if v is None or not _empty(ctx, v, axis)]
+            if keep and len(keep) < len(fx.args[0]) == len(node.inputs):
+                fx.args = ([fx.args[0][i] for i in keep], *fx.args[1:])
+                changed = True
+            continue
+        if not any(_empty(ctx, x, ax) for x, ax in exit_contraction(node)) or _empty(ctx, node.output):
+            continue
+        with graph.inserting_before(fx):
+            const = _exit_constant(graph, fx, node, list(ctx.shape(node.output)))
+        fx.replace_all_uses_with(const)
+        graph.erase_node(fx)
+        changed = True
+    return changed
+
+
+def _exit_constant(graph: torch.fx.Graph, fx: torch.fx.Node, node: Node, shape: list[int]) -> torch.fx.Node:
+    """What a linear exit computes with an empty contraction: its bias broadcast to ``shape``
+    (addmm: beta * bias), or zeros."""
+    if node.op == "addmm":
+        bias: Any = fx.args[0]
+        beta = _get_arg(fx, 3, "beta", 1)
+        if beta != 1:
+            bias = graph.call_function(aten.mul.Tensor, (bias, beta))
+    else:
+        bias = _get_arg(fx, 2, "bias")
+    if isinstance(bias, torch.fx.Node):
+        if node.op == "conv":  # [C] -> [C, 1, ..., 1] against [N, C, *spatial]
+            bias = graph.call_function(aten.view.default, (bias, [shape[1]] + [1] * (len(shape) - 2)))
+        return graph.call_function(aten.expand.default, (bias, shape))
+    weight = next(a for a, v in zip(fx.args, node.inputs, strict=False) if isinstance(a, torch.fx.Node)
+                  and v is not None and v.is_weight)
+    return graph.call_function(aten.new_zeros.default, (weight, shape))
 
 
 def _plain_graph_module(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:

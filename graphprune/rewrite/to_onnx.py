@@ -14,6 +14,12 @@ same index with the same sizes in both bindings, and -1 for at most one left. Ex
 the (right-aligned) input dim carries the same sizes in both bindings. Any other case raises
 ``NotDynamic`` and the caller rewrites statically. Graph inputs get their dim_param back, and so do
 output dims that vary (named as in the original model, else as the input dim they follow).
+
+Depth (a group removed whole): each linear exit (Conv/ConvTranspose with group 1, Gemm, MatMul
+with an initializer operand) whose contraction input is left empty is replaced by
+``Expand(bias, shape)`` of its pruned output shape (Gemm: ``beta * C``), or ``ConstantOfShape``
+zeros without a bias; a Concat drops its empty inputs; nodes none of whose outputs is used are then
+removed. Such a model is written with the bound (static) shapes: ``NotDynamic`` otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import onnx
 from onnx import ModelProto, NodeProto, helper, numpy_helper
 
 from ..analysis.coupling import Coupling
+from ..analysis.depth import exit_bias, exit_contraction, removed_whole
 from ..errors import ExportError, GraphpruneError
 from ..frontends.onnx import constant_values, node_names
 from ..frontends.onnx_model import OnnxDynamic, graph_inputs
@@ -56,10 +63,15 @@ class _Edit:
     def kept(self, v: object, axis: int) -> np.ndarray:
         return self.coupling.kept(v, axis, self.removed)
 
-    def set_input(self, node: NodeProto, i: int, arr: np.ndarray) -> None:
+    def add_const(self, base: str, arr: np.ndarray) -> str:
+        """A new initializer named after ``base``; returns its name."""
         self.counter += 1
-        name = f"{node.input[i] if i < len(node.input) and node.input[i] else node.name}__gp{self.counter}"
+        name = f"{base}__gp{self.counter}"
         self.new_inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def set_input(self, node: NodeProto, i: int, arr: np.ndarray) -> None:
+        name = self.add_const(node.input[i] if i < len(node.input) and node.input[i] else node.name, arr)
         while len(node.input) <= i:
             node.input.append("")
         node.input[i] = name
@@ -200,6 +212,8 @@ def rewrite_onnx(model: ModelProto, graph: Graph, coupling: Coupling, removed: n
                  dynamic: OnnxDynamic | None = None) -> ModelProto:
     """The pruned model; with ``dynamic``, one whose symbolic input dims stay symbolic (or
     ``NotDynamic`` when a shape constant cannot follow them)."""
+    if dynamic is not None and removed_whole(coupling, removed):
+        raise NotDynamic("a residual branch removed whole (depth pruning) leaves constants of the bound shapes")
     out = ModelProto()
     out.CopyFrom(model)
     edit = _Edit(out, coupling, removed, dynamic)
@@ -229,6 +243,8 @@ def rewrite_onnx(model: ModelProto, graph: Graph, coupling: Coupling, removed: n
             and _varying(node.output, dynamic)
         ):
             fn(n, node, edit)
+    if _drop_emptied(out, ir_nodes, edit):
+        _drop_dead_nodes(out)
     out.graph.initializer.extend(edit.new_inits)
     if dynamic is not None:
         _restore_symbolic(out, dynamic)
@@ -240,6 +256,68 @@ def rewrite_onnx(model: ModelProto, graph: Graph, coupling: Coupling, removed: n
     except Exception as exc:
         raise ExportError(f"the rewritten ONNX model is invalid: {str(exc).splitlines()[0][:300]}") from exc
     return out
+
+
+def _empty(e: _Edit, v: object, axis: int | None = None) -> bool:
+    shape = e.shape(v)
+    return 0 in shape if axis is None else shape[axis] == 0
+
+
+def _drop_emptied(out: ModelProto, ir_nodes: dict[str, Node], e: _Edit) -> bool:
+    """Cut every edge into an emptied tensor (see the module docstring); True if any was cut."""
+    changed = False
+    for nname, n in zip(node_names(out), out.graph.node, strict=True):
+        node = ir_nodes.get(nname)
+        if node is None:
+            continue
+        if n.op_type == "Concat" and len(n.input) == len(node.inputs):
+            axis = int(node.attrs["axis"]) % node.output.rank
+            keep = [name for name, v in zip(n.input, node.inputs, strict=True) if v is None or not _empty(e, v, axis)]
+            if keep and len(keep) < len(n.input):
+                del n.input[:]
+                n.input.extend(keep)
+                changed = True
+            continue
+        if not any(_empty(e, x, ax) for x, ax in exit_contraction(node)) or _empty(e, node.output):
+            continue
+        n.CopyFrom(_exit_constant(n, node, e))
+        changed = True
+    return changed
+
+
+def _exit_constant(n: NodeProto, node: Node, e: _Edit) -> NodeProto:
+    """What a linear exit computes with an empty contraction: its bias broadcast to the pruned
+    output shape (Gemm: beta * C), or zeros of the weight's dtype."""
+    shape = np.asarray(e.shape(node.output), dtype=np.int64)
+    y = n.output[0]
+    bias = exit_bias(node)
+    arr = e.consts.get(bias.name) if bias is not None else None
+    if arr is None:
+        weight = next(x for x, _ in exit_contraction(node) if x.is_weight)
+        zero = np.zeros(1, dtype=e.consts[weight.name].dtype)
+        return helper.make_node("ConstantOfShape", [e.add_const(f"{y}_shape", shape)], [y], name=n.name,
+                                value=numpy_helper.from_array(zero))
+    for ax in range(arr.ndim):  # the bias loses what its group lost
+        kept = e.kept(bias, ax)
+        if len(kept) != arr.shape[ax]:
+            arr = np.take(arr, kept, axis=ax)
+    if n.op_type == "Gemm":
+        arr = arr * np.asarray(next((a.f for a in n.attribute if a.name == "beta"), 1.0), dtype=arr.dtype)
+    if n.op_type in ("Conv", "ConvTranspose"):  # [C] -> [C, 1, ..., 1] against [N, C, *spatial]
+        arr = arr.reshape([-1] + [1] * (len(shape) - 2))
+    return helper.make_node("Expand", [e.add_const(bias.name, np.ascontiguousarray(arr)), e.add_const(f"{y}_shape", shape)],
+                            [y], name=n.name)
+
+
+def _drop_dead_nodes(model: ModelProto) -> None:
+    """Remove, until none is left, nodes none of whose outputs a node or the graph output uses."""
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        keep = [n for n in model.graph.node if any(o and o in used for o in n.output)]
+        if len(keep) == len(model.graph.node):
+            return
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
 
 
 def _restore_symbolic(out: ModelProto, dyn: OnnxDynamic) -> None:

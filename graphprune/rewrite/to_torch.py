@@ -2,7 +2,9 @@
 
 The input model is deep-copied, never mutated. Every weight tensor that loses channels is sliced
 (shared parameters stay shared) and each module owning a changed tensor gets its config updated
-by its class's updater (in/out channels, groups, num_features, ...).
+by its class's updater (in/out channels, groups, num_features, ...). A group removed whole
+(depth pruning) is refused with :class:`NotRewritable`: the module's code would still run the
+emptied layers; the fx route drops them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import torch
 from torch import nn
 
 from ..analysis.coupling import Coupling
-from .module_attrs import update_module
+from ..analysis.depth import removed_whole
+from .module_attrs import NotRewritable, update_module
 from .slicing import kept_indices, set_tensor, slice_tensor, tensor_owners
 
 __all__ = ["rewrite_module"]
@@ -30,6 +33,14 @@ def _lookup(root: nn.Module, fqn: str) -> torch.Tensor:
 
 
 def rewrite_module(model: nn.Module, coupling: Coupling, removed: np.ndarray) -> nn.Module:
+    whole = removed_whole(coupling, removed)
+    if whole:
+        g = whole[0]
+        first = next((coupling.graph.value(n).source for n, _ in g.spaces if coupling.graph.value(n).source), g.spaces[0][0])
+        raise NotRewritable(
+            f"{len(whole)} group(s) removed whole (depth pruning), e.g. group {g.id} ({first}); the module route keeps "
+            "every layer, so the fx route drops the emptied branch instead"
+        )
     new = copy.deepcopy(model)
     owners = tensor_owners(new)
     touched: set[int] = set()

@@ -1,0 +1,157 @@
+"""Depth eligibility: which coupled groups may be removed whole (taken to width 0).
+
+Removing every unit of a group g removes, from each space (v, ax) it touches, the channels g
+owns. When those channels live entirely inside a residual branch (a bottleneck's inner channels,
+a transformer MLP's hidden units, all heads of an attention block), the branch's ops compute on
+empty tensors and can be dropped; what reaches the rest of the graph is the output of the
+branch's *linear exits*, which with an empty contraction is
+
+    y = b    (the exit's bias, broadcast to its output shape; zeros without a bias)
+
+-- exactly what the masked original computes, since it zeroes the exit's weight slices that read
+g's channels (``verification.masked_original``). So the oracle needs no change.
+
+g is eligible when, for every space (v, ax) of g, v is neither a model input nor a model output
+and every node u using v is one of
+
+(a) a node all of whose outputs also carry a space of g (the chain continues and dies with g);
+(b) a linear exit reading ax as its contraction axis: a conv (or transposed conv) with
+    groups == 1 reading input channels, a linear reading K, a matmul/addmm/gemm contracting over
+    ax with a weight operand (the coupling only ties such a contraction when a weight can mask
+    it); when v is a weight, its axis must be the exit's consumer-side (reader) axis;
+(c) a concat along ax (its output keeps the other parts).
+
+Anything else (a reduction or norm over the axis, a shape-dependent op, an op without a rule)
+makes g ineligible. And the branch must be *bypassed*: every model output that depends on a
+model input must still depend on one once g is gone (exits then emit constants and g's emptied
+tensors carry nothing). This keeps a ResNet stage's residual stream or a plain chain's channels
+(whose removal would cut the model in two) out, and lets a residual branch in. Several eligible
+groups removed together can still cut the model (every branch of an Inception module):
+:func:`bypassed` checks a set, and the greedy allocator uses it before each move to width 0.
+
+The analysis never mutates; :func:`exit_contraction` and :func:`exit_bias` are shared with the fx
+and ONNX rewriters, which replace each exit whose contraction is empty by its bias.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..ir import Node, Value
+from .coupling import Coupling, Group
+
+__all__ = ["bypassed", "depth_eligible", "exit_bias", "exit_contraction", "removed_whole"]
+
+log = logging.getLogger(__name__)
+
+def exit_contraction(node: Node) -> list[tuple[Value, int]]:
+    """The (operand, axis) pairs a linear exit contracts over (normalized to non-negative axes);
+    empty for a node that is not a linear exit (a grouped conv, an activation-activation matmul,
+    any other op)."""
+    op = node.op
+    if op == "conv":
+        x, w = node.inputs[0], node.inputs[1]
+        if x is None or w is None or int(node.attrs.get("groups", 1)) != 1:
+            return []
+        return [(x, 1), (w, 0 if node.attrs.get("transposed", False) else 1)]
+    if op == "linear":
+        x, w = node.inputs[0], node.inputs[1]
+        if x is None or w is None:
+            return []
+        return [(x, x.rank - 1), (w, 1)]
+    if op in ("matmul", "addmm"):
+        a, c = (node.inputs[0], node.inputs[1]) if op == "matmul" else (node.inputs[1], node.inputs[2])
+        if a is None or c is None or a.rank < 2 or c.rank < 2 or not (a.is_weight or c.is_weight):
+            return []
+        return [(a, a.rank - 1), (c, c.rank - 2)]
+    if op == "gemm":
+        a, w = node.inputs[0], node.inputs[1]
+        if a is None or w is None or not (a.is_weight or w.is_weight) or node.attrs.get("trans_a", 0):
+            return []
+        return [(a, 1), (w, 1 if int(node.attrs.get("trans_b", 0)) else 0)]
+    return []
+
+
+def exit_bias(node: Node) -> Value | None:
+    """The bias a linear exit adds (its output when the contraction is empty), or None."""
+    if node.op == "addmm":
+        return node.inputs[0]
+    if node.op in ("conv", "linear", "gemm"):
+        return node.input(2)
+    return None
+
+
+def _user_ok(u: Node, v: Value, ax: int, mine: set[tuple[str, int]], readers: frozenset[tuple[int, int]]) -> bool:
+    if any(x is v and a == ax for x, a in exit_contraction(u)):  # (b); a weight must be its reader axis
+        return not v.is_weight or (v.index, ax) in readers
+    if u.op == "cat" and not v.is_weight and int(u.attrs.get("axis", 0)) % u.output.rank == ax:
+        return True  # (c)
+    return all(any((o.name, a) in mine for a in range(o.rank)) for o in u.outputs)  # (a)
+
+
+def _emptied(c: Coupling, gone: Sequence[Group]) -> set[int]:
+    """Indices of the values that become empty (an axis with no element left) when the groups in
+    ``gone`` are all removed."""
+    ids = np.asarray(sorted({g.id for g in gone}), dtype=np.int64)
+    out = set()
+    for g in gone:
+        for name, ax in g.spaces:
+            v = c.graph.value(name)
+            u = c.units_of(v, ax)
+            if len(u) and bool((u >= 0).all()) and bool(np.isin(c.unit_group[u], ids).all()):
+                out.add(v.index)
+    return out
+
+
+def _live(c: Coupling, empty: set[int]) -> set[int]:
+    """Indices of the values that depend on a model input when the values in ``empty`` are empty
+    (an exit whose contraction operand is empty emits a constant)."""
+    live = {v.index for v in c.graph.inputs}
+    for node in c.graph.nodes:
+        if any(o.index in empty for o in node.outputs):
+            continue
+        if any(x.index in empty for x, _ in exit_contraction(node)):
+            continue
+        if any(x is not None and x.index in live and x.index not in empty for x in node.inputs):
+            live.update(o.index for o in node.outputs)
+    return live
+
+
+def bypassed(coupling: Coupling, gone: Sequence[Group], live0: set[int] | None = None) -> bool:
+    """True when, with every group in ``gone`` removed whole, each model output that depends on a
+    model input still does. Eligibility checks one group; the allocator checks the groups it takes
+    to width 0 together (parallel branches of a concat are each bypassed by the others, not all
+    at once). ``live0``: ``_live`` of the unpruned graph, when the caller has it."""
+    base = _live(coupling, set()) if live0 is None else live0
+    live = _live(coupling, _emptied(coupling, gone))
+    return all(v.index in live for v in coupling.graph.outputs if v.index in base)
+
+
+def _eligible(c: Coupling, g: Group) -> bool:
+    graph = c.graph
+    mine = set(g.spaces)
+    ends = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs}
+    for name, ax in g.spaces:
+        v = graph.value(name)
+        if id(v) in ends:
+            return False
+        for u in v.users:
+            if not _user_ok(u, v, ax, mine, c.readers):
+                return False
+    return True
+
+
+def depth_eligible(coupling: Coupling) -> frozenset[int]:
+    """Indices of the groups that may be taken to width 0 (see the module docstring)."""
+    live0 = _live(coupling, set())
+    out = frozenset(g.id for g in coupling.groups if _eligible(coupling, g) and bypassed(coupling, [g], live0))
+    log.debug("depth: %d of %d groups may be removed whole", len(out), len(coupling.groups))
+    return out
+
+
+def removed_whole(coupling: Coupling, removed: np.ndarray) -> list[Group]:
+    """Groups every unit of which is removed (width 0) under the boolean unit mask ``removed``."""
+    return [g for g in coupling.groups if g.size and bool(removed[g.units].all())]

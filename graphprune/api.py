@@ -187,9 +187,11 @@ def prune(
     ``"bn"`` (run after verification, in that order). ``steps=k`` prunes in k steps toward the
     budget (step i keeps ``1 - (1 - fraction) * i / k`` of the original), calling
     ``callback(model, i)`` between steps; the returned plan is the composition of the steps' plans.
-    ``depth``: let the allocator remove whole residual branches (groups taken to width 0, see
-    ``graphprune.analysis.depth``); ``None`` means on for latency budgets, off otherwise; needs
-    ``allocation="greedy"`` (the latency default).
+    ``allocation`` (default :func:`default_allocation`): ``uniform`` (every group keeps the same
+    fraction), ``global`` (one ranking of group-normalized scores) or ``greedy`` (the knapsack: least
+    importance lost per unit of cost saved).
+    ``depth=True``: let the greedy also remove whole residual branches (groups taken to width 0,
+    see ``graphprune.analysis.depth``; the result then takes the fx route).
     """
 
     from graphprune.passes import default_pipeline
@@ -226,10 +228,10 @@ def prune(
     batches = materialize(calib)
     if batches is not None:
         check_batches(batches, example_inputs)
-    policy = allocation or ("greedy" if lat_given else "uniform")
-    use_depth = (lat_given and policy == "greedy") if depth is None else bool(depth)
+    policy = allocation or default_allocation(lat_given, criterion)
+    use_depth = bool(depth)
     if use_depth and policy != "greedy":
-        raise OptionError(f"depth=True needs allocation='greedy' (the default for latency budgets); got allocation={policy!r}")
+        raise OptionError(f"depth=True needs allocation='greedy' (the knapsack); got allocation={policy!r}")
 
     def once(m: Any, fraction: float | None) -> PruneResult:
         text = pipeline or default_pipeline(
@@ -241,6 +243,16 @@ def prune(
     if steps == 1:
         return once(model, frac)
     return _prune_steps(model, once, metric, float(frac), steps, callback)  # type: ignore[arg-type]
+
+
+def default_allocation(latency_budget: bool, criterion: str) -> str:
+    """``greedy`` for a latency budget with a loss-based criterion (taylor, fisher), whose scores
+    compare across groups as the knapsack needs; ``uniform`` otherwise: on group-normalized
+    magnitude scores the knapsack's cross-group trades lose real quality (MiniLM, docs/LATENCY.md)."""
+    from .analysis.importance import CRITERIA
+
+    crit = CRITERIA.get(criterion)
+    return "greedy" if latency_budget and crit is not None and crit.loss_based else "uniform"
 
 
 def _prune_once(
@@ -431,6 +443,7 @@ def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[s
         "units": coupling.n_units,
         "units_removed": int(removed.sum()),
         "groups": len(coupling.groups),
+        "groups_removed_whole": sum(bool(removed[g.units].all()) for g in coupling.groups),
         "barriers": {op: names for op, names in coupling.barriers.items()},
         "route": ctx.route,
         "route_reason": ctx.route_reason,

@@ -104,10 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--reconstruct", default="", help="comma list of lsq, bias, bn (needs --calib)")
     pr.add_argument("--steps", type=int, default=1, help="prune in N steps toward the budget")
     pr.add_argument("--allocation", default=None, choices=["uniform", "global", "greedy"],
-                    help="default: uniform for flops/params, greedy for latency budgets")
+                    help="default: uniform; greedy for latency budgets with a loss-based criterion (taylor, fisher)")
     pr.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of N")
     pr.add_argument("--depth", action=argparse.BooleanOptionalAction, default=None,
-                    help="let the greedy allocator remove whole residual branches (default: on for latency budgets)")
+                    help="let the greedy allocator remove whole residual branches (off by default; the result takes the fx route)")
     pr.add_argument("--pipeline", help="a full pass pipeline string instead of the options above")
     pr.add_argument("--no-verify", action="store_true", help="write the model even if verification fails")
     pr.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
@@ -204,7 +204,9 @@ def _print_prune(rep: dict[str, Any]) -> None:
     lines = [
         f"target {rep['target']}  achieved {({k: round(v, 4) for k, v in rep['achieved'].items()})}"
         + ("" if rep["target_reachable"] else "  (target NOT reachable: see barriers)"),
-        f"units removed {rep['units_removed']}/{rep['units']} in {rep['groups']} groups; route {rep['route']}"
+        f"units removed {rep['units_removed']}/{rep['units']} in {rep['groups']} groups"
+        + (f" ({rep['groups_removed_whole']} removed whole: depth)" if rep.get("groups_removed_whole") else "")
+        + f"; route {rep['route']}"
         + (f" ({rep['route_reason']})" if rep["route_reason"] else ""),
         f"verification: {'ok' if ver.get('ok') else 'FAILED'} (max abs error {ver.get('max_abs_err', float('nan')):.3g})",
         f"barriers: {', '.join(f'{k} x{len(v)}' for k, v in rep['barriers'].items()) or 'none'}",

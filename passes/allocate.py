@@ -5,7 +5,8 @@ candidates with the calibrated measured-table model of :mod:`graphprune.latency_
 first use on ``runtime`` with ``threads`` (and kept in the context for later passes and
 iterations); whole models are timed from the PyTorch model or, for an ONNX source, from the
 prepared ONNX model (``runtime=onnxruntime`` only). Policies: ``uniform`` and ``global`` bisect on the budget; ``greedy`` is the
-importance-per-cost knapsack of :mod:`graphprune.analysis.knapsack` (default for latency).
+importance-per-cost knapsack of :mod:`graphprune.analysis.knapsack`; it ranks by the loss-based
+scores (``ctx.loss_scores``: taylor, fisher) when the criterion gives them, comparable across groups.
 ``depth=true`` (greedy only) also lets the groups :func:`graphprune.analysis.depth.depth_eligible`
 finds be removed whole (a residual branch dropped).
 """
@@ -73,6 +74,8 @@ class Allocate:
         if self.policy not in POLICIES:
             raise OptionError(f"allocation policy {self.policy!r} is unknown; use one of: {', '.join(POLICIES)}")
         scores = ctx.scores if ctx.scores is not None else np.ones(ctx.coupling.n_units)
+        if self.policy == "greedy" and ctx.loss_scores is not None:
+            scores = ctx.loss_scores  # the knapsack trades importance across groups: keep it comparable
         depth = self._depth(ctx)
         if metric.startswith("latency"):
             return self._latency(graph, ctx, metric, frac, scores, depth)

@@ -36,7 +36,8 @@ class PassContext:
     onnx: Any = None  # graphprune.frontends.PreparedOnnx when pruning an ONNX model
     onnx_dynamic: dict[str, Any] = field(default_factory=dict)  # symbolic input dims kept? (report["onnx_dynamic"])
     coupling: Any = None  # graphprune.analysis.Coupling
-    scores: np.ndarray | None = None
+    scores: np.ndarray | None = None  # normalized per group
+    loss_scores: np.ndarray | None = None  # loss-based criteria: comparable across groups (the knapsack's)
     criterion: str = ""
     allocation: Any = None  # graphprune.analysis.allocation.Allocation
     target: dict[str, float] = field(default_factory=dict)

@@ -1,4 +1,5 @@
-"""score: per-unit importance with a registered criterion, normalized per group.
+"""score: per-unit importance with a registered criterion, normalized per group (and, for a
+loss-based criterion, also kept comparable across groups for the knapsack: ``ctx.loss_scores``).
 
 The criterion declares what it needs (``graphprune.analysis.importance``): weights only, activation
 statistics (one streamed pass over ``ctx.calib``), or loss gradients (backward passes over
@@ -13,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from graphprune.analysis import CRITERIA, CriterionInputs, normalize_per_group
+from graphprune.analysis import CRITERIA, CriterionInputs, normalize_global, normalize_per_group
 from graphprune.analysis.calibration import collect_stats, reader_sites
 from graphprune.analysis.gradients import gradient_scores
 from graphprune.errors import CalibrationError, OptionError
@@ -74,5 +75,6 @@ class Score:
             inputs = CriterionInputs(ctx.coupling, inputs.weights, gradients=grads, seed=ctx.seed)
         raw = crit(inputs)
         ctx.scores = normalize_per_group(ctx.coupling, raw)
+        ctx.loss_scores = normalize_global(raw) if crit.loss_based else None
         ctx.criterion = self.criterion
         return PassResult(graph, False)

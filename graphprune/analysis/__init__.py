@@ -8,11 +8,12 @@ from .importance import (
     Criterion,
     CriterionInputs,
     magnitude,
+    normalize_global,
     normalize_per_group,
     register_criterion,
 )
 
 __all__ = [
     "CHANNEL", "CRITERIA", "FIXED", "Coupling", "CouplingBuilder", "Criterion", "CriterionInputs", "Group", "couple",
-    "magnitude", "normalize_per_group", "register_criterion",
+    "magnitude", "normalize_global", "normalize_per_group", "register_criterion",
 ]

@@ -19,7 +19,12 @@ BatchNorm) falls back to l2 for its units, so every group has a meaningful ranki
 
 Scores are then divided by the mean score of the unit's group (``normalize_per_group``): the
 allocator compares units across groups of different scale on a common, unit-mean footing (the
-adaptive structure search of FLAP standardizes per layer for the same reason).
+adaptive structure search of FLAP standardizes per layer for the same reason). Loss-based
+criteria (taylor, fisher: ``Criterion.loss_based``) estimate the loss change of removing a unit,
+one unit of measure in every group, so their raw scores (``normalize_global``: divided by the
+overall mean only) are also kept: the latency/FLOPs knapsack, which trades importance against
+cost across groups, ranks by them (per-group normalization would throw away which layer matters
+more, which is what the knapsack needs).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ __all__ = [
     "CriterionInputs",
     "Need",
     "magnitude",
+    "normalize_global",
     "normalize_per_group",
     "register_criterion",
 ]
@@ -68,6 +74,12 @@ class Criterion:
 
     def __call__(self, inputs: CriterionInputs) -> np.ndarray:
         return self.fn(inputs)
+
+    @property
+    def loss_based(self) -> bool:
+        """Scores estimate the loss change of removing the unit (Taylor, Fisher): one unit of
+        measure in every group, so they may be compared across groups as they are."""
+        return self.needs == "gradients"
 
 
 CRITERIA: dict[str, Criterion] = {}
@@ -107,6 +119,13 @@ def magnitude(coupling: Coupling, weights: Mapping[str, torch.Tensor], p: int = 
             norms = _slice_norms(powered, ax)
             np.add.at(scores, units[ok], norms[ok])
     return scores
+
+
+def normalize_global(scores: np.ndarray) -> np.ndarray:
+    """Scores divided by their overall mean (ratios across groups kept; mean 1 for readable sums)."""
+    out = scores.astype(np.float64).copy()
+    mean = float(out.mean()) if len(out) else 0.0
+    return out / mean if mean > 0 else np.ones_like(out)
 
 
 def normalize_per_group(coupling: Coupling, scores: np.ndarray) -> np.ndarray:

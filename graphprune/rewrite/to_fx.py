@@ -158,6 +158,7 @@ def _norm_shape(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
 
 def rewrite_fx(program: ExportedProgram, graph: Graph, coupling: Coupling, removed: np.ndarray) -> torch.fx.GraphModule:
     gm = program.module()
+    _own_tensors(gm)
     owners = tensor_owners(gm)
     with torch.no_grad():
         for k in kept_indices(coupling, removed):
@@ -186,6 +187,17 @@ def rewrite_fx(program: ExportedProgram, graph: Graph, coupling: Coupling, remov
         emptied = {n.name for n in graph.nodes if any(0 in ctx.shape(v) for v in n.outputs)}
         gm.graph.eliminate_dead_code(is_impure_node=lambda n: n.name not in emptied and n.is_impure())
     return _plain_graph_module(gm)
+
+
+def _own_tensors(gm: torch.fx.GraphModule) -> None:
+    """Give the module its own copy of every parameter and buffer (ties kept): the unlifted
+    module shares storage with the exported program and so with the user's model, and an
+    in-place change to the pruned model (reconstruction, fine-tuning) must not reach the original."""
+    with torch.no_grad():
+        for holders in tensor_owners(gm).values():
+            mod, name = holders[0]
+            old = getattr(mod, name)
+            set_tensor(holders, old.detach().clone(), isinstance(old, nn.Parameter), old.requires_grad)
 
 
 def _empty(ctx: _Ctx, v: Any, axis: int | None = None) -> bool:

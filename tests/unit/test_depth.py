@@ -341,6 +341,10 @@ def test_depth_needs_the_greedy_policy_and_a_pytorch_model() -> None:
         gp.prune(model, x, pipeline="couple,score,allocate{flops=0.5,depth=true},rewrite,verify")
     res = gp.prune(model, x, flops=0.5, allocation="greedy", depth=False)
     assert res.report["verification"]["ok"] and not removed_whole(res.coupling, res.removed)
+    assert res.report["groups_removed_whole"] == 0
+    res = gp.prune(model, x, flops=0.5, allocation="greedy", depth=True)
+    assert res.report["verification"]["ok"]
+    assert res.report["groups_removed_whole"] == len(removed_whole(res.coupling, res.removed))
 
 
 def test_depth_option_in_pipeline_string_and_cli(tmp_path, capsys) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .cost.latency import Calibration, TableLatency
+from .cost.latency import MODEL_VERSION, Calibration, TableLatency
 from .cost.profile import Calibrated, calibrate, graph_key, profile_graph, table_model
 from .cost.runtimes import Runtime
 from .cost.table import TableCache
@@ -65,7 +65,7 @@ def setup_latency(
     tables, n_new = profile_graph(graph, rt, cache, progress, refresh=refresh)
     lm = table_model(tables, rt)
     fp = rt.fingerprint()
-    key = graph_key(graph) if timer.kind == "torch" else f"{graph_key(graph)}-{timer.kind}"
+    key = f"{graph_key(graph)}-{MODEL_VERSION}" + ("" if timer.kind == "torch" else f"-{timer.kind}")
     stored = None if (recalibrate or n_new) else cache.calibration(fp, key)
     if stored is not None:
         cal = Calibrated(Calibration(stored["scale"], stored["offset"], int(stored["samples"])),

@@ -7,15 +7,17 @@
    other seeds are rewritten, exported and measured side by side on onnxruntime; the error is
    |pred - meas| / meas. Reported: median and p90 per architecture and over all variants.
 2. Latency- vs FLOPs-targeted. The same scores (L2, group-normalized) feed graphprune's own
-   ``allocate`` pass three ways: a latency budget (``latency=F``: the greedy knapsack under the
-   measured-latency model, as ``gp.prune(latency=F)`` runs it), and a sweep of FLOPs budgets with
-   the FLOPs greedy knapsack and with the default uniform FLOPs allocation (``gp.prune(flops=F)``).
-   All models of one architecture are exported and measured interleaved in one run. Importance
-   kept (sum of kept unit scores / total) is compared at equal *measured* latency: each FLOPs
-   sweep's best-importance-so-far envelope (a slower model keeping less is never the better
-   FLOPs choice) is interpolated at the latency-targeted model's measured latency. Only points
-   inside the sweep's measured range count. The same comparison on *predicted* latency (no
-   measurement noise) is reported beside it.
+   ``allocate`` pass, as ``gp.prune`` runs it: latency budgets (``latency=F``) with the uniform
+   allocation (the default for L2) and with the greedy knapsack, and a sweep of FLOPs budgets
+   with the uniform allocation (the FLOPs default) and the greedy knapsack. All models of one
+   architecture are exported and measured interleaved in one run. Importance kept (sum of kept
+   unit scores / total) is compared at equal *measured* latency, like for like (uniform vs
+   uniform, greedy vs greedy) and greedy-latency vs uniform-FLOPs: each FLOPs sweep's
+   best-importance-so-far envelope (a slower model keeping less is never the better FLOPs choice)
+   is interpolated at the latency-targeted model's measured latency. A latency-targeted model
+   faster than every model of the sweep wins when it also keeps more than the sweep's fastest
+   model (it dominates it); otherwise the point does not count. The same comparison on
+   *predicted* latency (no measurement noise) is reported beside it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from graphprune.latency_target import setup_latency
 
 ARCHS = "resnet50,resnet18,mobilenet_v2,vit_tiny,unet"
 LAT_FRACS = [0.5, 0.7]
-FLOPS_FRACS = [0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.85]
+FLOPS_FRACS = [0.04, 0.06, 0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.85]
+PAIRS = (("latency_uniform", "flops_uniform"), ("latency_greedy", "flops_greedy"), ("latency_greedy", "flops_uniform"))
 
 
 def envelope_at(t: float, times: list[float], kept: list[float]) -> float | None:
@@ -56,6 +59,17 @@ def envelope_at(t: float, times: list[float], kept: list[float]) -> float | None
     if not ts[0] <= t <= ts[-1]:
         return None
     return float(np.interp(t, ts, ks))
+
+
+def judge(t: float, k: float, times: list[float], kept: list[float]) -> tuple[float | None, bool | None]:
+    """(sweep importance at ``t`` or None, does (t, k) beat the sweep: True/False, None = no verdict)."""
+    at = envelope_at(t, times, kept)
+    if at is not None:
+        return at, k > at
+    fastest = int(np.argmin(times))
+    if t < times[fastest]:
+        return None, (True if k > kept[fastest] else None)  # faster and keeps more: dominates
+    return None, None
 
 
 def bench_arch(name: str, variants: int, threads: int, depth: bool | None) -> dict:
@@ -85,28 +99,28 @@ def bench_arch(name: str, variants: int, threads: int, depth: bool | None) -> di
         Allocate(**budget, threads=threads, **extra).run(graph, ctx)  # type: ignore[arg-type]
         return ctx.allocation.removed
 
-    plans = {"latency": [allocation(latency=f, policy="greedy") for f in LAT_FRACS],
-             "flops_greedy": [allocation(flops=f, policy="greedy") for f in FLOPS_FRACS],
-             "flops_uniform": [allocation(flops=f) for f in FLOPS_FRACS]}
+    plans = {"latency_uniform": [allocation(latency=f, policy="uniform") for f in LAT_FRACS],
+             "latency_greedy": [allocation(latency=f, policy="greedy") for f in LAT_FRACS],
+             "flops_uniform": [allocation(flops=f) for f in FLOPS_FRACS],
+             "flops_greedy": [allocation(flops=f, policy="greedy") for f in FLOPS_FRACS]}
     flat = [m for ms in plans.values() for m in ms]
     times = timer.measure_masks([np.zeros(coupling.n_units, dtype=bool)] + flat)
     orig, it = times[0], iter(times[1:])
     sweep = {}
     for key, ms in plans.items():
-        fr = LAT_FRACS if key == "latency" else FLOPS_FRACS
+        fr = LAT_FRACS if key.startswith("latency") else FLOPS_FRACS
         sweep[key] = [{"budget": f, "ms": next(it) * 1e3, "pred_ms": predict(lm, graph, table.shapes(m)).total * 1e3,
                        "kept": float(scores[~m].sum() / scores.sum())} for f, m in zip(fr, ms, strict=True)]
     compare = []
-    for row in sweep["latency"]:
-        c = {"latency_budget": row["budget"], "measured_ms": row["ms"], "speedup": orig * 1e3 / row["ms"],
-             "importance_latency": row["kept"]}
-        for base in ("flops_greedy", "flops_uniform"):
-            s = sweep[base]
-            c[f"{base}_at_same_latency"] = envelope_at(row["ms"], [r["ms"] for r in s], [r["kept"] for r in s])
-            c[f"{base}_at_same_predicted"] = envelope_at(row["pred_ms"], [r["pred_ms"] for r in s], [r["kept"] for r in s])
-        c["better"] = all(c[f"{b}_at_same_latency"] is not None and row["kept"] > c[f"{b}_at_same_latency"]
-                          for b in ("flops_greedy", "flops_uniform"))
-        compare.append(c)
+    for mine, base in PAIRS:
+        s = sweep[base]
+        for row in sweep[mine]:
+            at, win = judge(row["ms"], row["kept"], [r["ms"] for r in s], [r["kept"] for r in s])
+            at_pred, win_pred = judge(row["pred_ms"], row["kept"], [r["pred_ms"] for r in s], [r["kept"] for r in s])
+            compare.append({"latency": mine, "flops": base, "latency_budget": row["budget"], "measured_ms": row["ms"],
+                            "speedup": orig * 1e3 / row["ms"], "importance_latency": row["kept"],
+                            "importance_flops_at_same_latency": at, "better": win,
+                            "importance_flops_at_same_predicted": at_pred, "better_predicted": win_pred})
     return {
         "arch": name, "setup_s": t_setup, "signatures_measured_now": setup.measured_now,
         "calibration": setup.info()["calibration"], "original_ms": orig * 1e3,
@@ -120,6 +134,30 @@ def _fmt(v: float | None) -> str:
     return "  n/a" if v is None else f"{v:.3f}"
 
 
+def markdown(data: dict) -> str:
+    """The tables of docs/LATENCY.md from a benchmark JSON."""
+    out = ["| arch | original ms | predictor error median | p90 |", "|---|---|---|---|"]
+    for r in data["rows"]:
+        p = r["predictor"]
+        out.append(f"| {r['arch']} | {r['original_ms']:.3f} | {100 * p['median']:.1f}% | {100 * p['p90']:.1f}% |")
+    s = data["summary"]
+    out.append(f"| all ({s['variants']} variants) | | {100 * s['median_err']:.1f}% | {100 * s['p90_err']:.1f}% |")
+    out += ["", "| arch | latency-targeted | budget | measured ms (speed-up) | importance kept | FLOPs-targeted | "
+            "its importance at the same measured latency | verdict | same, at equal predicted latency |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        for c in r["compare"]:
+            verdict = {True: "**more**", False: "less", None: "no verdict"}[c["better"]]
+            out.append(f"| {r['arch']} | {c['latency'].split('_')[1]} | {c['latency_budget']} | {c['measured_ms']:.3f} "
+                       f"(x{c['speedup']:.2f}) | {c['importance_latency']:.3f} | {c['flops'].split('_')[1]} | "
+                       f"{_fmt(c['importance_flops_at_same_latency'])} | {verdict} | "
+                       f"{_fmt(c['importance_flops_at_same_predicted'])} |")
+    wins = s["archs_latency_keeps_more_at_both_budgets"]
+    out += ["", "Architectures where the latency-targeted model keeps more at both budgets: "
+            + ", ".join(f"{k.replace('_vs_', ' vs ').replace('_', ' ')}: {v} of {s['archs']}" for k, v in wins.items())]
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", default=ARCHS)
@@ -128,7 +166,11 @@ def main() -> None:
     ap.add_argument("--depth", choices=["default", "on", "off"], default="default",
                     help="whole-branch removal in the latency allocation (default: the pass's default)")
     ap.add_argument("--out", default="latency_bench.json")
+    ap.add_argument("--render", metavar="JSON", help="only print the markdown tables of an earlier run's JSON")
     args = ap.parse_args()
+    if args.render:
+        print(markdown(json.loads(Path(args.render).read_text())))
+        return
     logging.basicConfig(level=logging.WARNING)
     depth = {"default": None, "on": True, "off": False}[args.depth]
     rows = []
@@ -141,17 +183,19 @@ def main() -> None:
         print(f"{name:13s} orig {r['original_ms']:.3f} ms  pred err median {100 * p['median']:.1f}% p90 {100 * p['p90']:.1f}%"
               f"  ({r['seconds']:.0f}s)", flush=True)
         for c in r["compare"]:
-            print(f"    latency={c['latency_budget']}: {c['measured_ms']:.3f} ms (x{c['speedup']:.2f}) keeps "
-                  f"{c['importance_latency']:.3f}; FLOPs greedy {_fmt(c['flops_greedy_at_same_latency'])}, "
-                  f"FLOPs uniform {_fmt(c['flops_uniform_at_same_latency'])} at the same measured latency "
-                  f"(predicted: {_fmt(c['flops_greedy_at_same_predicted'])}, {_fmt(c['flops_uniform_at_same_predicted'])})",
-                  flush=True)
+            verdict = {True: "more", False: "less", None: "no verdict"}[c["better"]]
+            print(f"    {c['latency']:15s} latency={c['latency_budget']}: {c['measured_ms']:.3f} ms (x{c['speedup']:.2f}) keeps "
+                  f"{c['importance_latency']:.3f}; {c['flops']} {_fmt(c['importance_flops_at_same_latency'])} at the same "
+                  f"measured latency -> {verdict} (predicted: {_fmt(c['importance_flops_at_same_predicted'])})", flush=True)
     errs = [e for r in rows for e in r["predictor"]["rel_err"]]
-    wins = sum(all(c["better"] for c in r["compare"]) for r in rows)
+    wins = {f"{a}_vs_{b}": sum(all(c["better"] for c in r["compare"] if (c["latency"], c["flops"]) == (a, b)) for r in rows)
+            for a, b in PAIRS}
     summary = {"variants": len(errs), "archs": len(rows), "median_err": float(np.median(errs)),
-               "p90_err": float(np.percentile(errs, 90)), "archs_latency_keeps_more": wins}
+               "p90_err": float(np.percentile(errs, 90)), "archs_latency_keeps_more_at_both_budgets": wins}
     print(json.dumps(summary))
-    Path(args.out).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    data = {"summary": summary, "rows": rows}
+    Path(args.out).write_text(json.dumps(data, indent=1))
+    print(markdown(data))
 
 
 if __name__ == "__main__":

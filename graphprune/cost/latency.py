@@ -41,7 +41,7 @@ from .signature import op_spec
 from .table import OpTable
 
 __all__ = [
-    "PROFILES", "Calibration", "DeviceProfile", "LatencyModel", "LatencyReport", "Roofline", "TableLatency",
+    "MODEL_VERSION", "PROFILES", "Calibration", "DeviceProfile", "LatencyModel", "LatencyReport", "Roofline", "TableLatency",
     "fit_profile", "predict",
 ]
 
@@ -109,6 +109,9 @@ PROFILES: dict[str, DeviceProfile] = {
         DeviceProfile("gpu-datacenter", 300e12, 3e12, 8e-6),
     )
 }
+
+#: bump when per-node pricing changes: calibrations fitted to another version's sums are stale
+MODEL_VERSION = "m2"
 
 _MOVEMENT_FREE = frozenset({"identity", "dropout", "contiguous", "clone"})
 _MOVEMENT_COPY = frozenset({"permute", "cat", "embedding"})

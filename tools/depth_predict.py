@@ -27,10 +27,12 @@ from graphprune.analysis.depth import depth_eligible, removed_whole
 from graphprune.analysis.importance import CRITERIA, CriterionInputs
 from graphprune.analysis.knapsack import allocate_greedy
 from graphprune.cost import predict
+from graphprune.cost.latency import MODEL_VERSION
 from graphprune.cost.profile import _specs, graph_key
 from graphprune.cost.runtimes import make_runtime
 from graphprune.cost.table import TableCache
 from graphprune.frontends import capture
+from graphprune.latency_source import make_timer
 from graphprune.latency_target import setup_latency
 
 NAMES = ["resnet18", "resnet50", "mobilenet_v2", "vit_tiny", "unet"]
@@ -45,10 +47,11 @@ def run(name: str, cache: TableCache, fraction: float) -> str:
     rt = make_runtime("onnxruntime", 1)
     fp = rt.fingerprint()
     missing = sum(cache.get(fp, s.key) is None for s in _specs(graph))
-    if missing or cache.calibration(fp, graph_key(graph)) is None:
+    if missing or cache.calibration(fp, f"{graph_key(graph)}-{MODEL_VERSION}") is None:
         return f"{name}: {len(eligible)}/{len(coupling.groups)} groups depth-eligible; cache lacks {missing} signature(s) " \
                "or the calibration: skipped (would measure)"
-    setup = setup_latency(model, x, graph, coupling, cap.program, "onnxruntime", 1, cache=cache)
+    timer = make_timer(rt, graph, coupling, model=model, example_inputs=x, program=cap.program)
+    setup = setup_latency(graph, coupling, timer, cache=cache)
     assert setup.measured_now == 0
     scores = normalize_per_group(coupling, CRITERIA["l2"](CriterionInputs(coupling, weights_of(graph, model))))
     lm, table, cal = setup.model, ShapeTable(coupling), setup.model.calibration

@@ -29,7 +29,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..ir import Graph
 from .latency import PROFILES, Calibration, Roofline, TableLatency, predict
-from .runtimes import Runtime
+from .runtimes import OrtRuntime, Runtime
 from .signature import OpSpec, grid_points, op_spec
 from .table import OpTable, TableCache
 from .timing import TimingConfig, time_interleaved
@@ -121,9 +121,9 @@ def measure_onnx(paths: Sequence[str | Path], feeds: list[np.ndarray], runtime: 
 def measure_models(models: Sequence[torch.nn.Module], example_inputs: Any, runtime: Runtime,
                    cfg: TimingConfig = MODEL_TIMING) -> list[float]:
     """Interleaved median seconds per forward of each model on the runtime (ONNX-exported for
-    onnxruntime, eager for torch)."""
+    every onnxruntime runtime, CPU or GPU; eager for torch)."""
     args, kwargs, arrays = _feeds(example_inputs)
-    if runtime.name != "onnxruntime":
+    if not isinstance(runtime, OrtRuntime):
         calls = [runtime.module_call(m, args, kwargs) for m in models]
         with _threads(runtime):
             return time_interleaved(calls, cfg)

@@ -31,14 +31,13 @@ import copy
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_map
 
 from ..errors import OptionError
 from ..ir import Node, Value
@@ -378,17 +377,6 @@ class OrtCudaRuntime(OrtRuntime):
 
         call()  # engine builds, cuDNN algorithm search and output allocation happen here, untimed
         return call
-
-    def module_call(self, model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
-        """Export ``model`` to ONNX (as :func:`..export.save_model` does) and time that file."""
-        from ..export import save_model
-
-        flat, _ = tree_flatten((args, kwargs))
-        feeds = [t.detach().cpu().numpy() for t in flat if isinstance(t, torch.Tensor)]
-        with tempfile.TemporaryDirectory(prefix="graphprune-lat-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            save_model(model, path, kwargs if kwargs else args)
-            return self._session_call(str(path), feeds)  # the session holds the model; the file can go
 
 
 class OrtTensorrtRuntime(OrtCudaRuntime):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graphprune.cli import main
+from graphprune.cost.profile import measure_models
 from graphprune.cost.runtimes import (
     RUNTIMES,
     OrtCudaRuntime,
@@ -33,7 +34,9 @@ from graphprune.cost.runtimes import (
 )
 from graphprune.cost.signature import op_spec
 from graphprune.cost.table import fingerprint_key
+from graphprune.cost.timing import TimingConfig
 from graphprune.errors import OptionError
+from graphprune.export import save_model
 from graphprune.frontends.torch_export import capture
 
 GPU_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -196,7 +199,7 @@ def _small_cnn():
     return m, torch.randn(2, 3, 8, 8)
 
 
-def test_ort_gpu_call_paths_run_with_the_device_swapped_for_cpu(fake_gpu):
+def test_ort_gpu_call_paths_run_with_the_device_swapped_for_cpu(fake_gpu, tmp_path):
     rt = _CpuBoundCuda(1)
     m, x = _small_cnn()
     g = capture(m, (x,)).graph
@@ -205,9 +208,13 @@ def test_ort_gpu_call_paths_run_with_the_device_swapped_for_cpu(fake_gpu):
     op = rt.op_call(spec, (3, 8))  # runs once while it is built
     op().copy_outputs_to_cpu()
     assert rt.null_call()().copy_outputs_to_cpu()[0].shape == (1, 8)
-    out = rt.module_call(m, (x,), {})().copy_outputs_to_cpu()[0]  # exported, bound, run, synchronized
+    # whole models take measure_models' ONNX path on every onnxruntime runtime: exported, bound, run, synchronized
+    path = tmp_path / "m.onnx"
+    save_model(m, path, (x,))
+    out = rt.onnx_call(path, [x.numpy()])().copy_outputs_to_cpu()[0]
     np.testing.assert_allclose(out, m(x).detach().numpy(), rtol=1e-4, atol=1e-5)
     assert next(m.parameters()).device.type == "cpu"
+    assert len(measure_models([m], (x,), rt, TimingConfig(warmup=0, rounds=1, min_round_s=0.0))) == 1
 
 
 def test_ort_gpu_session_never_falls_back_silently(fake_gpu, monkeypatch):

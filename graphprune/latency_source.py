@@ -20,7 +20,7 @@ comparison measures what pruning changed. Only onnxruntime can time an ONNX file
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,15 +118,6 @@ class OnnxTimer:
         return a, b
 
 
-def onnx_timing_feeds(prep: Any, example_inputs: Mapping[str, np.ndarray] | None) -> list[np.ndarray]:
-    """Feeds for every graph input of the prepared model, in graph-input order: the user's arrays
-    where given, else random ones of the bound shape."""
-    from .frontends.onnx_model import graph_inputs, random_feeds
-
-    feeds = {**random_feeds(prep.model, prep.input_shapes), **dict(example_inputs or {})}
-    return [np.asarray(feeds[i.name]) for i in graph_inputs(prep.model)]
-
-
 def make_timer(
     runtime: Runtime, graph: Graph, coupling: Any, *, model: torch.nn.Module | None = None, example_inputs: Any = None,
     program: Any = None, onnx: Any = None,
@@ -135,7 +126,9 @@ def make_timer(
     or None) or ``model`` with its ``example_inputs`` and exported ``program``."""
     if onnx is not None:
         check_onnx_runtime(runtime.name)
-        return OnnxTimer(runtime, onnx, graph, coupling, onnx_timing_feeds(onnx, example_inputs))
+        from .frontends.onnx_model import ordered_feeds
+
+        return OnnxTimer(runtime, onnx, graph, coupling, ordered_feeds(onnx, example_inputs))
     if model is None:
         raise OptionError("a latency budget needs a model to measure: a PyTorch model with example inputs, or an .onnx file")
     return TorchTimer(runtime, model, example_inputs, torch_rewriter(model, program, graph, coupling))

@@ -33,22 +33,23 @@ import json
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_flatten
 
 from ..errors import GraphpruneError, OptionError, SourceError
+from ..frontends.onnx_model import ordered_feeds
 from ..ir import Graph
 from .latency import Calibration, LatencyModel, predict
 from .ort_nodes import OnnxIndex, module_path, node_times, place
+from .profile import example_feeds
 from .runtimes import OrtRuntime, Runtime
 
-__all__ = ["TOP", "UNATTRIBUTED", "LayerProfile", "LayerRow", "layer_profile", "prepare_onnx"]
+__all__ = ["TOP", "UNATTRIBUTED", "LayerProfile", "LayerRow", "layer_profile"]
 
 UNATTRIBUTED = "(unattributed)"
 TOP = "(top level)"
@@ -96,14 +97,6 @@ def _label(scope: str) -> str:
 # ---------------------------------------------------------------- ONNX sources
 
 
-def prepare_onnx(source: Any, input_shapes: Mapping[str, Sequence[int]] | None = None) -> Any:
-    """The static-shaped copy of an ONNX file (or ModelProto) that analysis lowers, as
-    :func:`graphprune.analyze` prepares it without example inputs."""
-    from ..frontends import load_onnx, prepare
-
-    return prepare(load_onnx(source), dict(input_shapes or {}))
-
-
 def _named(model: Any) -> Any:
     """A copy whose node names are the IR's (unique, never empty: :func:`.frontends.onnx.node_names`)."""
     import onnx
@@ -115,21 +108,6 @@ def _named(model: Any) -> Any:
     for n, name in zip(out.graph.node, node_names(model), strict=True):
         n.name = name
     return out
-
-
-def _random_feeds(model: Any, seed: int = 0) -> list[np.ndarray]:
-    from onnx import helper
-
-    from ..frontends.onnx_model import graph_inputs
-
-    rng = np.random.default_rng(seed)
-    feeds = []
-    for inp in graph_inputs(model):
-        tt = inp.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))
-        feeds.append(rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype))
-    return feeds
 
 
 @dataclass
@@ -209,13 +187,10 @@ def _measure_ort(source: Any, example_inputs: Any, runtime: OrtRuntime, runs: in
         path = Path(tmp) / "model.onnx"
         if isinstance(source, torch.nn.Module):
             from ..export import save_model
-            from ..frontends.inputs import as_args_kwargs
 
             save_model(source, path, example_inputs)
             model = _named(onnx.load(str(path)))
-            args, kwargs = as_args_kwargs(example_inputs)
-            flat, _ = tree_flatten((args, kwargs))
-            feeds = [t.detach().cpu().numpy() for t in flat if isinstance(t, torch.Tensor)]
+            feeds = example_feeds(example_inputs)[2]
             modules = {name for name, _ in source.named_modules()}
             by_name = {n.name: n for n in model.graph.node}
 
@@ -223,7 +198,7 @@ def _measure_ort(source: Any, example_inputs: Any, runtime: OrtRuntime, runs: in
                 return module_path(by_name[node], modules)
         else:  # a PreparedOnnx: layers are its node names, which the IR's are
             model = _named(source.model)
-            feeds = _random_feeds(model)
+            feeds = ordered_feeds(source, example_inputs)
 
             def layer_of(node: str) -> str | None:
                 return node
@@ -300,7 +275,7 @@ def layer_profile(graph: Graph, latency_model: LatencyModel, source: Any, exampl
     """Predicted and measured latency per layer of ``graph``'s model on ``runtime``.
 
     ``source`` is the nn.Module the graph was captured from, or the ``PreparedOnnx`` it was
-    lowered from (:func:`prepare_onnx`); ``latency_model`` the calibrated table model.
+    lowered from (:func:`graphprune.frontends.prepare`); ``latency_model`` the calibrated table model.
     """
     if runs < 1 or warmup < 0:
         raise OptionError(f"runs={runs}, warmup={warmup}: need runs >= 1 and warmup >= 0")

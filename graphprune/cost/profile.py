@@ -34,7 +34,7 @@ from .signature import OpSpec, grid_points, op_spec
 from .table import OpTable, TableCache
 from .timing import TimingConfig, time_interleaved
 
-__all__ = ["Calibrated", "MeasureMasks", "calibrate", "default_fallback", "table_model", "graph_key", "measure_models", "measure_onnx", "profile_graph", "random_masks"]
+__all__ = ["Calibrated", "MeasureMasks", "calibrate", "default_fallback", "example_feeds", "table_model", "graph_key", "measure_models", "measure_onnx", "profile_graph", "random_masks"]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ def profile_graph(
     return tables, len(todo)
 
 
-def _feeds(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any], list[np.ndarray]]:
+def example_feeds(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any], list[np.ndarray]]:
+    """(args, kwargs, the tensors among them as numpy arrays in flattening order: an exported model's inputs)."""
     from ..frontends.inputs import as_args_kwargs
 
     args, kwargs = as_args_kwargs(example_inputs)
@@ -122,7 +123,7 @@ def measure_models(models: Sequence[torch.nn.Module], example_inputs: Any, runti
                    cfg: TimingConfig = MODEL_TIMING) -> list[float]:
     """Interleaved median seconds per forward of each model on the runtime (ONNX-exported for
     every onnxruntime runtime, CPU or GPU; eager for torch)."""
-    args, kwargs, arrays = _feeds(example_inputs)
+    args, kwargs, arrays = example_feeds(example_inputs)
     if not isinstance(runtime, OrtRuntime):
         calls = [runtime.module_call(m, args, kwargs) for m in models]
         with _threads(runtime):

@@ -30,7 +30,7 @@ from onnx import ModelProto, TensorProto, numpy_helper
 
 from ..errors import SourceError
 
-__all__ = ["OnnxDynamic", "PreparedOnnx", "graph_inputs", "load_onnx", "prepare", "random_feeds"]
+__all__ = ["OnnxDynamic", "PreparedOnnx", "graph_inputs", "load_onnx", "ordered_feeds", "prepare", "random_feeds"]
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +344,13 @@ def random_feeds(model: ModelProto, shapes: Mapping[str, Sequence[int]], seed: i
         else:
             feeds[inp.name] = rng.integers(0, 2, size=shape).astype(np_type)
     return feeds
+
+
+def ordered_feeds(prep: PreparedOnnx, example_inputs: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """An array for every graph input of the prepared model, in graph-input order: the user's where
+    given, else random ones of the bound shape (:func:`random_feeds`)."""
+    feeds = {**random_feeds(prep.model, prep.input_shapes), **dict(example_inputs or {})}
+    return [np.asarray(feeds[i.name]) for i in graph_inputs(prep.model)]
 
 
 def _symbolic_note(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> str:

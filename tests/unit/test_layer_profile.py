@@ -22,12 +22,13 @@ from torch import nn
 
 import graphprune as gp
 from graphprune.cli import main
-from graphprune.cost.layer_profile import TOP, UNATTRIBUTED, layer_profile, prepare_onnx
+from graphprune.cost.layer_profile import TOP, UNATTRIBUTED, layer_profile
 from graphprune.cost.ort_nodes import LAYOUT_OPS, OnnxIndex, anchor, module_path, node_times, place
 from graphprune.cost.profile import table_model
 from graphprune.cost.runtimes import make_runtime
 from graphprune.errors import OptionError
 from graphprune.export import save_model
+from graphprune.frontends import load_onnx, prepare
 
 # ---------------------------------------------------------------- profile events
 
@@ -196,7 +197,7 @@ def test_onnx_source_rows_are_its_node_names(tmp_path):
     save_model(model, path, x)
     a = gp.analyze(str(path))
     rt = make_runtime("onnxruntime")
-    prof = layer_profile(a.graph, table_model({}, rt), prepare_onnx(str(path)), None, rt, runs=2, warmup=1)
+    prof = layer_profile(a.graph, table_model({}, rt), prepare(load_onnx(str(path)), {}), None, rt, runs=2, warmup=1)
     _check_sums(prof)
     rows = {r.layer: r for r in prof.rows}
     names = {n.name for n in a.graph.nodes}
@@ -206,7 +207,7 @@ def test_onnx_source_rows_are_its_node_names(tmp_path):
             assert rows[n.name].units >= 1, n.name
     assert set(filter(None, rows[UNATTRIBUTED].op.split("+"))) <= LAYOUT_OPS
     with pytest.raises(OptionError, match="onnxruntime"):
-        layer_profile(a.graph, table_model({}, rt), prepare_onnx(str(path)), None, make_runtime("torch"))
+        layer_profile(a.graph, table_model({}, rt), prepare(load_onnx(str(path)), {}), None, make_runtime("torch"))
 
 
 # ---------------------------------------------------------------- CLI

@@ -60,7 +60,6 @@ import json
 import math
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -68,11 +67,14 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import onnx
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchutil import short_error, time_limit  # noqa: E402  (tools/benchutil.py)
 
 TOOLS = ("graphprune", "onnxsim")
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -83,33 +85,6 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 class CountError(Exception):
     """``gp.count_flops`` failed on a model (as opposed to the pruning call failing)."""
-
-
-class ToolTimeout(Exception):
-    """Raised by SIGALRM when one tool runs past ``--timeout`` on one model."""
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    if not seconds or seconds <= 0 or not hasattr(signal, "SIGALRM"):
-        yield
-        return
-
-    def _raise(signum: int, frame: Any) -> None:
-        raise ToolTimeout(f"timed out after {seconds:g} s")
-
-    old = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def _short(exc: BaseException) -> str:
-    lines = f"{type(exc).__name__}: {exc}".strip().splitlines()
-    return " ".join(line.strip() for line in lines[:3])[:500]
 
 
 def _round(x: float | None, nd: int = 4) -> float | None:
@@ -417,7 +392,7 @@ def bench_model(name: str, workdir: str, ns: argparse.Namespace) -> dict[str, An
         row["export_s"] = round(export_s, 3)
         row["dense"] = {"nodes": len(dense.graph.node), "inputs": [i.name for i in dense.graph.input]}
     except Exception as exc:  # noqa: BLE001
-        row["error"] = f"export: {_short(exc)}"
+        row["error"] = f"export: {short_error(exc)}"
         return row
 
     # ---- dense reference
@@ -425,13 +400,13 @@ def bench_model(name: str, workdir: str, ns: argparse.Namespace) -> dict[str, An
     try:
         d["flops"], d["params"] = gp.count_flops(dense)
     except Exception as exc:  # noqa: BLE001
-        d["count_error"] = _short(exc)
+        d["count_error"] = short_error(exc)
     try:
         onnx.checker.check_model(dense, full_check=True)
         d["valid"] = True
     except Exception as exc:  # noqa: BLE001
         d["valid"] = False
-        d["valid_error"] = _short(exc)
+        d["valid_error"] = short_error(exc)
     sessions: dict[str, Any] = {}
     try:
         sessions["dense"] = make_session(dense, ns.threads)
@@ -439,21 +414,21 @@ def bench_model(name: str, workdir: str, ns: argparse.Namespace) -> dict[str, An
         ref = sessions["dense"].run(None, feeds)
         d["output_shapes"] = [list(o.shape) for o in ref]
     except Exception as exc:  # noqa: BLE001
-        row["error"] = f"dense onnxruntime: {_short(exc)}"
+        row["error"] = f"dense onnxruntime: {short_error(exc)}"
         return row
     try:
         d["macs_si"], d["params_si"], d["macs_si_ort_filled"], d["macs_si_unknown_nodes"] = (
             shape_inference_macs(dense, feeds)
         )
     except Exception as exc:  # noqa: BLE001
-        d["macs_si_error"] = _short(exc)
+        d["macs_si_error"] = short_error(exc)
 
     # ---- one counter for the model: graphprune's if it can analyze everything, else MACs by SI
     def gp_count(m: onnx.ModelProto) -> float:
         try:
             return float(gp.count_flops(m)[0])
         except Exception as exc:  # noqa: BLE001
-            raise CountError(_short(exc)) from exc
+            raise CountError(short_error(exc)) from exc
 
     def si_count(m: onnx.ModelProto) -> float:
         return float(shape_inference_macs(m, feeds)[0])
@@ -486,7 +461,7 @@ def bench_model(name: str, workdir: str, ns: argparse.Namespace) -> dict[str, An
             info["ran"] = True
             outputs[tool] = out
         except Exception as exc:  # noqa: BLE001
-            info["error"] = _short(exc)
+            info["error"] = short_error(exc)
             if ns.verbose:
                 traceback.print_exc()
 
@@ -499,7 +474,7 @@ def bench_model(name: str, workdir: str, ns: argparse.Namespace) -> dict[str, An
         try:
             counts[tool] = tuple(float(v) for v in gp.count_flops(out))  # type: ignore[assignment]
         except Exception as exc:  # noqa: BLE001
-            tools[tool]["gp_count_error"] = _short(exc)
+            tools[tool]["gp_count_error"] = short_error(exc)
             counter = "shape-inference MACs"
     row["counter"] = counter
     for tool, out in outputs.items():
@@ -512,7 +487,7 @@ def bench_model(name: str, workdir: str, ns: argparse.Namespace) -> dict[str, An
             if unknown:
                 info["macs_si_unknown_nodes"] = unknown
         except Exception as exc:  # noqa: BLE001
-            info["macs_si_error"] = _short(exc)
+            info["macs_si_error"] = short_error(exc)
         if counter == "gp.count_flops":
             info["flops_ratio"] = _round(counts[tool][0] / d["flops"])
             info["params_ratio"] = _round(counts[tool][1] / d["params"])
@@ -526,7 +501,7 @@ def bench_model(name: str, workdir: str, ns: argparse.Namespace) -> dict[str, An
             info["valid"] = True
         except Exception as exc:  # noqa: BLE001
             info["valid"] = False
-            info["valid_error"] = _short(exc)
+            info["valid_error"] = short_error(exc)
         dw, ow = weight_shapes(dense), weight_shapes(out)
         info["layers_total"] = len(dw)
         info["layers_changed"] = sum(1 for k, v in dw.items() if k in ow and ow[k] != v)
@@ -545,7 +520,7 @@ def bench_model(name: str, workdir: str, ns: argparse.Namespace) -> dict[str, An
         except Exception as exc:  # noqa: BLE001
             info["runs"] = False
             info["shapes_ok"] = False
-            info["run_error"] = _short(exc)
+            info["run_error"] = short_error(exc)
 
     # ---- latency, interleaved
     try:
@@ -559,7 +534,7 @@ def bench_model(name: str, workdir: str, ns: argparse.Namespace) -> dict[str, An
                 t["speedup_cpu"] = _round(lat["dense"]["cpu_ms"] / lat[tool]["cpu_ms"], 3)
                 t["speedup_wall"] = _round(lat["dense"]["wall_ms"] / lat[tool]["wall_ms"], 3)
     except Exception as exc:  # noqa: BLE001
-        row["latency_error"] = _short(exc)
+        row["latency_error"] = short_error(exc)
     return row
 
 
@@ -663,7 +638,7 @@ def environment() -> dict[str, Any]:
             m = __import__(mod)
             env[mod] = getattr(m, "__version__", "?")
         except Exception as exc:  # noqa: BLE001
-            env[mod] = f"unavailable ({_short(exc)})"
+            env[mod] = f"unavailable ({short_error(exc)})"
     try:
         here = os.path.dirname(os.path.abspath(__file__))
         env["graphprune_commit"] = (
@@ -735,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 row = bench_model(name, workdir, ns)
             except Exception as exc:  # noqa: BLE001 - never stop the other models
-                row = {"model": name, "error": f"benchmark: {_short(exc)}"}
+                row = {"model": name, "error": f"benchmark: {short_error(exc)}"}
                 if ns.verbose:
                     traceback.print_exc()
             row["bench_s"] = round(time.perf_counter() - t0, 2)

@@ -65,14 +65,13 @@ import copy
 import json
 import math
 import os
-import signal
 import statistics
 import sys
 import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,38 +80,12 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import zoo  # noqa: E402  (tools/zoo.py, beside this file)
+from benchutil import short_error, time_limit  # noqa: E402  (tools/benchutil.py)
 
 Inputs = Any  # tuple of tensors, or a dict of keyword tensors
 
 
 # ------------------------------------------------------------------------------------ utilities
-
-
-class ToolTimeout(Exception):
-    """Raised by SIGALRM when one tool runs past ``--timeout`` on one model."""
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    if not seconds or seconds <= 0 or not hasattr(signal, "SIGALRM"):
-        yield
-        return
-
-    def _raise(signum: int, frame: Any) -> None:
-        raise ToolTimeout(f"timed out after {seconds:.0f} s")
-
-    old = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def _short(exc: BaseException) -> str:
-    lines = f"{type(exc).__name__}: {exc}".strip().splitlines()
-    return " ".join(line.strip() for line in lines[:3])[:500]
 
 
 def eval_mode(model: nn.Module) -> nn.Module:
@@ -226,7 +199,7 @@ def onnx_session(
             torch.onnx.export(model, args, path, dynamo=False, opset_version=17)
         info["exporter"] = "torchscript"
     except Exception as exc:  # noqa: BLE001 - fall back to the dynamo exporter
-        info["torchscript_error"] = _short(exc)
+        info["torchscript_error"] = short_error(exc)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, args, path, dynamo=True)
@@ -465,7 +438,7 @@ class Steer:
                 self.fn, self.name, self.note = (
                     None,
                     "FlopCounterMode",
-                    f"gp.count_flops failed: {_short(exc)}",
+                    f"gp.count_flops failed: {short_error(exc)}",
                 )
                 raise _SteerSwitched from exc
         return torch_flops(model, inputs)[0]
@@ -600,7 +573,7 @@ def bench_model(name: str, ns: argparse.Namespace) -> dict[str, Any]:
         f0, p0 = torch_flops(model, inputs)
         row["flops_before"], row["params_before"] = f0, p0
     except Exception as exc:  # noqa: BLE001
-        row["error"] = "setup: " + _short(exc)
+        row["error"] = "setup: " + short_error(exc)
         row["traceback"] = traceback.format_exc(limit=8)
         return row
 
@@ -620,7 +593,7 @@ def bench_model(name: str, ns: argparse.Namespace) -> dict[str, Any]:
             row[f"{tool}_ok"] = True
         except Exception as exc:  # noqa: BLE001 - one tool failing must not stop the other
             row[f"{tool}_ok"] = False
-            row[f"{tool}_error"] = _short(exc)
+            row[f"{tool}_error"] = short_error(exc)
             row[f"{tool}_traceback"] = traceback.format_exc(limit=10)
 
     # one counter for the original and both pruned models
@@ -634,7 +607,7 @@ def bench_model(name: str, ns: argparse.Namespace) -> dict[str, Any]:
                 f, p = count_gp(m, inputs)
                 counts["gp"][tag] = (int(f), int(p))
             except Exception as exc:  # noqa: BLE001
-                row[f"gp_count_error_{tag}"] = _short(exc)
+                row[f"gp_count_error_{tag}"] = short_error(exc)
     use = "gp" if count_gp is not None and len(counts["gp"]) == 1 + len(pruned) else "torch"
     if ns.counter == "gp" and use != "gp":
         row["counter_note"] = "gp.count_flops unavailable or failed on a model; used FlopCounterMode"
@@ -652,7 +625,7 @@ def bench_model(name: str, ns: argparse.Namespace) -> dict[str, Any]:
             row[f"{tool}_shape_kept"] = output_shapes(m, inputs) == ref_shape
         except Exception as exc:  # noqa: BLE001
             row[f"{tool}_shape_kept"] = False
-            row[f"{tool}_forward_error"] = _short(exc)
+            row[f"{tool}_forward_error"] = short_error(exc)
 
     if ns.latency_runs > 0:
         with tempfile.TemporaryDirectory() as tmp:
@@ -665,13 +638,13 @@ def bench_model(name: str, ns: argparse.Namespace) -> dict[str, Any]:
                     sessions[tag] = (sess, feeds)
                     row[f"{tag}_onnx"] = info
                 except Exception as exc:  # noqa: BLE001
-                    row[f"{tag}_onnx_error"] = _short(exc)
+                    row[f"{tag}_onnx_error"] = short_error(exc)
             try:
                 with time_limit(ns.timeout):
                     for tag, ms in interleaved_median_ms(sessions, ns.latency_runs).items():
                         row[f"{tag}_ms"] = ms
             except Exception as exc:  # noqa: BLE001
-                row["latency_error"] = _short(exc)
+                row["latency_error"] = short_error(exc)
     return row
 
 

@@ -36,21 +36,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"graphprune: error: {message}\n")
 
 
-def _fraction(text: str) -> float:
+def _number(text: str, cast: type[float] | type[int] = float) -> float:
     try:
-        v = float(text)
+        return cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'a number' if cast is float else 'an integer'}") from None
+
+
+def _fraction(text: str) -> float:
+    v = _number(text)
     if not 0.0 < v <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is out of range: give the fraction to keep, in (0, 1]")
     return v
 
 
 def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    v = _number(text)
     if not v > 0:
         raise argparse.ArgumentTypeError(f"{text} must be > 0")
     return v
@@ -64,10 +65,7 @@ def _speedup(text: str) -> float:
 
 
 def _threads(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    v = int(_number(text, int))
     if v < 1:
         raise argparse.ArgumentTypeError(f"{text} must be >= 1")
     return v

@@ -167,14 +167,15 @@ def allocate_greedy(
     total = float(cost.sum())
     steps = 0
     while total > raw_target:
-        live = sorted((m.ratio, gi, k) for gi, ms in enumerate(cands) for k, m in enumerate(ms))
+        live = [(m.ratio, gi, k) for gi, ms in enumerate(cands) for k, m in enumerate(ms)]
         if not live:
             break
-        _, gi, k = live[0]
+        _, gi, k = min(live)
         need = total - raw_target
         if cands[gi][k].jump and cands[gi][k].gain > need:
             # a jump past the target: take the best other move instead when buying the rest of
             # the need at its rate loses less than the jump
+            live.sort()
             alt = next(((gj, kj) for _, gj, kj in live[1:] if not (cands[gj][kj].jump and cands[gj][kj].gain > need)), None)
             if alt is not None and cands[alt[0]][alt[1]].ratio * need < cands[gi][k].lost:
                 gi, k = alt

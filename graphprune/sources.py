@@ -18,10 +18,12 @@ __all__ = ["load_source"]
 def load_source(source: str) -> tuple[Any, Any]:
     """A built-in name or ``pkg.mod:factory`` -> (nn.Module, example_inputs); a ``.onnx`` path is
     returned as is (with no example inputs): the API loads and checks it."""
-    from graphprune.models import MODELS
+    from graphprune.models import MODELS, RENAMED, unknown_model_message
 
     if source in MODELS:
         return MODELS[source]()
+    if source in RENAMED:
+        raise SourceError(unknown_model_message(source))
     if source.lower().endswith(".onnx"):
         if not Path(source).exists():
             raise SourceError(f"{source!r}: no such file")

@@ -1,6 +1,6 @@
 """Latency benchmark: predictor error, and latency- vs FLOPs-targeted pruning at equal latency.
 
-    python tools/bench_latency.py --out docs/latency_bench.json [--archs resnet50,...] [--variants 10]
+    python tools/bench_latency.py --out docs/latency_bench.json [--archs resnet50_w025,...] [--variants 10]
 
 1. Predictor error. Per architecture: the calibrated table model is set up (profiling what the
    cache lacks; calibration uses seeds 0..), then ``--variants`` random pruned variants with
@@ -45,7 +45,7 @@ from graphprune.frontends import capture
 from graphprune.latency_source import make_timer
 from graphprune.latency_target import setup_latency
 
-ARCHS = "resnet50,resnet18,mobilenet_v2,vit_tiny,unet"
+ARCHS = "resnet50_w025,resnet18_w050,mobilenet_v2,vit_tiny,unet"
 LAT_FRACS = [0.5, 0.7]
 FLOPS_FRACS = [0.04, 0.06, 0.08, 0.12, 0.16, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.85]
 PAIRS = (("latency_uniform", "flops_uniform"), ("latency_greedy", "flops_greedy"), ("latency_greedy", "flops_uniform"))

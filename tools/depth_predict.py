@@ -35,7 +35,7 @@ from graphprune.frontends import capture
 from graphprune.latency_source import make_timer
 from graphprune.latency_target import setup_latency
 
-NAMES = ["resnet18", "resnet50", "mobilenet_v2", "vit_tiny", "unet"]
+NAMES = ["resnet18_w050", "resnet50_w025", "mobilenet_v2", "vit_tiny", "unet"]
 
 
 def run(name: str, cache: TableCache, fraction: float) -> str:

@@ -15,8 +15,8 @@ from graphprune.models import MODELS, build
 from torch import nn
 
 EXPECTED_OUTPUT: dict[str, tuple[int, ...]] = {
-    "resnet18": (1, 1000),
-    "resnet50": (1, 1000),
+    "resnet18_w050": (1, 1000),
+    "resnet50_w025": (1, 1000),
     "mobilenet_v2": (1, 1000),
     "densenet": (1, 1000),
     "inception": (1, 1000),
@@ -26,7 +26,7 @@ EXPECTED_OUTPUT: dict[str, tuple[int, ...]] = {
     "llama_tiny": (2, 16, 256),
     "bert_tiny": (2, 2),
 }
-BATCHNORM_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "densenet", "inception", "shufflenet")
+BATCHNORM_MODELS = ("resnet18_w050", "resnet50_w025", "mobilenet_v2", "densenet", "inception", "shufflenet")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -67,7 +67,7 @@ def test_build_forward_export(name: str) -> None:
     torch.testing.assert_close(replay, out, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["resnet50", "llama_tiny", "unet"])
+@pytest.mark.parametrize("name", ["resnet50_w025", "llama_tiny", "unet"])
 def test_build_is_deterministic(name: str) -> None:
     first, inputs_a = build(name)
     second, inputs_b = build(name)
@@ -124,7 +124,7 @@ def test_bert_mask_hides_padding() -> None:
 @pytest.mark.parametrize(
     ("name", "overrides", "shape"),
     [
-        ("resnet50", {"width": 0.5, "num_classes": 10}, (1, 10)),
+        ("resnet50_w025", {"width": 0.5, "num_classes": 10}, (1, 10)),
         ("unet", {"norm": "batch", "base": 8}, (1, 2, 64, 64)),
         ("llama_tiny", {"num_heads": 8, "num_kv_heads": 2, "num_layers": 1}, (2, 16, 256)),
         ("vit_tiny", {"depth": 2, "dim": 48}, (1, 1000)),
@@ -136,3 +136,11 @@ def test_overrides(name: str, overrides: dict[str, object], shape: tuple[int, ..
         out = model(*inputs)
     assert tuple(out.shape) == shape
     torch.export.export(model, inputs, strict=False)
+
+
+def test_renamed_builtin_names_point_to_the_width_in_the_name() -> None:
+    from graphprune.cli import main
+
+    with pytest.raises(KeyError, match="resnet50_w025"):
+        build("resnet50")
+    assert main(["prune", "resnet18", "--flops", "0.5", "-o", "unused.onnx"]) == 2

@@ -61,7 +61,7 @@ def test_budget_one_is_identity(name: str) -> None:
     torch.testing.assert_close(_outputs(res.model, x), _outputs(model, x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vit_tiny", "llama_tiny", "shufflenet"])
+@pytest.mark.parametrize("name", ["resnet18_w050", "vit_tiny", "llama_tiny", "shufflenet"])
 def test_saved_onnx_runs_in_onnxruntime(name: str, tmp_path: Path) -> None:
     model, x = build(name)
     res = gp.prune(model, x, flops=0.5)
@@ -77,7 +77,7 @@ def test_saved_onnx_runs_in_onnxruntime(name: str, tmp_path: Path) -> None:
 
 
 def test_saved_pt_roundtrip(tmp_path: Path) -> None:
-    model, x = build("resnet18")
+    model, x = build("resnet18_w050")
     res = gp.prune(model, x, flops=0.5)
     path = tmp_path / "r.pt"
     res.save(path)

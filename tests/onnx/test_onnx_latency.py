@@ -60,7 +60,7 @@ def _export(model: torch.nn.Module, x: tuple[torch.Tensor, ...], path: Path) -> 
 @pytest.fixture(scope="module")
 def src(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small ResNet-18 (base 16 channels, 32x32 input, 10 classes) exported by TorchScript."""
-    model, x = build("resnet18", width=0.25, image_size=32, num_classes=10)
+    model, x = build("resnet18_w050", width=0.25, image_size=32, num_classes=10)
     return _export(model, x, tmp_path_factory.mktemp("model") / "r18.onnx")
 
 

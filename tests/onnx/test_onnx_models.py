@@ -65,7 +65,7 @@ print(json.dumps(errors))
 """
 
 # rough relative export cost, to balance the workers
-_COST = {"densenet": 9, "inception": 4, "vit_tiny": 4, "resnet50": 2, "llama_tiny": 2, "shufflenet": 2}
+_COST = {"densenet": 9, "inception": 4, "vit_tiny": 4, "resnet50_w025": 2, "llama_tiny": 2, "shufflenet": 2}
 
 
 def _export_key() -> str:
@@ -173,7 +173,7 @@ def test_onnx_prune_half_flops(exported: dict[tuple[str, str], Path | str], name
     assert_close(run(lib_masked, f), run(small, f), what="masked_onnx oracle")
 
 
-@pytest.mark.parametrize(("name", "exporter"), [("resnet18", "torchscript"), ("vit_tiny", "dynamo"),
+@pytest.mark.parametrize(("name", "exporter"), [("resnet18_w050", "torchscript"), ("vit_tiny", "dynamo"),
                                                 ("llama_tiny", "torchscript")])
 def test_onnx_budget_one_is_identity(exported: dict[tuple[str, str], Path | str], name: str, exporter: str) -> None:
     src = _path(exported, name, exporter)
@@ -190,7 +190,7 @@ def test_onnx_budget_one_is_identity(exported: dict[tuple[str, str], Path | str]
 def test_onnx_initializers_listed_as_graph_inputs(tmp_path: Path) -> None:
     """Older exporters (and ``keep_initializers_as_inputs=True``) list every initializer in
     graph.input as well; pruning must update or drop those input declarations."""
-    model, x = MODELS["resnet18"]()
+    model, x = MODELS["resnet18_w050"]()
     src = tmp_path / "r18_inputs.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -208,7 +208,7 @@ def test_onnx_initializers_listed_as_graph_inputs(tmp_path: Path) -> None:
 def test_onnx_dynamic_batch_stays_dynamic(tmp_path: Path) -> None:
     """A model exported with a symbolic batch dim is analyzed at batch 1, but the pruned model must
     keep the original interface (DESIGN.md: model inputs/outputs are pinned) and run at batch 3."""
-    model, x = MODELS["resnet18"]()
+    model, x = MODELS["resnet18_w050"]()
     src = tmp_path / "r18_dynbatch.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -285,7 +285,7 @@ def test_onnx_transformer_dynamic_sequence_falls_back_reported(tmp_path: Path) -
 
 
 def test_resnet50_torch_and_onnx_keep_identical_channels(tmp_path: Path) -> None:
-    model, x = MODELS["resnet50"]()
+    model, x = MODELS["resnet50_w025"]()
     src = tmp_path / "resnet50.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

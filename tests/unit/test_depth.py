@@ -122,7 +122,7 @@ def test_layer_norm_over_the_hidden_axis_leaves_nothing_to_remove() -> None:
 
 
 def test_resnet18_inner_groups_of_basic_blocks_are_eligible() -> None:
-    model, x = build("resnet18")
+    model, x = build("resnet18_w050")
     _, c = _analyse(model, x)
     inner = {g.id for g in c.groups if any(s.endswith(".conv1.weight") and s.startswith("layer") for s in _producers(c, g))}
     assert len(inner) == 8  # one per BasicBlock
@@ -353,7 +353,7 @@ def test_depth_option_in_pipeline_string_and_cli(tmp_path, capsys) -> None:
     assert alloc.depth is True and alloc.policy == "greedy"
     assert next(p for p in parse_pipeline(default_pipeline("flops", 0.5)) if p.name == "allocate").depth is False
     out = tmp_path / "x.onnx"
-    assert main(["prune", "resnet18", "--flops", "0.5", "--depth", "-o", str(out)]) == 2
+    assert main(["prune", "resnet18_w050", "--flops", "0.5", "--depth", "-o", str(out)]) == 2
     assert "depth=True needs allocation='greedy'" in capsys.readouterr().err and not out.exists()
 
 
@@ -384,7 +384,7 @@ def _rewrite_removing(name: str, pick, tmp_path, **overrides):  # type: ignore[n
 
 
 def test_resnet18_block_without_its_inner_group_matches_the_masked_original(tmp_path) -> None:
-    pruned, saved, got, ref = _rewrite_removing("resnet18", lambda s: "layer2.1.conv1.weight" in s, tmp_path)
+    pruned, saved, got, ref = _rewrite_removing("resnet18_w050", lambda s: "layer2.1.conv1.weight" in s, tmp_path)
     convs = [str(n.args[1].target) for n in pruned.graph.nodes if n.op == "call_function" and "conv2d" in str(n.target)]
     # 20 convs before; the block's conv1 is gone and its conv2 (no bias) became zeros
     assert len(convs) == 18 and not {"layer2.1.conv1.weight", "layer2.1.conv2.weight"} & set(convs)
@@ -408,5 +408,5 @@ def test_analyze_reports_depth_eligible_groups(capsys) -> None:
     a = gp.analyze(ResMLP(), torch.randn(4, 16))
     assert a.report["depth_eligible"] == 2
     assert sorted(g["id"] for g in a.report["groups"] if g["depth_eligible"]) == sorted(depth_eligible(a.coupling))
-    assert main(["analyze", "resnet18"]) == 0
+    assert main(["analyze", "resnet18_w050"]) == 0
     assert "8 removable whole (depth)" in capsys.readouterr().out

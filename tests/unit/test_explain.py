@@ -36,8 +36,8 @@ def test_explain_names_the_pinning_node_and_the_chain() -> None:
 
 
 def test_cli_why_prints_the_explanation(capsys) -> None:  # type: ignore[no-untyped-def]
-    assert main(["analyze", "resnet18", "--why", "fc.weight:0"]) == 0
+    assert main(["analyze", "resnet18_w050", "--why", "fc.weight:0"]) == 0
     out = capsys.readouterr().out
     assert "model output" in out and "is frozen" in out
-    assert main(["analyze", "resnet18", "--why", "no.such.weight"]) == 2
+    assert main(["analyze", "resnet18_w050", "--why", "no.such.weight"]) == 2
     assert "no weight named 'no.such.weight'" in capsys.readouterr().err

@@ -205,12 +205,12 @@ def test_pipeline_latency_options_parse_and_check():
 @pytest.mark.parametrize(
     "argv",
     [
-        ["prune", "resnet18", "--speedup", "1", "-o", "x.onnx"],
-        ["prune", "resnet18", "--latency", "0", "-o", "x.onnx"],
-        ["prune", "resnet18", "--latency-ms", "-2", "-o", "x.onnx"],
-        ["prune", "resnet18", "--speedup", "2", "--runtime", "tvm", "-o", "x.onnx"],
-        ["prune", "resnet18", "--speedup", "2", "--threads", "0", "-o", "x.onnx"],
-        ["profile", "resnet18", "--runtime", "tvm"],
+        ["prune", "resnet18_w050", "--speedup", "1", "-o", "x.onnx"],
+        ["prune", "resnet18_w050", "--latency", "0", "-o", "x.onnx"],
+        ["prune", "resnet18_w050", "--latency-ms", "-2", "-o", "x.onnx"],
+        ["prune", "resnet18_w050", "--speedup", "2", "--runtime", "tvm", "-o", "x.onnx"],
+        ["prune", "resnet18_w050", "--speedup", "2", "--threads", "0", "-o", "x.onnx"],
+        ["profile", "resnet18_w050", "--runtime", "tvm"],
         ["profile", "no_such_model"],
     ],
 )

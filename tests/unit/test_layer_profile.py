@@ -145,7 +145,7 @@ def _check_sums(prof):
 
 @pytest.fixture(scope="module")
 def resnet18():
-    model, x = build("resnet18")
+    model, x = build("resnet18_w050")
     return model, x, gp.analyze(model, x)
 
 

@@ -10,7 +10,7 @@ from graphprune.frontends import capture
 
 
 def test_second_allocation_is_verified_against_its_own_mask() -> None:
-    model, x = build("resnet18")
+    model, x = build("resnet18_w050")
     cap = capture(model, x)
     ctx = PassContext(model=model, example_inputs=x, program=cap.program)
     graph = run_pipeline(parse_pipeline("couple,score,allocate{flops=0.8},rewrite,verify"), cap.graph, ctx)

@@ -271,6 +271,6 @@ def test_torch_cuda_call_paths_run_with_the_device_swapped_for_cpu(fake_gpu, mon
 @pytest.mark.parametrize("name", ["onnxruntime-cuda", "onnxruntime-tensorrt", "torch-cuda"])
 def test_cli_gpu_runtime_without_gpu_exits_2_with_one_line(no_gpu, name, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["profile", "resnet18", "--runtime", name]) == 2
+    assert main(["profile", "resnet18_w050", "--runtime", name]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith(f"graphprune: error: runtime={name!r} needs ")

@@ -64,10 +64,17 @@ def _speedup(text: str) -> float:
     return v
 
 
+def _positive_int(text: str) -> int:
+    v = int(_number(text, int))
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be an integer >= 1")
+    return v
+
+
 def _threads(text: str) -> int:
     v = int(_number(text, int))
     if v < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1 (leave --threads out for the runtime's own default)")
     return v
 
 
@@ -77,7 +84,9 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default="onnxruntime", choices=sorted(RUNTIMES),
                    help="target runtime for latency: onnxruntime / torch on CPU, onnxruntime-cuda / "
                         "onnxruntime-tensorrt (onnxruntime-gpu) and torch-cuda on GPU 0 (default onnxruntime)")
-    p.add_argument("--threads", type=_threads, default=1, help="intra-op threads on the target (default 1)")
+    p.add_argument("--threads", type=_threads, default=None,
+                   help="pin intra-op threads on the target (default: the runtime's own, as deployed; "
+                        "onnxruntime: one per physical core)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--steps", type=int, default=1, help="prune in N steps toward the budget")
     pr.add_argument("--allocation", default=None, choices=["uniform", "global", "greedy"],
                     help="default: uniform; greedy for latency budgets with a loss-based criterion (taylor, fisher)")
-    pr.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of N")
+    pr.add_argument("--round-to", type=_positive_int, default=None,
+                    help="keep channel counts a multiple of N (default: the target runtime's channel step, "
+                         "16 on onnxruntime with AVX-512, else 8; 1: any width)")
     pr.add_argument("--depth", action=argparse.BooleanOptionalAction, default=None,
                     help="let the greedy allocator remove whole residual branches (off by default; the result takes the fx route)")
     pr.add_argument("--pipeline", help="a full pass pipeline string instead of the options above")
@@ -213,7 +224,7 @@ def _print_prune(rep: dict[str, Any]) -> None:
     lat = rep.get("latency")
     if lat and "measured_ms" in lat:
         lines.append(
-            f"latency ({lat['runtime']}, {lat['threads']} thr): original {lat['original_ms']:.3f} ms -> measured "
+            f"latency ({lat['runtime']}, {lat['threads']} thr, {lat.get('threads_source', 'pinned')}): original {lat['original_ms']:.3f} ms -> measured "
             f"{lat['measured_ms']:.3f} ms (x{lat['measured_speedup']:.2f}), predicted {lat['predicted_ms']:.3f} ms, "
             f"target {lat['target_ms']:.3f} ms: " + ("met" if lat["met"] else f"MISSED by {100 * lat['miss']:+.1f}%")
             + f" after {len(lat['iterations'])} measurement(s)"
@@ -331,7 +342,7 @@ def _print_latency(args: argparse.Namespace) -> dict[str, Any]:
     model, x, a, setup = _latency_setup(args, "profiling")
     with err_console.status("measuring per-layer latency"):
         prof = layer_profile(a.graph, setup.model, model, x, setup.runtime)
-    lt = Table(title=f"{a.graph.name}: latency on {setup.runtime.name} ({setup.runtime.threads} thr)")
+    lt = Table(title=f"{a.graph.name}: latency on {setup.runtime.name} ({setup.runtime.threads_used} thr)")
     for col in ("layer", "op", "predicted us", "measured us"):
         lt.add_column(col, justify="right" if col.endswith("us") else "left")
     for r in prof.rows:

@@ -47,7 +47,8 @@ class LatencySetup:
     def info(self) -> dict[str, Any]:
         cal = self.model.calibration
         return {
-            "runtime": self.runtime.name, "threads": self.runtime.threads, "step": self.runtime.step,
+            "runtime": self.runtime.name, "threads": self.runtime.threads_used,
+            "threads_source": "pinned" if self.runtime.threads else "runtime default", "step": self.runtime.step,
             "source": self.timer.kind,
             "calibration": {"scale": cal.scale, "offset_ms": cal.offset * 1e3, "models": cal.samples},
             "signatures_measured_now": self.measured_now, "cache": self.cache_path,

@@ -9,6 +9,12 @@ importance-per-cost knapsack of :mod:`graphprune.analysis.knapsack`; it ranks by
 scores (``ctx.loss_scores``: taylor, fisher) when the criterion gives them, comparable across groups.
 ``depth=true`` (greedy only) also lets the groups :func:`graphprune.analysis.depth.depth_eligible`
 finds be removed whole (a residual branch dropped).
+
+``round-to``: ``auto`` (the default) rounds kept widths to the target runtime's channel step, per
+group (:func:`graphprune.analysis.allocation.runtime_round_to`), for FLOPs and params budgets too:
+off-step widths make onnxruntime's blocked conv kernels pad or fall back (mobilenet_v2 at half the
+FLOPs ran slower than dense with round-to=1). An integer N rounds every group to multiples of N
+(``round-to=1``: no rounding); a latency budget never rounds finer than the runtime's step.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from graphprune.analysis.allocation import allocate
+from graphprune.analysis.allocation import RoundTo, allocate, runtime_round_to
 from graphprune.analysis.depth import depth_eligible
 from graphprune.analysis.knapsack import allocate_greedy
 from graphprune.cost import count, predict
@@ -42,9 +48,9 @@ class Allocate:
     latency: float | None = None
     latency_ms: float | None = None
     policy: str = "uniform"
-    round_to: int = 1
+    round_to: int | str = "auto"  # "auto": the runtime's channel step per group; or an integer N >= 1
     runtime: str = "onnxruntime"
-    threads: int = 1
+    threads: int = 0  # 0: the runtime's own default
     depth: bool = False
 
     def _budget(self) -> tuple[str, float]:
@@ -69,8 +75,7 @@ class Allocate:
         ctx.pruned = ctx.masked = ctx.verification = None
         ctx.route = ctx.route_reason = ""
         metric, frac = self._budget()
-        if self.round_to < 1:
-            raise OptionError(f"round_to={self.round_to} must be >= 1")
+        fixed = self._fixed_round_to()
         if self.policy not in POLICIES:
             raise OptionError(f"allocation policy {self.policy!r} is unknown; use one of: {', '.join(POLICIES)}")
         scores = ctx.scores if ctx.scores is not None else np.ones(ctx.coupling.n_units)
@@ -78,7 +83,8 @@ class Allocate:
             scores = ctx.loss_scores  # the knapsack trades importance across groups: keep it comparable
         depth = self._depth(ctx)
         if metric.startswith("latency"):
-            return self._latency(graph, ctx, metric, frac, scores, depth)
+            return self._latency(graph, ctx, metric, frac, scores, depth, fixed)
+        round_to: RoundTo = fixed if fixed is not None else runtime_round_to(ctx.coupling, self._step())
 
         def cost(shape):  # type: ignore[no-untyped-def]
             rep = count(graph, shape)
@@ -90,13 +96,34 @@ class Allocate:
             base = count(graph).flops
             ctx.allocation = allocate_greedy(
                 ctx.coupling, scores, lambda n, s: float(COST[n.op](n, s)) if n.op in COST else 0.0,
-                frac * base, step=self.round_to, depth=depth,
+                frac * base, step=round_to, depth=depth,
             )
         else:
-            ctx.allocation = allocate(ctx.coupling, scores, cost, frac, self.policy, self.round_to)
+            ctx.allocation = allocate(ctx.coupling, scores, cost, frac, self.policy, round_to)
         ctx.target = {metric: frac}
-        ctx.round_to = self.round_to
+        ctx.round_to = fixed if fixed is not None else self._step()
         return PassResult(graph, bool(ctx.allocation.removed.any()))
+
+    def _fixed_round_to(self) -> int | None:
+        """The user's integer rounding, or None for ``auto``."""
+        text = str(self.round_to).strip().lower()
+        if text == "auto":
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise OptionError(f"round_to={self.round_to!r} must be an integer >= 1, or 'auto' (the target runtime's "
+                              "channel step)")
+        return value
+
+    def _step(self) -> int:
+        """The target runtime's channel step, without timing anything (nothing is measured for a
+        FLOPs or params budget)."""
+        from graphprune.cost.runtimes import make_runtime
+
+        return make_runtime(self.runtime, self.threads).step
 
     def _depth(self, ctx: PassContext) -> frozenset[int]:
         """The groups that may be removed whole: none unless ``depth=true`` (greedy only)."""
@@ -108,7 +135,7 @@ class Allocate:
         return depth_eligible(ctx.coupling)
 
     def _latency(self, graph: Graph, ctx: PassContext, metric: str, value: float, scores: np.ndarray,
-                 depth: frozenset[int]) -> PassResult:
+                 depth: frozenset[int], fixed: int | None) -> PassResult:
         from graphprune.cost.runtimes import make_runtime
         from graphprune.latency_source import make_timer
         from graphprune.latency_target import setup_latency
@@ -121,7 +148,8 @@ class Allocate:
             ctx.latency = setup
         lm = setup.model
         target = value * setup.base_measured if metric == "latency" else value / 1e3
-        step = max(self.round_to, setup.runtime.step)
+        step: RoundTo = (max(fixed, setup.runtime.step) if fixed is not None
+                         else runtime_round_to(ctx.coupling, setup.runtime.step))
         if self.policy == "greedy":
             cal = lm.calibration
             ctx.allocation = allocate_greedy(ctx.coupling, scores, lm.node_latency, target, step=step,
@@ -131,5 +159,5 @@ class Allocate:
             ctx.allocation = allocate(ctx.coupling, scores, lambda shape: predict(lm, graph, shape).total,
                                       target / base_pred, self.policy, step)
         ctx.target = {metric: value}
-        ctx.round_to = step
+        ctx.round_to = max(fixed or 1, setup.runtime.step)
         return PassResult(graph, bool(ctx.allocation.removed.any()))

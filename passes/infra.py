@@ -87,8 +87,15 @@ _ITEM = re.compile(r"\s*([a-z][a-z0-9_-]*)\s*(?:\{([^}]*)\})?\s*(?:,|$)")
 
 
 def _convert(raw: str, typ: Any, where: str) -> Any:
-    t = typ if isinstance(typ, type) else {"int": int, "float": float, "str": str, "bool": bool}.get(
-        str(typ).split("|")[0].strip(), str
+    names = [typ] if isinstance(typ, type) else [n.strip() for n in str(typ).split("|") if n.strip() != "None"]
+    if len(names) > 1:  # a union: the first type that reads the text (int | str: "8" -> 8, "auto" -> "auto")
+        for name in names:
+            try:
+                return _convert(raw, name, where)
+            except OptionError:
+                continue
+    t = names[0] if isinstance(names[0], type) else {"int": int, "float": float, "str": str, "bool": bool}.get(
+        names[0], str
     )
     try:
         if t is bool:

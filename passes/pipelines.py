@@ -15,8 +15,9 @@ RECONSTRUCT: dict[str, str] = {"lsq": "reconstruct-lsq", "bias": "reconstruct-bi
 
 
 def default_pipeline(
-    metric: str, fraction: float, criterion: str = "l2", policy: str = "uniform", round_to: int = 1, strict: bool = True,
-    runtime: str = "onnxruntime", threads: int = 1,
+    metric: str, fraction: float, criterion: str = "l2", policy: str = "uniform", round_to: int | None = None,
+    strict: bool = True,
+    runtime: str = "onnxruntime", threads: int = 0,
     reconstruct: Sequence[str] = (),
     depth: bool = False,
 ) -> str:
@@ -32,6 +33,6 @@ def default_pipeline(
     extra += ",depth=true" if depth else ""
     return (
         f"couple,score{{criterion={criterion}}},"
-        f"allocate{{{metric.replace('_', '-')}={fraction!r},policy={policy},round-to={round_to}{extra}}},"
+        f"allocate{{{metric.replace('_', '-')}={fraction!r},policy={policy},round-to={round_to or 'auto'}{extra}}},"
         f"rewrite,verify{{strict={str(strict).lower()}}}{tail}"
     )

@@ -8,16 +8,18 @@ evaluated by recomputing every value's shape from the kept element counts. Two p
 - global: all units ranked by group-normalized score; the k lowest are removed (bisection on k),
   skipping units whose removal would take a group below its minimum.
 
-Both keep kept channel counts a multiple of ``round_to``: a unit of ``width`` channels (a
-GroupNorm group, a head) moves in steps of ``round_to / gcd(round_to, width)`` units, and every
-group keeps at least one such step. Nothing here touches a model.
+Both keep kept channel counts a multiple of ``round_to`` (one number, or one per group): a unit of
+``width`` channels (a GroupNorm group, a head) moves in steps of ``round_to / gcd(round_to, width)``
+units, and every group keeps at least one such step. :func:`runtime_round_to` gives the default
+per-group rounding: the target runtime's channel step, finer only for a group too small to take
+four such steps. Nothing here touches a model.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +27,7 @@ import numpy as np
 from ..ir import Value
 from .coupling import Coupling
 
-__all__ = ["Allocation", "ShapeTable", "allocate"]
+__all__ = ["Allocation", "RoundTo", "ShapeTable", "allocate", "per_group", "runtime_round_to"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,31 @@ class Allocation:
     policy: str
 
 
+RoundTo = int | Sequence[int]  # one rounding for every group, or one per group (by group id)
+
+
+def per_group(coupling: Coupling, round_to: RoundTo) -> list[int]:
+    """``round_to`` as one value per group."""
+    if isinstance(round_to, int):
+        return [round_to] * len(coupling.groups)
+    steps = [int(r) for r in round_to]
+    if len(steps) != len(coupling.groups):
+        raise ValueError(f"round_to has {len(steps)} entries for {len(coupling.groups)} groups")
+    return steps
+
+
+def runtime_round_to(coupling: Coupling, step: int) -> list[int]:
+    """Default rounding: the runtime's channel ``step`` (its kernels' block: onnxruntime's NCHWc
+    16 with AVX-512, else 8), so kept widths run on the fast kernels. A group with fewer than four
+    steps' worth of channels is rounded to the largest power of two <= a quarter of its channels
+    instead (a 16-channel layer could otherwise only stay whole)."""
+    out = []
+    for g in coupling.groups:
+        channels = g.size * max(1, g.width)
+        out.append(step if channels >= 4 * step else max(1, 1 << max(0, (channels // 4).bit_length() - 1)))
+    return out
+
+
 def unit_step(width: int, round_to: int) -> int:
     """Units per step so that kept channels (units * width) stay a multiple of round_to."""
     return max(1, round_to // math.gcd(round_to, max(1, width)))
@@ -90,7 +117,7 @@ def _kept_count(n: int, frac_removed: float, width: int, round_to: int) -> int:
     return int(min(n, max(min(n, step), keep)))
 
 
-def _extra_blocks(coupling: Coupling, extra: np.ndarray, scores: np.ndarray, round_to: int) -> list[np.ndarray]:
+def _extra_blocks(coupling: Coupling, extra: np.ndarray, scores: np.ndarray, round_to: list[int]) -> list[np.ndarray]:
     """Split the extra units into removal blocks (round_to units of one group where a unit is one
     channel wide, else single units), ordered by mean score."""
     blocks: list[np.ndarray] = []
@@ -99,7 +126,7 @@ def _extra_blocks(coupling: Coupling, extra: np.ndarray, scores: np.ndarray, rou
         if not len(units):
             continue
         units = units[np.argsort(scores[units], kind="stable")]
-        step = unit_step(g.width, round_to)
+        step = unit_step(g.width, round_to[g.id])
         blocks += [units[i : i + step] for i in range(0, len(units), step)]
     blocks.sort(key=lambda b: float(scores[b].mean()))
     return blocks
@@ -125,15 +152,50 @@ def _closest_by_bisection(
     return best, best_cost
 
 
+def _refine(
+    coupling: Coupling, rem: np.ndarray, price: Callable[[np.ndarray], float], target: float, rts: list[int],
+    order_in_group: list[np.ndarray], scores: np.ndarray, tol: float = 0.005, rounds: int = 16,
+) -> tuple[np.ndarray, float]:
+    """Local search toward the target: move one group by one width step at a time (remove its
+    lowest-scored kept step, or restore its best removed step), taking the move that ends closest to
+    the target (ties inside ``tol``: the least importance lost). Coarse steps (a 16-channel block of
+    a 32-channel stage) otherwise leave the cost a few percent off; rounding is kept."""
+    cost = price(rem)
+    for _ in range(rounds):
+        if abs(cost - target) <= tol * target:
+            break
+        best: tuple[float, float, np.ndarray, float] | None = None
+        for g, order in zip(coupling.groups, order_in_group, strict=True):
+            step = unit_step(g.width, rts[g.id])
+            kept, gone = order[~rem[order]], order[rem[order]]
+            if cost > target and len(kept) - step >= min(g.size, step):
+                units, value = kept[:step], True
+            elif cost < target and len(gone) >= step:
+                units, value = gone[-step:], False
+            else:
+                continue
+            cand = rem.copy()
+            cand[units] = value
+            c = price(cand)
+            key = (max(abs(c - target), tol * target), float(scores[units].sum()) * (1 if value else -1))
+            if abs(c - target) < abs(cost - target) and (best is None or key < best[:2]):
+                best = (*key, cand, c)
+        if best is None:
+            break
+        rem, cost = best[2], best[3]
+    return rem, cost
+
+
 def allocate(
     coupling: Coupling,
     scores: np.ndarray,
     cost: CostFn,
     target_fraction: float,
     policy: str = "uniform",
-    round_to: int = 1,
+    round_to: RoundTo = 1,
 ) -> Allocation:
     """Remove units so that ``cost(shapes) ~= target_fraction * cost(original)``."""
+    rts = per_group(coupling, round_to)
     table = ShapeTable(coupling)
     n = coupling.n_units
     base = cost(lambda v: v.shape)
@@ -146,7 +208,7 @@ def allocate(
     def uniform(r: float) -> np.ndarray:
         rem = np.zeros(n, dtype=bool)
         for g, order in zip(coupling.groups, order_in_group, strict=True):
-            keep = _kept_count(g.size, r, g.width, round_to)
+            keep = _kept_count(g.size, r, g.width, rts[g.id])
             rem[order[: g.size - keep]] = True
         return rem
 
@@ -156,7 +218,7 @@ def allocate(
         rem = np.zeros(n, dtype=bool)
         left = np.array([g.size for g in coupling.groups], dtype=np.int64)
         floor = np.array(
-            [min(g.size, unit_step(g.width, round_to)) for g in coupling.groups], dtype=np.int64
+            [min(g.size, unit_step(g.width, rts[g.id])) for g in coupling.groups], dtype=np.int64
         )
         taken = 0
         for u in ranked:
@@ -167,9 +229,9 @@ def allocate(
                 rem[u] = True
                 left[gid] -= 1
                 taken += 1
-        if round_to > 1:  # give back the best removed units until kept widths are multiples
+        if max(rts, default=1) > 1:  # give back the best removed units until kept widths are multiples
             for g, order in zip(coupling.groups, order_in_group, strict=True):
-                step = unit_step(g.width, round_to)
+                step = unit_step(g.width, rts[g.id])
                 kept = int((~rem[g.units]).sum())
                 want = min(g.size, int(np.ceil(kept / step) * step))
                 back = [u for u in order[::-1] if rem[u]][: want - kept]
@@ -191,7 +253,7 @@ def allocate(
         # fine step: between the two uniform solutions, remove the extra units in score order
         # (bisection on how many), so coarse groups do not make the cost jump. Where round_to
         # applies, extra units move in blocks of unit_step so kept widths stay multiples.
-        blocks = _extra_blocks(coupling, rem_hi & ~rem_lo, scores, round_to)
+        blocks = _extra_blocks(coupling, rem_hi & ~rem_lo, scores, rts)
 
         def with_blocks(k: int) -> np.ndarray:
             rem = rem_lo.copy()
@@ -208,6 +270,7 @@ def allocate(
         floor_rem = global_k(n)
     else:
         raise ValueError(f"unknown allocation policy {policy!r}; use 'uniform' or 'global'")
+    best, best_cost = _refine(coupling, best, price, target, rts, order_in_group, scores)
     floor_cost = price(floor_rem)
     reachable = floor_cost <= target * 1.03
     log.info("allocation %s: cost %.4g -> %.4g (target %.4g)", policy, base, best_cost, target)

@@ -38,7 +38,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..ir import Node, Value
-from .allocation import Allocation, ShapeTable
+from .allocation import Allocation, RoundTo, ShapeTable, per_group
 from .coupling import Coupling, Group
 from .depth import bypassed
 
@@ -88,7 +88,7 @@ def allocate_greedy(
     scores: np.ndarray,
     node_cost: NodeCost,
     target: float,
-    step: int = 1,
+    step: RoundTo = 1,
     scale: float = 1.0,
     offset: float = 0.0,
     lookahead: int = 4,
@@ -106,7 +106,8 @@ def allocate_greedy(
     raw_target = (target - offset) / scale
     groups = coupling.groups
     order = [g.units[np.argsort(scores[g.units], kind="stable")] for g in groups]
-    widths = [allowed_widths(g, step, allow_zero=g.id in depth) for g in groups]
+    steps = per_group(coupling, step)
+    widths = [allowed_widths(g, steps[g.id], allow_zero=g.id in depth) for g in groups]
     pos = [0] * len(groups)  # index into widths[g] of the current kept count
     gnodes = _group_nodes(coupling)
     neighbours: list[set[int]] = [set() for _ in groups]

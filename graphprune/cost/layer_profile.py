@@ -303,5 +303,5 @@ def layer_profile(graph: Graph, latency_model: LatencyModel, source: Any, exampl
             rows.append(LayerRow(lab, op, p, measured.times.get(lab, 0.0), units))
     if rows[-1].layer != UNATTRIBUTED:  # keep it last
         rows.append(rows.pop(next(i for i, r in enumerate(rows) if r.layer == UNATTRIBUTED)))
-    return LayerProfile(runtime.name, runtime.threads, measured.runs, tuple(rows), rep.total, latency_model.calibration,
+    return LayerProfile(runtime.name, runtime.threads_used, measured.runs, tuple(rows), rep.total, latency_model.calibration,
                         measured.run_time)

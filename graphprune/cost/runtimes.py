@@ -46,10 +46,23 @@ from .table import cache_dir, cpu_model
 
 __all__ = [
     "RUNTIMES", "OrtCudaRuntime", "OrtRuntime", "OrtTensorrtRuntime", "Runtime", "TorchCudaRuntime", "TorchRuntime",
-    "gpu_identity", "make_runtime", "ort_cuda_fused", "ort_fused", "trt_fused",
+    "gpu_identity", "make_runtime", "ort_cuda_fused", "ort_fused", "physical_cores", "trt_fused",
 ]
 
 Call = Callable[[], object]
+
+
+def physical_cores() -> int:
+    """Physical cores (hyper-threads of one core counted once): onnxruntime's default intra-op
+    thread count on CPU."""
+    seen: set[tuple[str, str]] = set()
+    for topo in Path("/sys/devices/system/cpu").glob("cpu[0-9]*/topology"):
+        try:
+            seen.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
+        except OSError:
+            continue
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(len(seen), allowed)) if seen else max(1, allowed)
 
 
 def _has_avx512() -> bool:
@@ -179,7 +192,8 @@ def trt_fused(node: Node) -> bool:
 
 class Runtime(Protocol):
     name: str
-    threads: int
+    threads: int  # as asked: 0 is the runtime's own default
+    threads_used: int  # what that resolves to on this machine
     step: int
 
     def free(self, node: Node) -> bool: ...
@@ -204,15 +218,17 @@ def _conv_dims(spec: OpSpec, widths: tuple[int, ...]) -> tuple[int, int, int]:
 
 
 class OrtRuntime:
-    """onnxruntime CPUExecutionProvider with ``threads`` intra-op threads."""
+    """onnxruntime CPUExecutionProvider with ``threads`` intra-op threads (0: onnxruntime's own
+    default, one per physical core, as a deployed session runs)."""
 
     name = "onnxruntime"
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 0) -> None:
         import onnxruntime as ort
 
         self.ort = ort
         self.threads = threads
+        self.threads_used = threads or physical_cores()
         self.step = 16 if _has_avx512() else 8
         self.providers: list[Any] = ["CPUExecutionProvider"]
         self._rng = np.random.default_rng(0)
@@ -222,7 +238,7 @@ class OrtRuntime:
 
     def fingerprint(self) -> dict[str, Any]:
         return {"cpu": cpu_model(), "cores": os.cpu_count(), "runtime": self.name,
-                "version": self.ort.__version__, "threads": self.threads, "step": self.step}
+                "version": self.ort.__version__, "threads": self.threads_used, "step": self.step}
 
     def _options(self) -> Any:
         so = self.ort.SessionOptions()
@@ -325,7 +341,7 @@ class OrtCudaRuntime(OrtRuntime):
     libs = "CUDA/cuDNN"
     install = _ORT_GPU_INSTALL
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 0) -> None:
         super().__init__(threads)
         have = list(self.ort.get_available_providers())
         missing = [p for p in self.needs if p not in have]
@@ -416,12 +432,14 @@ class OrtTensorrtRuntime(OrtCudaRuntime):
 
 
 class TorchRuntime:
-    """PyTorch eager on CPU with ``threads`` intra-op threads (set only while timing)."""
+    """PyTorch eager on CPU with ``threads`` intra-op threads (set only while timing; 0: torch's
+    own default, ``torch.get_num_threads()``)."""
 
     name = "torch"
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 0) -> None:
         self.threads = threads
+        self.threads_used = threads or torch.get_num_threads()
         self.step = 8
         self.device = torch.device("cpu")
         self._gen = torch.Generator().manual_seed(0)
@@ -431,12 +449,12 @@ class TorchRuntime:
 
     def fingerprint(self) -> dict[str, Any]:
         return {"cpu": cpu_model(), "cores": os.cpu_count(), "runtime": self.name,
-                "version": torch.__version__, "threads": self.threads, "step": self.step}
+                "version": torch.__version__, "threads": self.threads_used, "step": self.step}
 
     @contextlib.contextmanager
     def threads_set(self) -> Iterator[None]:
         old = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
+        torch.set_num_threads(self.threads_used)
         try:
             yield
         finally:
@@ -502,7 +520,7 @@ class TorchCudaRuntime(TorchRuntime):
 
     name = "torch-cuda"
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 0) -> None:
         if not torch.cuda.is_available():
             why = ("is a CPU-only build" if torch.version.cuda is None
                    else f"(CUDA {torch.version.cuda}) sees no GPU: no driver, or CUDA_VISIBLE_DEVICES hides them")
@@ -546,11 +564,13 @@ RUNTIMES: dict[str, type] = {
 }
 
 
-def make_runtime(name: str, threads: int = 1) -> Runtime:
-    """A runtime by name; errors name the option."""
+def make_runtime(name: str, threads: int | None = 0) -> Runtime:
+    """A runtime by name; ``threads`` None or 0 is the runtime's own default. Errors name the option."""
     cls = RUNTIMES.get(name)
     if cls is None:
         raise OptionError(f"runtime={name!r} is unknown; use one of: {', '.join(sorted(RUNTIMES))}")
-    if not isinstance(threads, int) or threads < 1:
-        raise OptionError(f"threads={threads!r} must be a positive integer")
+    if threads is None:
+        threads = 0
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 0:
+        raise OptionError(f"threads={threads!r} must be a positive integer (or None for the runtime's default)")
     return cls(threads)  # type: ignore[no-any-return]

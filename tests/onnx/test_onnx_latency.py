@@ -36,7 +36,7 @@ import graphprune as gp
 from graphprune.analysis.allocation import ShapeTable
 from graphprune.cli import main
 from graphprune.cost.profile import calibrate, table_model
-from graphprune.cost.runtimes import make_runtime
+from graphprune.cost.runtimes import make_runtime, physical_cores
 from graphprune.cost.signature import op_spec
 from graphprune.errors import OptionError
 from graphprune.frontends import capture, load_onnx, prepare
@@ -83,7 +83,9 @@ def test_latency_budget_prunes_onnx_and_writes_a_verified_file(src: Path, cache_
     assert rep["units_removed"] > 0 and rep["flops_after"] < rep["flops_before"]
     lat = rep["latency"]
     assert LATENCY_KEYS <= set(lat), sorted(LATENCY_KEYS - set(lat))
-    assert (lat["runtime"], lat["threads"], lat["source"]) == ("onnxruntime", 1, "onnx")
+    # no threads= given: onnxruntime's own default (one thread per physical core), as deployed
+    assert (lat["runtime"], lat["threads"], lat["source"]) == ("onnxruntime", physical_cores(), "onnx")
+    assert lat["threads_source"] == "runtime default"
     assert lat["calibration"]["models"] == 6  # the original and 5 random variants
     assert Path(lat["cache"]).parent == cache_dir
     assert 1 <= len(lat["iterations"]) <= 3  # iterate=2 re-allocations at most
@@ -211,7 +213,7 @@ def test_cli_prune_profile_analyze_onnx_with_latency(src: Path, tmp_path: Path, 
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == [o.name for o in onnx.load(str(src)).graph.output]
     printed = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
-    assert "latency (onnxruntime, 1 thr)" in printed and "verification: ok" in printed
+    assert f"latency (onnxruntime, {physical_cores()} thr, runtime default)" in printed and "verification: ok" in printed
     assert main(["profile", str(src)]) == 0
     assert "measured original" in " ".join(capsys.readouterr().out.split())
     assert main(["analyze", str(src), "--latency"]) == 0

@@ -277,7 +277,7 @@ def _allocate_pass(depth: bool, onnx_dir=None):  # type: ignore[no-untyped-def]
     ctx.scores = np.ones(c.n_units)
     ctx.scores[ga.units] = 0.1
     ctx.scores[stream.units] = 10.0
-    text = f"allocate{{flops=0.7,policy=greedy,depth={str(depth).lower()}}},rewrite,verify"
+    text = f"allocate{{flops=0.7,policy=greedy,round-to=1,depth={str(depth).lower()}}},rewrite,verify"
     run_pipeline(parse_pipeline(text), graph, ctx)
     return ctx, [int((~ctx.allocation.removed[g.units]).sum()) for g in (ga, gb, stream)]
 

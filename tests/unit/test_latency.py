@@ -189,8 +189,8 @@ def test_unknown_runtime_and_threads_name_the_option():
     m, x = _small()
     with pytest.raises(OptionError, match="runtime='tvm'"):
         gp.prune(m, x, speedup=2.0, runtime="tvm")
-    with pytest.raises(OptionError, match="threads=0"):
-        gp.prune(m, x, speedup=2.0, threads=0)
+    with pytest.raises(OptionError, match="threads=-1"):
+        gp.prune(m, x, speedup=2.0, threads=-1)
     with pytest.raises(OptionError, match="runtime='tvm'"):
         make_runtime("tvm")
 

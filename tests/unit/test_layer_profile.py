@@ -25,7 +25,7 @@ from graphprune.cli import main
 from graphprune.cost.layer_profile import TOP, UNATTRIBUTED, layer_profile
 from graphprune.cost.ort_nodes import LAYOUT_OPS, OnnxIndex, anchor, module_path, node_times, place
 from graphprune.cost.profile import table_model
-from graphprune.cost.runtimes import make_runtime
+from graphprune.cost.runtimes import make_runtime, physical_cores
 from graphprune.errors import OptionError
 from graphprune.export import save_model
 from graphprune.frontends import load_onnx, prepare
@@ -240,7 +240,7 @@ def test_cli_analyze_latency_writes_measured_rows(kind, tmp_path, monkeypatch, c
     assert all(layers[w]["units"] >= 1 for w in weighted)
     assert all(r["predicted_us"] >= 0 and r["measured_us"] >= 0 for r in lat["layers"])
     assert sum(r["measured_us"] for r in lat["layers"]) == pytest.approx(lat["measured_total_us"])
-    assert (lat["runtime"], lat["threads"]) == ("onnxruntime", 1)
+    assert (lat["runtime"], lat["threads"]) == ("onnxruntime", physical_cores())
     assert lat["measured_model_us"] > 0 and lat["measured_run_us"] > 0
     out = capsys.readouterr().out
     assert "measured us" in out and UNATTRIBUTED in out

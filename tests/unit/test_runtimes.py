@@ -106,8 +106,8 @@ def test_missing_cuda_torch_names_runtime_and_install(no_gpu):
 
 
 def test_threads_are_checked_before_the_device():
-    with pytest.raises(OptionError, match="threads=0"):
-        make_runtime("onnxruntime-cuda", 0)
+    with pytest.raises(OptionError, match="threads=-1"):
+        make_runtime("onnxruntime-cuda", -1)
 
 
 def test_ort_cuda_runtime_fields(fake_gpu):
@@ -274,3 +274,17 @@ def test_cli_gpu_runtime_without_gpu_exits_2_with_one_line(no_gpu, name, tmp_pat
     assert main(["profile", "resnet18_w050", "--runtime", name]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith(f"graphprune: error: runtime={name!r} needs ")
+
+
+def test_default_threads_are_the_runtimes_own() -> None:
+    """threads=None/0 leaves onnxruntime at its default (intra_op_num_threads=0: one thread per
+    physical core) and torch at torch.get_num_threads(); the fingerprint keys the resolved count."""
+    from graphprune.cost.runtimes import physical_cores
+
+    ort_rt = make_runtime("onnxruntime", None)
+    assert ort_rt.threads == 0 and ort_rt._options().intra_op_num_threads == 0
+    assert ort_rt.threads_used == physical_cores() and ort_rt.fingerprint()["threads"] == physical_cores()
+    torch_rt = make_runtime("torch")
+    assert torch_rt.threads_used == torch.get_num_threads()
+    pinned = make_runtime("onnxruntime", 1)
+    assert pinned._options().intra_op_num_threads == 1 and pinned.fingerprint()["threads"] == 1

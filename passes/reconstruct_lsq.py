@@ -52,7 +52,7 @@ class ReconstructLsq:
         ensure_stats(ctx, frozenset(s.node for s in todo), who=f"pass {self.name!r}")
         done, skipped = 0, []
         for i, site in enumerate(todo):
-            step(ctx.progress, self.name, i, len(todo))
+            step(ctx.progress, self.name, i + 1, len(todo))  # working on consumer i + 1 of len(todo)
             st = ctx.stats[site.node]
             intercept = site.bias is not None or can_create_bias(ctx.pruned, site)
             b = dense.get(site.bias.name) if site.bias is not None else None

@@ -234,8 +234,6 @@ def collect_stats(
     total = len(calib) if isinstance(calib, Sized) else 0
     with torch.no_grad():
         for i, batch in enumerate(calib):
-            if progress is not None:
-                progress(i, total)
             try:
                 run_program(program, batch, rec)
             except Exception as exc:  # a batch the static graph cannot run
@@ -243,6 +241,8 @@ def collect_stats(
                     f"calib= batch {i} could not be run through the captured graph ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); batches must match the example inputs"
                 ) from exc
+            if progress is not None:
+                progress(i + 1, total)
     for name, pairs in todo.items():
         for _, st in pairs:
             if st.skipped:

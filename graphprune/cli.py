@@ -257,7 +257,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 def _miss_text(rep: dict[str, Any]) -> str:
     metric, value = next(iter(rep["target"].items()))
-    where = "" if rep.get("target_reachable", True) else " (not reachable: see barriers)"
+    from .report_html import unreachable_text
+
+    where = "" if rep.get("target_reachable", True) else f" ({unreachable_text(rep)})"
     return f"{metric} {value:g} {_pct(rep.get('miss', 0.0))} above the target, tolerance {100 * rep.get('tolerance', 0):.0f}%{where}"
 
 
@@ -288,7 +290,8 @@ def _print_prune(rep: dict[str, Any]) -> None:
     met = rep.get("target_met")
     lines = [
         f"target {rep['target']}  achieved {({k: round(v, 4) for k, v in rep['achieved'].items()})}"
-        + ("" if rep["target_reachable"] else "  (target NOT reachable: see barriers)")
+        + ("" if rep["target_reachable"] else "  (target NOT reachable: see barriers)" if rep["barriers"]
+           else "  (target NOT reachable at the narrowest widths allowed)")
         + ("" if met is None else ("  met" if met else f"  MISSED ({_pct(rep['miss'])}, tolerance {100 * rep['tolerance']:.0f}%)")),
         f"budget counts {(rep.get('budget') or {}).get('counts', '?')}",
         f"units removed {rep['units_removed']}/{rep['units']} in {rep['groups']} groups"

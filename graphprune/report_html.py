@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import OptionError, SourceError
 
-__all__ = ["Figure", "Series", "figures", "load_report", "render_html", "write_html"]
+__all__ = ["Figure", "Series", "figures", "load_report", "render_html", "unreachable_text", "write_html"]
 
 BEFORE_COLOR = "#c9ced6"
 AFTER_COLOR = "#2f6fb3"
@@ -217,6 +217,13 @@ def _card(key: str, value: str, detail: str = "") -> str:
     return f'<div class="card"><div class="k">{_e(key)}</div><div class="v">{_e(value)}</div><div class="d">{_e(detail)}</div></div>'
 
 
+def unreachable_text(rep: dict[str, Any]) -> str:
+    """Why a target is out of reach, in the words of what the report holds."""
+    if rep.get("barriers"):
+        return "not reachable: barriers freeze channels (see Barriers) and every group keeps at least one unit"
+    return "not reachable: even at the narrowest widths allowed (at least one unit per group) it stays above"
+
+
 def _budget_text(rep: dict[str, Any]) -> str:
     metric, value = next(iter(rep["target"].items()))
     if metric == "latency":
@@ -237,7 +244,7 @@ def _verdict(rep: dict[str, Any]) -> str:
     tol = 100 * float(rep.get("tolerance", 0.0))
     if met:
         return f'<div class="verdict ok">Target met: {_e(metric)}={value:g} ({miss:+.1f}%, tolerance {tol:.0f}%); {verified}</div>'
-    why = "" if rep.get("target_reachable", True) else " - not reachable: see barriers"
+    why = "" if rep.get("target_reachable", True) else f" - {unreachable_text(rep)}"
     return (f'<div class="verdict bad">Target MISSED: {_e(metric)}={value:g}, {miss:+.1f}% above it '
             f'(tolerance {tol:.0f}%){why}; {verified}</div>')
 

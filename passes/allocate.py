@@ -27,6 +27,7 @@ from graphprune.analysis.knapsack import allocate_greedy
 from graphprune.cost import count, predict
 from graphprune.errors import BudgetError, OptionError
 from graphprune.ir import Graph
+from graphprune.progress import step as progress_step
 from graphprune.rules import COST, MACS
 
 from .infra import PassContext, PassResult, register_pass
@@ -123,7 +124,7 @@ class Allocate:
             timer = make_timer(make_runtime(self.runtime, self.threads), graph, ctx.coupling, model=ctx.model,
                                example_inputs=ctx.example_inputs, program=ctx.program, onnx=ctx.onnx)
             setup = setup_latency(graph, ctx.coupling, timer,
-                                  progress=lambda done, total, what: step(ctx.progress, "latency profiling", done, total))
+                                  progress=lambda done, total, what: progress_step(ctx.progress, "latency profiling", done, total))
             ctx.latency = setup
         lm = setup.model
         target = value * setup.base_measured if metric == "latency" else value / 1e3

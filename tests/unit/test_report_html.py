@@ -131,3 +131,23 @@ def test_one_argument_progress_callbacks_still_work() -> None:
     names: list[str] = []
     gp.prune(_Mlp().eval(), torch.randn(4, 8), flops=0.5, progress=names.append)
     assert names == ["capture", "couple", "score", "allocate", "rewrite", "verify"]
+
+
+def test_latency_budget_reports_profiling_steps_predicted_blocks_and_verdict(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    calls: list[tuple[str, int | None, int | None]] = []
+    res = gp.prune(_Mlp().eval(), torch.randn(4, 8), latency=0.8, runtime="torch", measure=False,
+                   progress=lambda name, done=None, total=None: calls.append((name, done, total)))
+    steps = [c for c in calls if c[0] == "latency profiling"]
+    assert steps and steps[-1][1] == steps[-1][2] > 0  # every op signature measured, counted to the end
+    rep = res.report
+    lat = rep["latency"]
+    target_ms = 0.8 * lat["measured_before_at_calibration_ms"]
+    assert rep["miss"] == pytest.approx(lat["predicted_ms"] / target_ms - 1.0)
+    assert rep["target_met"] is (rep["miss"] <= 0.05) and rep["tolerance"] == 0.05
+    rows = rep["layers"]
+    assert all("predicted_us_before" in r and r["predicted_us_after"] <= r["predicted_us_before"] + 1e-9 for r in rows)
+    page = render_html(rep)
+    assert "Latency per block" in page and page.count("<svg") == 4

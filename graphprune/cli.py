@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="write the report here: .json (data) or .html (one self-contained page); repeatable")
     pr.add_argument("--plots", metavar="DIR", help="also write the report's figures as PNG files here (needs matplotlib)")
     pr.add_argument("--allow-miss", action="store_true", help="exit 0 even when the target is missed (see exit status)")
+    pr.add_argument("--layer-latency", action="store_true",
+                    help="also profile the original and the pruned model per layer on --runtime and put predicted and "
+                         "measured per-layer latency in the report (PyTorch sources; takes a while)")
     pr.add_argument("--criterion", default="l2",
                     help="importance criterion: l1, l2, bn_scale, random, wanda, flap, taylor, fisher (default l2)")
     pr.add_argument("--calib", help="calibration batches (.pt or .npz) for data-aware criteria and reconstruction")
@@ -224,6 +227,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise OptionError(f"-o {args.output}: an ONNX model is written as .onnx")
     for path in args.report:  # before any work: a bad name costs nothing
         _report_kind(path)
+    if args.layer_latency and args.source.lower().endswith(".onnx"):
+        raise OptionError("--layer-latency profiles PyTorch models for now; for an .onnx source use "
+                          "graphprune analyze SOURCE --latency on the original and the pruned file")
     _check_plots(args.plots)
     with PhaseProgress(err_console) as progress:
         progress("load")
@@ -243,6 +249,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         rep = dict(res.report)
         rep["saved"] = {"path": str(out), **saved}
         rep["options"] = _options(args)
+        if args.layer_latency:
+            _layer_latency(args, model, x, res.model, rep, progress)
         progress("write reports")
         _write_reports(args.report, rep, args.plots)
     _print_prune(rep)
@@ -253,6 +261,28 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             highlight=False, markup=False, soft_wrap=True)
         return 0 if args.allow_miss else EXIT_MISSED
     return 0
+
+
+def _layer_latency(args: argparse.Namespace, model: Any, x: Any, pruned: Any, rep: dict[str, Any], progress: Any) -> None:
+    """Per-layer profiles (predicted and measured) of the original and the pruned model into
+    ``rep["latency"]["layers_before"/"layers_after"]``, with one calibrated table model."""
+    import graphprune as gp
+    from graphprune.cost.layer_profile import layer_profile
+    from graphprune.cost.runtimes import make_runtime
+    from graphprune.latency_source import make_timer
+    from graphprune.latency_target import setup_latency
+
+    runtime = make_runtime(args.runtime, args.threads)
+    progress("latency tables")
+    a = gp.analyze(model, x)
+    timer = make_timer(runtime, a.graph, a.coupling, model=model, example_inputs=x, program=a.program)
+    setup = setup_latency(a.graph, a.coupling, timer, progress=lambda d, t, what: progress("latency profiling", d, t))
+    lat = dict(rep.get("latency") or {"runtime": runtime.name, "threads": runtime.threads})
+    for when, m in (("before", model), ("after", pruned)):
+        progress(f"per-layer latency {when}")
+        g = a.graph if m is model else gp.analyze(m, x).graph
+        lat[f"layers_{when}"] = layer_profile(g, setup.model, m, x, runtime).to_json()["layers"]
+    rep["latency"] = lat
 
 
 def _miss_text(rep: dict[str, Any]) -> str:
@@ -270,7 +300,8 @@ def _pct(x: float) -> str:
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """The options the run used, as given (the report's record of how it was made)."""
     skip = {"cmd", "verbose"}
-    return {k: v for k, v in sorted(vars(args).items()) if k not in skip and v not in (None, [], False, "")}
+    return {k: v for k, v in sorted(vars(args).items())
+            if k not in skip and v is not None and v is not False and v != [] and v != ""}
 
 
 def _print_prune(rep: dict[str, Any]) -> None:

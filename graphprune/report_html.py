@@ -95,15 +95,55 @@ def _blocks(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[str], list[f
     return keep, [before[b] for b in keep], [after[b] for b in keep]
 
 
-def _measured_blocks(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+def _profile_blocks(rows: Sequence[dict[str, Any]], key: str, order: list[str]) -> dict[str, float]:
+    """Per-layer profile rows (``layer``, ``predicted_us``, ``measured_us``) summed per block;
+    blocks not yet in ``order`` are appended to it."""
     from .api import block_of
 
     out: dict[str, float] = {}
     for r in rows:
         label = str(r["layer"])
         b = block_of(label) if not label.startswith("(") else label
-        out[b] = out.get(b, 0.0) + float(r["measured_us"])
+        if b not in order:
+            order.append(b)
+        out[b] = out.get(b, 0.0) + float(r.get(key, 0.0))
     return out
+
+
+def _latency_figures(rep: dict[str, Any]) -> list[Figure]:
+    """Predicted latency per block: the allocation's own prices (``layers`` rows, latency budgets),
+    else the per-layer profiles' predictions; measured per block from the profiles (--layer-latency)."""
+    lat = rep.get("latency") or {}
+    before, after = lat.get("layers_before"), lat.get("layers_after")
+    where = f"{lat.get('runtime', 'the runtime')}, {lat.get('threads', 1)} thread(s)"
+    rows = rep.get("layers") or []
+    priced = any("predicted_us_before" in r for r in rows)
+    figs: list[Figure] = []
+    if priced:
+        cats, b, a = _blocks(rows, "predicted_us")
+        figs.append(Figure(
+            "latency_predicted_per_block", "Latency per block, predicted (microseconds)", "us", tuple(cats),
+            (Series("predicted before", tuple(b), BEFORE_COLOR), Series("predicted after", tuple(a), AFTER_COLOR)),
+            note="as the allocation priced it: calibrated per-op latency tables, calibration scale applied, offset "
+                 "left out" + ("" if before else "; --layer-latency adds measured per-layer times")))
+    if before and after:  # graphprune prune --layer-latency: both models profiled per layer
+        for key, what, note in (
+            ("predicted_us", "predicted", "per-layer profiles' predictions (each model priced on its own graph), "
+                                          "calibration scale applied, offset left out"),
+            ("measured_us", "measured", f"median per-layer time over profiled runs on {where}"),
+        ):
+            if what == "predicted" and priced:
+                continue
+            order: list[str] = []
+            b = _profile_blocks(before, key, order)
+            a = _profile_blocks(after, key, order)
+            cats = [c for c in order if b.get(c, 0.0) > 0 or a.get(c, 0.0) > 0]
+            figs.append(Figure(f"latency_{what}_per_block", f"Latency per block, {what} (microseconds)", "us",
+                               tuple(cats), (Series(f"{what} before", tuple(b.get(c, 0.0) for c in cats), BEFORE_COLOR),
+                                             Series(f"{what} after", tuple(a.get(c, 0.0) for c in cats),
+                                                    AFTER_COLOR if what == "predicted" else MEASURED_COLOR)),
+                               note=note))
+    return figs
 
 
 def figures(rep: dict[str, Any]) -> list[Figure]:
@@ -115,19 +155,7 @@ def figures(rep: dict[str, Any]) -> list[Figure]:
         if cats:
             figs.append(Figure(f"{key}_per_block", f"{name} per block, before and after", name, tuple(cats),
                                (Series("before", tuple(b), BEFORE_COLOR), Series("after", tuple(a), AFTER_COLOR))))
-    if any("predicted_us_before" in r for r in rows):
-        cats, b, a = _blocks(rows, "predicted_us")
-        series = [Series("predicted before", tuple(b), BEFORE_COLOR), Series("predicted after", tuple(a), AFTER_COLOR)]
-        lat = rep.get("latency") or {}
-        note = "predicted: calibrated per-op latency tables (calibration scale applied, offset left out)"
-        for when, color in (("before", "#8a94a3"), ("after", MEASURED_COLOR)):
-            measured = lat.get(f"layers_{when}")
-            if measured:
-                per = _measured_blocks(measured)
-                series.append(Series(f"measured {when}", tuple(per.get(c, 0.0) for c in cats), color))
-                note += f"; measured {when}: per-layer profile on {lat.get('runtime', 'the runtime')}"
-        figs.append(Figure("latency_per_block", "Latency per block (microseconds)", "us", tuple(cats), tuple(series),
-                           overlay=len(series) == 2, note=note))
+    figs += _latency_figures(rep)
     wrows = [r for r in rows if r.get("weight") and r["op"] in ("conv", "linear", "matmul", "addmm", "gemm", "einsum")]
     if wrows:
         figs.append(Figure("widths", "Output width per layer, after as a share of before", "fraction of channels kept",
@@ -334,7 +362,7 @@ def render_html(rep: dict[str, Any]) -> str:
     ]
     figs = {f.key: f for f in figures(rep)}
     sections.append("<h2>Where the cost went</h2>")
-    for key in ("flops_per_block", "macs_per_block", "latency_per_block"):
+    for key in ("flops_per_block", "macs_per_block", "latency_predicted_per_block", "latency_measured_per_block"):
         if key in figs:
             f = figs[key]
             sections.append(f"<h3>{_e(f.title)}</h3>{svg_figure(f)}" + (f'<p class="note">{_e(f.note)}</p>' if f.note else ""))

@@ -447,16 +447,25 @@ def latency_report(graph: Graph, ctx: Any, loop: dict[str, Any] | None) -> dict[
     return out
 
 
+def module_path(scope: str) -> str:
+    """A node scope as a dotted module path; ONNX node names from the PyTorch exporters
+    (``/layer2/layer2.0/downsample/downsample.0/Conv``: each part repeats its parent's name) are
+    read as the path they spell (``layer2.0.downsample.0``)."""
+    if "/" not in scope:
+        return scope
+    path: list[str] = []
+    last = ""
+    for part in [p for p in scope.split("/") if p][:-1]:
+        path.append(part[len(last) + 1:] if last and part.startswith(last + ".") else part)
+        last = part
+    return ".".join(path)
+
+
 def block_of(scope: str) -> str:
-    """The block a node's scope belongs to: the module path up to its first numbered part
-    (``layer1.0.conv1`` -> ``layer1.0``, ``encoder.layer.3.attention.self`` -> ``encoder.layer.3``),
-    else its first part (``fc``). ONNX node names (``/layer1/layer1.0/conv1/Conv``) are read as
-    the module path they spell."""
-    if "/" in scope:
-        parts = [p for p in scope.split("/") if p][:-1]
-        dotted = [i for i, p in enumerate(parts) if "." in p]
-        scope = ".".join(parts[dotted[-1]:] if dotted else parts)
-    parts = [p for p in scope.split(".") if p]
+    """The block a node's scope belongs to: the module path (:func:`module_path`) up to its first
+    numbered part (``layer1.0.conv1`` -> ``layer1.0``, ``encoder.layer.3.attention.self`` ->
+    ``encoder.layer.3``), else its first part (``fc``)."""
+    parts = [p for p in module_path(scope).split(".") if p]
     if not parts:
         return "(top level)"
     for i, p in enumerate(parts):
@@ -507,6 +516,7 @@ def layer_rows(graph: Graph, before: Any, after: Any, shape: Any,
         width_ax = 1 if node.op == "conv" and out.rank >= 2 else -1
         row: dict[str, Any] = {
             "node": node.name, "op": node.op, "scope": node.scope, "block": block_of(node.scope) if node.scope else "(top level)",
+            "module": module_path(node.scope),
             "weight": w.source if w is not None else None,
             "width_before": out.shape[width_ax] if out.rank else 1,
             "width_after": shape(out)[width_ax] if out.rank else 1,

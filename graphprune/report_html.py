@@ -146,6 +146,15 @@ def _latency_figures(rep: dict[str, Any]) -> list[Figure]:
     return figs
 
 
+def _layer_label(row: dict[str, Any]) -> str:
+    """A layer's name: its weight's module path, else (anonymous ONNX initializers such as
+    ``onnx::Conv_193``) the module path its node name spells, else the node name."""
+    w = str(row["weight"])
+    if not w.startswith("onnx::"):
+        return w.removesuffix(".weight")
+    return str(row.get("module") or row["node"])
+
+
 def figures(rep: dict[str, Any]) -> list[Figure]:
     """The report's charts as data (empty parts of the report give no figure)."""
     rows = rep.get("layers") or []
@@ -159,7 +168,7 @@ def figures(rep: dict[str, Any]) -> list[Figure]:
     wrows = [r for r in rows if r.get("weight") and r["op"] in ("conv", "linear", "matmul", "addmm", "gemm", "einsum")]
     if wrows:
         figs.append(Figure("widths", "Output width per layer, after as a share of before", "fraction of channels kept",
-                           tuple(str(r["weight"]).removesuffix(".weight") for r in wrows),
+                           tuple(_layer_label(r) for r in wrows),
                            (Series("before", tuple(float(r["width_before"]) for r in wrows), BEFORE_COLOR),
                             Series("after", tuple(float(r["width_after"]) for r in wrows), AFTER_COLOR)),
                            normalize=True, note="bars: channels kept / channels before, per layer; numbers: after / before"))

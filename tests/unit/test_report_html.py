@@ -170,3 +170,18 @@ def test_latency_budget_reports_profiling_steps_predicted_blocks_and_verdict(
     assert sum(r["predicted_us_after"] for r in rows) < sum(r["predicted_us_before"] for r in rows)
     page = render_html(rep)
     assert "Latency per block" in page and page.count("<svg") == 4
+
+
+@pytest.mark.parametrize(("scope", "module", "block"), [
+    ("layer1.0.conv1", "layer1.0.conv1", "layer1.0"),
+    ("encoder.layer.3.attention.self", "encoder.layer.3.attention.self", "encoder.layer.3"),
+    ("fc", "fc", "fc"),
+    ("/layer2/layer2.0/downsample/downsample.0/Conv", "layer2.0.downsample.0", "layer2.0"),
+    ("/conv1/Conv", "conv1", "conv1"),
+    ("/Relu", "", "(top level)"),
+])
+def test_blocks_from_module_scopes_and_onnx_node_names(scope: str, module: str, block: str) -> None:
+    from graphprune.api import block_of, module_path
+
+    assert module_path(scope) == module
+    assert block_of(scope) == block

@@ -167,7 +167,11 @@ def test_latency_budget_reports_profiling_steps_predicted_blocks_and_verdict(
     assert rep["target_met"] is (rep["miss"] <= 0.05) and rep["tolerance"] == 0.05
     rows = rep["layers"]
     assert all(r["predicted_us_before"] >= 0 and r["predicted_us_after"] >= 0 for r in rows)
-    assert sum(r["predicted_us_after"] for r in rows) < sum(r["predicted_us_before"] for r in rows)
+    # every node of this MLP is costed, so the rows add up to the calibrated totals (scale in, offset out)
+    assert len(rows) == 3
+    offset = lat["calibration"]["offset_ms"]
+    assert sum(r["predicted_us_before"] for r in rows) / 1e3 + offset == pytest.approx(lat["predicted_before_ms"])
+    assert sum(r["predicted_us_after"] for r in rows) / 1e3 + offset == pytest.approx(lat["predicted_ms"])
     page = render_html(rep)
     assert "Latency per block" in page and page.count("<svg") == 4
 

@@ -404,6 +404,7 @@ def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:
                 "node": node.name, "op": node.op, "scope": node.scope,
                 "weight": w[0].source if w else None, "shape": list(w[0].shape) if w else list(node.output.shape),
                 "flops": cost.per_node.get(node.name, 0.0),
+                "macs": cost.per_node_macs.get(node.name, 0.0),
                 "params": int(sum(int(np.prod(v.shape)) for v in w)),
                 "prunable": bool(w and any(coupling.prunable(w[0], ax) for ax in range(w[0].rank))),
             })
@@ -411,6 +412,7 @@ def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:
         "model": graph.name,
         "nodes": len(graph.nodes),
         "flops": cost.flops,
+        "macs": cost.macs,
         "params": cost.params,
         "units": coupling.n_units,
         "groups": [

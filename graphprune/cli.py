@@ -356,12 +356,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         model, x = load_source(args.source)
         a = gp.analyze(model, x, input_shapes=_input_shapes(args.input_shape)) if x is None else gp.analyze(model, x)
     rep = a.report
-    lt = Table(title=f"{rep['model']}: {rep['nodes']} nodes, {_fmt(rep['flops'])} FLOPs, {_fmt(rep['params'])} params")
-    for col in ("layer", "op", "weight shape", "FLOPs", "params", "prunable"):
-        lt.add_column(col, justify="right" if col in ("FLOPs", "params") else "left")
+    lt = Table(title=f"{rep['model']}: {rep['nodes']} nodes, {_fmt(rep['flops'])} FLOPs, {_fmt(rep['macs'])} MACs, "
+               f"{_fmt(rep['params'])} params")
+    for col in ("layer", "op", "weight shape", "FLOPs", "MACs", "params", "prunable"):
+        lt.add_column(col, justify="right" if col in ("FLOPs", "MACs", "params") else "left")
     for layer in rep["layers"]:
         lt.add_row(layer["weight"] or layer["node"], layer["op"], str(layer["shape"]), _fmt(layer["flops"]),
-                   _fmt(layer["params"]), "yes" if layer["prunable"] else "no")
+                   _fmt(layer["macs"]), _fmt(layer["params"]), "yes" if layer["prunable"] else "no")
     out_console.print(lt)
     groups = sorted(rep["groups"], key=lambda g: -g["units"])
     shown = groups if args.all_groups else groups[:20]

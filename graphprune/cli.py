@@ -496,16 +496,9 @@ class PhaseProgress:
     a spinner, the phase name, a bar and count for phases that report steps, and elapsed time."""
 
     def __init__(self, console: Console) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            SpinnerColumn,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
                              TimeElapsedColumn(), console=console, transient=True)
         self._tasks: dict[str, Any] = {}
         self._phase: str | None = None
@@ -522,14 +515,14 @@ class PhaseProgress:
             for key in [k for k in self._tasks if k != name]:
                 self._bar.remove_task(self._tasks.pop(key))
             if name not in self._tasks:
-                self._tasks[name] = self._bar.add_task(name, total=None)
+                self._tasks[name] = self._bar.add_task(name, total=None, count="")
             self._phase = name
             return
         task = self._tasks.get(name)
         if task is None:
             label = name if self._phase in (None, name) else f"{self._phase}: {name}"
-            task = self._tasks[name] = self._bar.add_task(label, total=None)
-        self._bar.update(task, completed=done, total=max(total or 0, done, 1))
+            task = self._tasks[name] = self._bar.add_task(label, total=None, count="")
+        self._bar.update(task, completed=done, total=max(total or 0, done, 1), count=f"{done}/{total or '?'}")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

@@ -290,7 +290,8 @@ def _miss_text(rep: dict[str, Any]) -> str:
     from .report_html import unreachable_text
 
     where = "" if rep.get("target_reachable", True) else f" ({unreachable_text(rep)})"
-    return f"{metric} {value:g} {_pct(rep.get('miss', 0.0))} above the target, tolerance {100 * rep.get('tolerance', 0):.0f}%{where}"
+    what = f"latency {value:.3g} (speedup x{1 / value:.2f})" if metric == "latency" else f"{metric} {value:g}"
+    return f"{what} {_pct(rep.get('miss', 0.0))} above the target, tolerance {100 * rep.get('tolerance', 0):.0f}%{where}"
 
 
 def _pct(x: float) -> str:

@@ -250,7 +250,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         rep["saved"] = {"path": str(out), **saved}
         rep["options"] = _options(args)
         if args.layer_latency:
-            _layer_latency(args, model, x, res.model, rep, progress)
+            _layer_latency(args, model, x, res, rep, progress)
         progress("write reports")
         _write_reports(args.report, rep, args.plots)
     _print_prune(rep)
@@ -263,10 +263,15 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _layer_latency(args: argparse.Namespace, model: Any, x: Any, pruned: Any, rep: dict[str, Any], progress: Any) -> None:
+def _layer_latency(args: argparse.Namespace, model: Any, x: Any, res: Any, rep: dict[str, Any], progress: Any) -> None:
     """Per-layer profiles (predicted and measured) of the original and the pruned model into
-    ``rep["latency"]["layers_before"/"layers_after"]``, with one calibrated table model."""
+    ``rep["latency"]["layers_before"/"layers_after"]``, with one calibrated table model; for a
+    FLOPs/MACs/params budget also the per-node predicted latency before/after into ``rep["layers"]``,
+    priced on the original graph at the pruned widths (the tables' own signatures) as a latency
+    budget's allocation prices it."""
     import graphprune as gp
+    from graphprune.analysis.allocation import ShapeTable
+    from graphprune.cost import predict
     from graphprune.cost.layer_profile import layer_profile
     from graphprune.cost.runtimes import make_runtime
     from graphprune.latency_source import make_timer
@@ -278,7 +283,15 @@ def _layer_latency(args: argparse.Namespace, model: Any, x: Any, pruned: Any, re
     timer = make_timer(runtime, a.graph, a.coupling, model=model, example_inputs=x, program=a.program)
     setup = setup_latency(a.graph, a.coupling, timer, progress=lambda d, t, what: progress("latency profiling", d, t))
     lat = dict(rep.get("latency") or {"runtime": runtime.name, "threads": runtime.threads})
-    for when, m in (("before", model), ("after", pruned)):
+    rows = rep.get("layers") or []
+    if rows and not any("predicted_us_before" in r for r in rows):
+        g, scale = res.coupling.graph, setup.model.calibration.scale
+        before = predict(setup.model, g).per_node
+        after = predict(setup.model, g, ShapeTable(res.coupling).shapes(res.removed)).per_node
+        for r in rows:
+            r["predicted_us_before"] = before.get(r["node"], 0.0) * scale * 1e6
+            r["predicted_us_after"] = after.get(r["node"], 0.0) * scale * 1e6
+    for when, m in (("before", model), ("after", res.model)):
         progress(f"per-layer latency {when}")
         g = a.graph if m is model else gp.analyze(m, x).graph
         lat[f"layers_{when}"] = layer_profile(g, setup.model, m, x, runtime).to_json()["layers"]

@@ -124,8 +124,9 @@ def _latency_figures(rep: dict[str, Any]) -> list[Figure]:
         figs.append(Figure(
             "latency_predicted_per_block", "Latency per block, predicted (microseconds)", "us", tuple(cats),
             (Series("predicted before", tuple(b), BEFORE_COLOR), Series("predicted after", tuple(a), AFTER_COLOR)),
-            note="as the allocation priced it: calibrated per-op latency tables, calibration scale applied, offset "
-                 "left out" + ("" if before else "; --layer-latency adds measured per-layer times")))
+            note="priced on the original graph at the pruned widths (as a latency budget's allocation prices them): "
+                 "calibrated per-op latency tables, calibration scale applied, offset left out"
+                 + ("" if before else "; --layer-latency adds measured per-layer times")))
     if before and after:  # graphprune prune --layer-latency: both models profiled per layer
         for key, what, note in (
             ("predicted_us", "predicted", "per-layer profiles' predictions (each model priced on its own graph), "

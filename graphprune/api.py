@@ -1,7 +1,7 @@
 """The public Python API: ``prune``, ``analyze``, ``count_flops``.
 
     import graphprune as gp
-    res = gp.prune(model, example_inputs, flops=0.5)   # keep 50% of FLOPs; or params=0.5
+    res = gp.prune(model, example_inputs, flops=0.5)   # keep 50% of FLOPs; or macs=0.5, params=0.5
     res = gp.prune(model, example_inputs, speedup=2.0) # half the measured onnxruntime latency
     res = gp.prune("model.onnx", speedup=2.0)          # ONNX in, ONNX out (onnxruntime only)
     res.model; res.report; res.plan; res.save("small.pt"); res.save("small.onnx")
@@ -23,17 +23,18 @@ from torch import nn
 
 from . import __version__
 from .analysis import Coupling, couple
-from .cost import count
+from .cost import METRICS, count
 from .errors import BudgetError, OptionError
 from .export import save_model
 from .frontends import ExampleInputs, capture
 from .frontends.calib import check_batches, materialize
 from .ir import Graph
 from .plan import GroupPlan, PruningPlan
+from .progress import as_progress
 from .rewrite import kept_indices
 from .rewrite.slicing import KeptIndices
 
-__all__ = ["Analysis", "PruneResult", "analyze", "count_flops", "prune"]
+__all__ = ["MISS_TOLERANCE", "Analysis", "PruneResult", "analyze", "count_flops", "prune", "target_verdict"]
 
 
 @dataclass
@@ -149,6 +150,7 @@ def prune(
     *,
     flops: float | None = None,
     params: float | None = None,
+    macs: float | None = None,
     latency: float | None = None,
     speedup: float | None = None,
     latency_ms: float | None = None,
@@ -157,7 +159,7 @@ def prune(
     round_to: int | None = None,
     verify: bool = True,
     pipeline: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[..., None] | None = None,
     runtime: str = "onnxruntime",
     threads: int | None = None,
     iterate: int = 2,
@@ -175,13 +177,19 @@ def prune(
 
     ``model`` may be an nn.Module (``example_inputs`` required) or an ONNX file / ModelProto
     (``example_inputs`` optional: a dict or tuple of arrays; ``input_shapes`` binds symbolic dims).
-    Budgets (give one): ``flops`` or ``params`` (fraction kept); ``latency`` (fraction of the
+    Budgets (give one): ``flops``, ``macs`` or ``params`` (fraction kept; ``macs`` counts only the
+    multiply-accumulates of conv/linear/matmul/attention, the fvcore/thop convention, ``flops`` also
+    elementwise/norm/softmax ops: :data:`graphprune.cost.METRICS`); ``latency`` (fraction of the
     measured latency on ``runtime`` with ``threads``: None is the runtime's own default, as it runs
     when deployed — onnxruntime: one thread per physical core), ``speedup`` (= 1/latency) or
     ``latency_ms`` (an ONNX model is timed on ``runtime="onnxruntime"`` only). With a latency budget the pruned model is measured against the original
     (``report["latency"]``), and when it misses the target by more than 5% the allocation is
     redone with a corrected budget, up to ``iterate`` times (``measure=False`` skips this).
     ``verify=False`` keeps a model that fails the oracle instead of raising (the report says so).
+    ``report["target_met"]`` says whether the budget held within tolerance (``report["miss"]``, the
+    relative excess over the target; tolerances in :data:`MISS_TOLERANCE`); the model is returned
+    either way. ``progress(name, done=None, total=None)`` hears each phase and, for long phases,
+    its steps (a callback taking only ``name`` still works: :mod:`graphprune.progress`).
     ``calib``: iterable of batches shaped like ``example_inputs``, for data-aware criteria
     (wanda, flap, taylor, fisher) and reconstruction; ``loss(outputs, batch)`` replaces the
     default output probe of the gradient criteria. ``reconstruct``: any of ``"lsq"``, ``"bias"``,
@@ -205,14 +213,15 @@ def prune(
     from .latency_source import check_onnx_runtime
     from .latency_target import budget_fraction
 
+    progress = as_progress(progress)
     onnx_input = _is_onnx(model)
     if not onnx_input:
         _check_model(model, example_inputs)
     lat_given = any(v is not None for v in (latency, speedup, latency_ms))
-    n_budgets = sum(v is not None for v in (flops, params)) + int(lat_given)
+    n_budgets = sum(v is not None for v in (flops, params, macs)) + int(lat_given)
     if n_budgets != 1 and pipeline is None:
-        raise BudgetError("give exactly one budget: flops=, params= or latency= FRACTION (fraction to keep, in (0, 1]), "
-                          "speedup=FACTOR or latency_ms=MS")
+        raise BudgetError("give exactly one budget: flops=, macs=, params= or latency= FRACTION (fraction to keep, "
+                          "in (0, 1]), speedup=FACTOR or latency_ms=MS")
     recon = tuple(r.strip() for r in reconstruct.split(",") if r.strip()) if isinstance(reconstruct, str) else tuple(reconstruct)
     if onnx_input and (calib is not None or recon or steps != 1):
         raise OptionError("for an .onnx model use flops=, params= or a latency budget with a weight criterion (l1, l2); "
@@ -225,14 +234,15 @@ def prune(
         if iterate < 0:
             raise OptionError(f"iterate={iterate} must be >= 0")
     else:
-        metric, frac = ("flops", flops) if flops is not None else ("params", params)  # type: ignore[assignment]
+        metric, frac = next(((k, v) for k, v in (("flops", flops), ("macs", macs), ("params", params)) if v is not None),
+                            ("flops", None))
     if not isinstance(steps, int) or steps < 1:
         raise OptionError(f"steps={steps!r} must be an integer >= 1")
     if round_to is not None and (not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1):
         raise OptionError(f"round_to={round_to!r} must be an integer >= 1 (1: no rounding), or None for the target "
                           "runtime's channel step")
     if steps > 1 and (pipeline is not None or lat_given):
-        raise OptionError("steps= needs a flops= or params= budget (not pipeline= or a latency budget)")
+        raise OptionError("steps= needs a flops=, macs= or params= budget (not pipeline= or a latency budget)")
     batches = materialize(calib)
     if batches is not None:
         check_batches(batches, example_inputs)
@@ -248,9 +258,34 @@ def prune(
         )
         return _prune_once(m, example_inputs, text, batches, loss, seed, progress, input_shapes, measure, iterate)
 
-    if steps == 1:
-        return once(model, frac)
-    return _prune_steps(model, once, metric, float(frac), steps, callback)  # type: ignore[arg-type]
+    res = once(model, frac) if steps == 1 else _prune_steps(model, once, metric, float(frac), steps, callback)  # type: ignore[arg-type]
+    res.report.update(target_verdict(res.report))
+    return res
+
+
+# how far above its target a result may land and still count as met (relative excess)
+MISS_TOLERANCE: dict[str, float] = {"flops": 0.01, "macs": 0.01, "params": 0.01, "latency": 0.05}
+
+
+def target_verdict(report: dict[str, Any]) -> dict[str, Any]:
+    """``target_met`` / ``miss`` of a prune report: FLOPs, MACs, params met when the achieved
+    fraction is at most 1% (relative) above the target and the target was reachable; latency met
+    when the measured (else predicted) latency is at most 5% above the target (the closed loop's
+    tolerance). Landing below the target is never a miss."""
+    metric, value = next(iter(report["target"].items()))
+    if metric.startswith("latency"):
+        lat = report.get("latency") or {}
+        if "measured_ms" in lat:
+            miss = float(lat["miss"])
+        else:  # measure=False: judge the calibrated prediction
+            target_ms = value * lat["measured_before_at_calibration_ms"] if metric == "latency" else value
+            miss = lat["predicted_ms"] / target_ms - 1.0
+        tol = MISS_TOLERANCE["latency"]
+        return {"target_met": bool(miss <= tol), "miss": miss, "tolerance": tol}
+    achieved = float(report["achieved"][metric])
+    miss = achieved / value - 1.0 if value else 0.0
+    tol = MISS_TOLERANCE[metric]
+    return {"target_met": bool(report["target_reachable"] and miss <= tol), "miss": miss, "tolerance": tol}
 
 
 def default_allocation(latency_budget: bool, criterion: str) -> str:
@@ -338,6 +373,7 @@ def _prune_steps(
         "target": {metric: frac},
         "achieved": {metric: float(report[f"{metric}_after"]) / total0 if total0 else 1.0},
         "flops_before": first["flops_before"], "params_before": first["params_before"],
+        "macs_before": first["macs_before"],
         "steps": {"count": steps, "achieved_per_step_of_input": history},
     })
     plan = dataclasses.replace(plan, target={metric: frac})
@@ -376,6 +412,7 @@ def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:
                 "node": node.name, "op": node.op, "scope": node.scope,
                 "weight": w[0].source if w else None, "shape": list(w[0].shape) if w else list(node.output.shape),
                 "flops": cost.per_node.get(node.name, 0.0),
+                "macs": cost.per_node_macs.get(node.name, 0.0),
                 "params": int(sum(int(np.prod(v.shape)) for v in w)),
                 "prunable": bool(w and any(coupling.prunable(w[0], ax) for ax in range(w[0].rank))),
             })
@@ -383,6 +420,7 @@ def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:
         "model": graph.name,
         "nodes": len(graph.nodes),
         "flops": cost.flops,
+        "macs": cost.macs,
         "params": cost.params,
         "units": coupling.n_units,
         "groups": [
@@ -419,13 +457,98 @@ def latency_report(graph: Graph, ctx: Any, loop: dict[str, Any] | None) -> dict[
     return out
 
 
+def module_path(scope: str) -> str:
+    """A node scope as a dotted module path; ONNX node names from the PyTorch exporters
+    (``/layer2/layer2.0/downsample/downsample.0/Conv``: each part repeats its parent's name) are
+    read as the path they spell (``layer2.0.downsample.0``)."""
+    if "/" not in scope:
+        return scope
+    path: list[str] = []
+    last = ""
+    for part in [p for p in scope.split("/") if p][:-1]:
+        path.append(part[len(last) + 1:] if last and part.startswith(last + ".") else part)
+        last = part
+    return ".".join(path)
+
+
+def block_of(scope: str) -> str:
+    """The block a node's scope belongs to: the module path (:func:`module_path`) up to its first
+    numbered part (``layer1.0.conv1`` -> ``layer1.0``, ``encoder.layer.3.attention.self`` ->
+    ``encoder.layer.3``), else its first part (``fc``)."""
+    parts = [p for p in module_path(scope).split(".") if p]
+    if not parts:
+        return "(top level)"
+    for i, p in enumerate(parts):
+        if p.isdigit():
+            return ".".join(parts[: i + 1])
+    return parts[0]
+
+
+def barrier_why(graph: Graph, coupling: Coupling, budget: int = 200) -> dict[str, list[str]]:
+    """For each barrier op, the ``--why`` chain (:meth:`Coupling.explain`) of one weight channel it
+    freezes: the first weight (output axis, channel 0) whose chain ends at one of the op's nodes;
+    else the chain of the first barrier node's first input. ``budget`` caps the explain calls."""
+    out: dict[str, list[str]] = {}
+    weights = [v for v in graph.weights() if v.rank >= 1]
+    for op, names in coupling.barriers.items():
+        marks = tuple(repr(n) for n in names)
+        found: list[str] | None = None
+        for v in weights:
+            if budget <= 0:
+                break
+            if coupling.prunable(v, 0):
+                continue
+            budget -= 1
+            lines = coupling.explain(v, 0, 0)
+            if any(m in lines[0] for m in marks):
+                found = lines
+                break
+        if found is None:
+            node = next(n for n in graph.nodes if n.name == names[0])
+            v = next((x for x in [*node.inputs, *node.outputs] if x is not None and x.rank >= 1), None)
+            found = coupling.explain(v, v.rank - 1, 0) if v is not None else [f"{op} node {names[0]!r} has no rule"]
+        out[op] = found
+    return out
+
+
+def layer_rows(graph: Graph, before: Any, after: Any, shape: Any,
+               latency: tuple[dict[str, float], dict[str, float], float] | None = None) -> list[dict[str, Any]]:
+    """Per costed node: its block, weight, output width and FLOPs/MACs before and after (and the
+    calibrated predicted latency in microseconds when a latency model priced the run): what the
+    HTML report draws, kept in the JSON so the page can be rebuilt from it."""
+    rows = []
+    for node in graph.nodes:
+        w = next((v for v in node.inputs if v is not None and v.kind == "param" and v.rank >= 1), None)
+        fb = before.per_node.get(node.name, 0.0)
+        if not fb and w is None:
+            continue
+        out = node.output
+        width_ax = 1 if node.op == "conv" and out.rank >= 2 else -1
+        row: dict[str, Any] = {
+            "node": node.name, "op": node.op, "scope": node.scope, "block": block_of(node.scope) if node.scope else "(top level)",
+            "module": module_path(node.scope),
+            "weight": w.source if w is not None else None,
+            "width_before": out.shape[width_ax] if out.rank else 1,
+            "width_after": shape(out)[width_ax] if out.rank else 1,
+            "flops_before": fb, "flops_after": after.per_node.get(node.name, 0.0),
+            "macs_before": before.per_node_macs.get(node.name, 0.0), "macs_after": after.per_node_macs.get(node.name, 0.0),
+        }
+        if latency is not None:
+            pb, pa, scale = latency
+            row["predicted_us_before"] = pb.get(node.name, 0.0) * scale * 1e6
+            row["predicted_us_after"] = pa.get(node.name, 0.0) * scale * 1e6
+        rows.append(row)
+    return rows
+
+
 def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[str, Any]:
     from .analysis.allocation import ShapeTable
 
     coupling: Coupling = ctx.coupling
     removed: np.ndarray = ctx.allocation.removed
+    shapes = ShapeTable(coupling).shapes(removed)
     before = count(graph)
-    after = count(graph, ShapeTable(coupling).shapes(removed))
+    after = count(graph, shapes)
     widths = {
         k.value.source or k.value.name: {"before": list(k.value.shape), "after": [
             len(k.axes[ax]) if ax in k.axes else s for ax, s in enumerate(k.value.shape)
@@ -433,19 +556,35 @@ def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[s
         for k in kept_list
     }
     metric, frac = next(iter(ctx.target.items()))
+    kept = {
+        "flops": after.flops / before.flops if before.flops else 1.0,
+        "macs": after.macs / before.macs if before.macs else 1.0,
+        "params": after.params / before.params if before.params else 1.0,
+    }
+    budget = metric
     if metric.startswith("latency"):
-        metric, achieved = "flops", after.flops / before.flops if before.flops else 1.0
-    else:
-        achieved = (after.flops / before.flops if metric == "flops" else after.params / before.params) if before.flops else 1.0
+        metric = "flops"
+    achieved = kept[metric]
+    latency_nodes = None
+    if ctx.latency is not None:
+        from .cost import predict
+
+        lm = ctx.latency.model
+        latency_nodes = (predict(lm, graph).per_node, predict(lm, graph, shapes).per_node, lm.calibration.scale)
     return {
         "model": graph.name,
         "target": dict(ctx.target),
         "achieved": {metric: achieved},
+        "kept": kept,
+        "budget": {"metric": budget, "counts": METRICS.get(budget, "measured latency on the target runtime")},
         "target_reachable": bool(ctx.allocation.reachable),
         "flops_before": before.flops,
         "flops_after": after.flops,
+        "macs_before": before.macs,
+        "macs_after": after.macs,
         "params_before": before.params,
         "params_after": after.params,
+        "layers": layer_rows(graph, before, after, shapes, latency_nodes),
         "criterion": ctx.criterion,
         "allocation": ctx.allocation.policy,
         "round_to": ctx.round_to,
@@ -454,6 +593,12 @@ def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[s
         "groups": len(coupling.groups),
         "groups_removed_whole": sum(bool(removed[g.units].all()) for g in coupling.groups),
         "barriers": {op: names for op, names in coupling.barriers.items()},
+        "barrier_why": barrier_why(graph, coupling),
+        "group_plan": [
+            {"id": g.id, "units": g.size, "kept": int((~removed[g.units]).sum()), "width": g.width,
+             "weights": [f"{graph.value(n).source}[{a}]" for n, a in g.spaces if graph.value(n).is_weight][:6]}
+            for g in coupling.groups
+        ],
         "route": ctx.route,
         "route_reason": ctx.route_reason,
         "verification": ctx.verification.as_dict() if ctx.verification is not None else None,

@@ -1,6 +1,8 @@
 """The ``graphprune`` command.
 
-    graphprune prune SOURCE --flops 0.5 -o out.pt|out.onnx [--report r.json]   (SOURCE may be model.onnx)
+    graphprune prune SOURCE --flops 0.5 -o out.pt|out.onnx [--report r.json] [--report r.html] [--plots DIR]
+      (SOURCE may be model.onnx; --macs 0.5 budgets MACs of conv/linear/matmul/attention only)
+    graphprune report r.json -o r.html [--plots DIR]      (rebuild the HTML page from a JSON report)
     graphprune prune SOURCE --speedup 2 -o out.onnx [--runtime RUNTIME] [--threads N]   (ONNX SOURCE: onnxruntime*)
     graphprune profile SOURCE [--runtime RUNTIME] [--threads N]
       (RUNTIME: onnxruntime, onnxruntime-cuda, onnxruntime-tensorrt, torch, torch-cuda)
@@ -8,6 +10,7 @@
     graphprune models
 
 Errors a person can fix print one line and exit 2; nothing is written unless it was verified.
+Exit statuses: see EXIT_STATUS (0 ok, 1 internal error, 2 bad input, 3 target missed).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,16 @@ from rich.table import Table
 
 from .errors import GraphpruneError, OptionError
 
-__all__ = ["main"]
+__all__ = ["EXIT_MISSED", "EXIT_STATUS", "main"]
+
+EXIT_MISSED = 3
+EXIT_STATUS = """exit status:
+  0  done: the model (and reports) written, verified, and the target met
+  1  internal error (a bug: rerun with -v for the traceback and please report it)
+  2  bad input: an option, file or model graphprune cannot use (one line says which); nothing written
+  3  target missed: the model is written and verified, but FLOPs/MACs/params landed more than 1%
+     (relative) above the target or the target was not reachable (barriers), or the measured latency
+     is more than 5% above the latency target; the report says by how much. --allow-miss exits 0."""
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -93,10 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="graphprune", description="Structured pruning with verified rewrites.")
     p.add_argument("-v", "--verbose", action="store_true", help="log what each pass does")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
-    pr = sub.add_parser("prune", help="prune a model to a FLOPs/params budget and write it")
+    pr = sub.add_parser("prune", help="prune a model to a FLOPs/MACs/params or latency budget and write it",
+                        epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     pr.add_argument("source", help="built-in model name, package.module:factory, or model.onnx")
     budget = pr.add_mutually_exclusive_group(required=True)
     budget.add_argument("--flops", type=_fraction, help="fraction of FLOPs to keep, e.g. 0.5")
+    budget.add_argument("--macs", type=_fraction,
+                        help="fraction of MACs to keep (multiply-accumulates of conv/linear/matmul/attention only, "
+                             "the fvcore/thop/Torch-Pruning convention; --flops also counts elementwise/norm/softmax)")
     budget.add_argument("--params", type=_fraction, help="fraction of parameters to keep")
     budget.add_argument("--latency", type=_fraction, help="fraction of measured latency to keep, e.g. 0.5")
     budget.add_argument("--speedup", type=_speedup, help="measured speedup to reach, e.g. 2")
@@ -104,7 +121,13 @@ def _parser() -> argparse.ArgumentParser:
     _runtime_args(pr)
     pr.add_argument("--iterate", type=int, default=2, help="re-allocations when the measured latency misses by >5%%")
     pr.add_argument("-o", "--output", required=True, help="output file: .pt or .onnx")
-    pr.add_argument("--report", help="write the JSON report here")
+    pr.add_argument("--report", action="append", default=[], metavar="FILE.json|FILE.html",
+                    help="write the report here: .json (data) or .html (one self-contained page); repeatable")
+    pr.add_argument("--plots", metavar="DIR", help="also write the report's figures as PNG files here (needs matplotlib)")
+    pr.add_argument("--allow-miss", action="store_true", help="exit 0 even when the target is missed (see exit status)")
+    pr.add_argument("--layer-latency", action="store_true",
+                    help="also profile the original and the pruned model per layer on --runtime and put predicted and "
+                         "measured per-layer latency in the report (PyTorch sources; takes a while)")
     pr.add_argument("--criterion", default="l2",
                     help="importance criterion: l1, l2, bn_scale, random, wanda, flap, taylor, fisher (default l2)")
     pr.add_argument("--calib", help="calibration batches (.pt or .npz) for data-aware criteria and reconstruction")
@@ -137,6 +160,10 @@ def _parser() -> argparse.ArgumentParser:
     pf.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
                     help="ONNX: bind an input's symbolic dims (repeatable); default 1 for each symbolic dim")
     sub.add_parser("models", help="list the built-in models")
+    rp = sub.add_parser("report", help="write the HTML page (and PNG figures) of a JSON prune report")
+    rp.add_argument("json", help="a report written by graphprune prune --report r.json")
+    rp.add_argument("-o", "--output", required=True, help="the .html file to write")
+    rp.add_argument("--plots", metavar="DIR", help="also write the figures as PNG files here (needs matplotlib)")
     return p
 
 
@@ -148,10 +175,42 @@ def _fmt(n: float) -> str:
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(target)
+    from .export import write_atomic
+
+    text = json.dumps(data, indent=2, default=str)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def _report_kind(path: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix in (".html", ".htm"):
+        return "html"
+    if suffix == ".json":
+        return "json"
+    raise OptionError(f"--report {path}: use a .json (data) or .html (page) file name")
+
+
+def _write_reports(paths: list[str], rep: dict[str, Any], plots: str | None) -> None:
+    from .report_html import write_html
+
+    for path in paths:
+        if _report_kind(path) == "html":
+            write_html(rep, path)
+        else:
+            _write_json(path, rep)
+    if plots:
+        from .report_plots import write_plots
+
+        write_plots(rep, plots)
+
+
+def _check_plots(plots: str | None) -> None:
+    if plots:
+        from .report_plots import require_matplotlib
+
+        require_matplotlib()
+        if Path(plots).exists() and not Path(plots).is_dir():
+            raise OptionError(f"--plots {plots}: exists and is not a directory; give a directory for the PNG files")
 
 
 def _input_shapes(items: list[str]) -> dict[str, tuple[int, ...]] | None:
@@ -177,26 +236,97 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise OptionError(f"-o {args.output}: use a .pt or .onnx file name")
     if args.source.lower().endswith(".onnx") and out.suffix.lower() != ".onnx":
         raise OptionError(f"-o {args.output}: an ONNX model is written as .onnx")
-    with err_console.status("loading model") as status:
+    for path in args.report:  # before any work: a bad name costs nothing
+        _report_kind(path)
+    if args.layer_latency and args.source.lower().endswith(".onnx"):
+        raise OptionError("--layer-latency profiles PyTorch models for now; for an .onnx source use "
+                          "graphprune analyze SOURCE --latency on the original and the pruned file")
+    _check_plots(args.plots)
+    with PhaseProgress(err_console) as progress:
+        progress("load")
         model, x = load_source(args.source)
         calib = load_calib_file(args.calib, x) if args.calib else None
         res = gp.prune(
-            model, x, flops=args.flops, params=args.params, latency=args.latency, speedup=args.speedup,
-            latency_ms=args.latency_ms, runtime=args.runtime, threads=args.threads, iterate=args.iterate,
-            criterion=args.criterion,
+            model, x, flops=args.flops, macs=args.macs, params=args.params, latency=args.latency,
+            speedup=args.speedup, latency_ms=args.latency_ms, runtime=args.runtime, threads=args.threads,
+            iterate=args.iterate, criterion=args.criterion,
             allocation=args.allocation, round_to=args.round_to, verify=not args.no_verify,
-            pipeline=args.pipeline, progress=lambda name: status.update(f"running {name}"),
+            pipeline=args.pipeline, progress=progress,
             input_shapes=_input_shapes(args.input_shape),
             calib=calib, reconstruct=args.reconstruct, steps=args.steps, depth=args.depth,
         )
-        status.update(f"writing {out}")
+        progress(f"write {out}")
         saved = res.save(out)
-    rep = dict(res.report)
-    rep["saved"] = {"path": str(out), **saved}
+        rep = dict(res.report)
+        rep["saved"] = {"path": str(out), **saved}
+        rep["options"] = _options(args)
+        if args.layer_latency:
+            _layer_latency(args, model, x, res, rep, progress)
+        progress("write reports")
+        _write_reports(args.report, rep, args.plots)
     _print_prune(rep)
-    if args.report:
-        _write_json(args.report, rep)
+    if not rep.get("target_met", True):
+        err_console.print(
+            f"graphprune: target missed: {_miss_text(rep)}; the model is written and verified"
+            + ("" if args.allow_miss else f" (exit status {EXIT_MISSED}; --allow-miss exits 0)"),
+            highlight=False, markup=False, soft_wrap=True)
+        return 0 if args.allow_miss else EXIT_MISSED
     return 0
+
+
+def _layer_latency(args: argparse.Namespace, model: Any, x: Any, res: Any, rep: dict[str, Any], progress: Any) -> None:
+    """Per-layer profiles (predicted and measured) of the original and the pruned model into
+    ``rep["latency"]["layers_before"/"layers_after"]``, with one calibrated table model; for a
+    FLOPs/MACs/params budget also the per-node predicted latency before/after into ``rep["layers"]``,
+    priced on the original graph at the pruned widths (the tables' own signatures) as a latency
+    budget's allocation prices it."""
+    import graphprune as gp
+    from graphprune.analysis.allocation import ShapeTable
+    from graphprune.cost import predict
+    from graphprune.cost.layer_profile import layer_profile
+    from graphprune.cost.runtimes import make_runtime
+    from graphprune.latency_source import make_timer
+    from graphprune.latency_target import setup_latency
+
+    runtime = make_runtime(args.runtime, args.threads)
+    progress("latency tables")
+    a = gp.analyze(model, x)
+    timer = make_timer(runtime, a.graph, a.coupling, model=model, example_inputs=x, program=a.program)
+    setup = setup_latency(a.graph, a.coupling, timer, progress=lambda d, t, what: progress("latency profiling", d, t))
+    lat = dict(rep.get("latency") or {"runtime": runtime.name, "threads": runtime.threads_used})
+    rows = rep.get("layers") or []
+    if rows and not any("predicted_us_before" in r for r in rows):
+        g, scale = res.coupling.graph, setup.model.calibration.scale
+        before = predict(setup.model, g).per_node
+        after = predict(setup.model, g, ShapeTable(res.coupling).shapes(res.removed)).per_node
+        for r in rows:
+            r["predicted_us_before"] = before.get(r["node"], 0.0) * scale * 1e6
+            r["predicted_us_after"] = after.get(r["node"], 0.0) * scale * 1e6
+    for when, m in (("before", model), ("after", res.model)):
+        progress(f"per-layer latency {when}")
+        g = a.graph if m is model else gp.analyze(m, x).graph
+        lat[f"layers_{when}"] = layer_profile(g, setup.model, m, x, runtime).to_json()["layers"]
+    rep["latency"] = lat
+
+
+def _miss_text(rep: dict[str, Any]) -> str:
+    metric, value = next(iter(rep["target"].items()))
+    from .report_html import unreachable_text
+
+    where = "" if rep.get("target_reachable", True) else f" ({unreachable_text(rep)})"
+    what = f"latency {value:.3g} (speedup x{1 / value:.2f})" if metric == "latency" else f"{metric} {value:g}"
+    return f"{what} {_pct(rep.get('miss', 0.0))} above the target, tolerance {100 * rep.get('tolerance', 0):.0f}%{where}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:+.1f}%"
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options the run used, as given (the report's record of how it was made)."""
+    skip = {"cmd", "verbose"}
+    return {k: v for k, v in sorted(vars(args).items())
+            if k not in skip and v is not None and v is not False and v != [] and v != ""}
 
 
 def _print_prune(rep: dict[str, Any]) -> None:
@@ -205,14 +335,21 @@ def _print_prune(rep: dict[str, Any]) -> None:
     t.add_column("before", justify="right")
     t.add_column("after", justify="right")
     t.add_column("kept", justify="right")
-    for key in ("flops", "params"):
+    budget = (rep.get("budget") or {}).get("metric", "")
+    for key in ("flops", "macs", "params"):
+        if f"{key}_before" not in rep:
+            continue
         b, a = rep[f"{key}_before"], rep[f"{key}_after"]
-        t.add_row(key, _fmt(b), _fmt(a), f"{a / b:.3f}" if b else "-")
+        t.add_row(key + ("  (budget)" if key == budget else ""), _fmt(b), _fmt(a), f"{a / b:.3f}" if b else "-")
     out_console.print(t)
     ver = rep.get("verification") or {}
+    met = rep.get("target_met")
     lines = [
         f"target {rep['target']}  achieved {({k: round(v, 4) for k, v in rep['achieved'].items()})}"
-        + ("" if rep["target_reachable"] else "  (target NOT reachable: see barriers)"),
+        + ("" if rep["target_reachable"] else "  (target NOT reachable: see barriers)" if rep["barriers"]
+           else "  (target NOT reachable at the narrowest widths allowed)")
+        + ("" if met is None else ("  met" if met else f"  MISSED ({_pct(rep['miss'])}, tolerance {100 * rep['tolerance']:.0f}%)")),
+        f"budget counts {(rep.get('budget') or {}).get('counts', '?')}",
         f"units removed {rep['units_removed']}/{rep['units']} in {rep['groups']} groups"
         + (f" ({rep['groups_removed_whole']} removed whole: depth)" if rep.get("groups_removed_whole") else "")
         + f"; route {rep['route']}"
@@ -244,12 +381,13 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         model, x = load_source(args.source)
         a = gp.analyze(model, x, input_shapes=_input_shapes(args.input_shape)) if x is None else gp.analyze(model, x)
     rep = a.report
-    lt = Table(title=f"{rep['model']}: {rep['nodes']} nodes, {_fmt(rep['flops'])} FLOPs, {_fmt(rep['params'])} params")
-    for col in ("layer", "op", "weight shape", "FLOPs", "params", "prunable"):
-        lt.add_column(col, justify="right" if col in ("FLOPs", "params") else "left")
+    lt = Table(title=f"{rep['model']}: {rep['nodes']} nodes, {_fmt(rep['flops'])} FLOPs, {_fmt(rep['macs'])} MACs, "
+               f"{_fmt(rep['params'])} params")
+    for col in ("layer", "op", "weight shape", "FLOPs", "MACs", "params", "prunable"):
+        lt.add_column(col, justify="right" if col in ("FLOPs", "MACs", "params") else "left")
     for layer in rep["layers"]:
         lt.add_row(layer["weight"] or layer["node"], layer["op"], str(layer["shape"]), _fmt(layer["flops"]),
-                   _fmt(layer["params"]), "yes" if layer["prunable"] else "no")
+                   _fmt(layer["macs"]), _fmt(layer["params"]), "yes" if layer["prunable"] else "no")
     out_console.print(lt)
     groups = sorted(rep["groups"], key=lambda g: -g["units"])
     shown = groups if args.all_groups else groups[:20]
@@ -361,6 +499,57 @@ def _print_latency(args: argparse.Namespace) -> dict[str, Any]:
     return {**prof.to_json(), "measured_model_us": setup.base_measured * 1e6}
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report_html import load_report, write_html
+
+    if _report_kind(args.output) != "html":
+        raise OptionError(f"-o {args.output}: graphprune report writes an .html page")
+    _check_plots(args.plots)
+    rep = load_report(args.json)
+    write_html(rep, args.output)
+    if args.plots:
+        from .report_plots import write_plots
+
+        for path in write_plots(rep, args.plots):
+            out_console.print(f"wrote {path}", highlight=False)
+    out_console.print(f"wrote {args.output}", highlight=False)
+    return 0
+
+
+class PhaseProgress:
+    """Renders the :mod:`graphprune.progress` protocol with rich on stderr: one line per phase with
+    a spinner, the phase name, a bar and count for phases that report steps, and elapsed time."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
+                             TimeElapsedColumn(), console=console, transient=True)
+        self._tasks: dict[str, Any] = {}
+        self._phase: str | None = None
+
+    def __enter__(self) -> PhaseProgress:
+        self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)  # type: ignore[arg-type]
+
+    def __call__(self, name: str, done: int | None = None, total: int | None = None) -> None:
+        if done is None:  # a new phase: the previous ones are finished
+            for key in [k for k in self._tasks if k != name]:
+                self._bar.remove_task(self._tasks.pop(key))
+            if name not in self._tasks:
+                self._tasks[name] = self._bar.add_task(name, total=None, count="")
+            self._phase = name
+            return
+        task = self._tasks.get(name)
+        if task is None:
+            label = name if self._phase in (None, name) else f"{self._phase}: {name}"
+            task = self._tasks[name] = self._bar.add_task(label, total=None, count="")
+        self._bar.update(task, completed=done, total=max(total or 0, done, 1), count=f"{done}/{total or '?'}")
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from graphprune.models import MODELS
 
@@ -373,7 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cmds = {"prune": _cmd_prune, "analyze": _cmd_analyze, "models": _cmd_models, "profile": _cmd_profile}
+        cmds = {"prune": _cmd_prune, "analyze": _cmd_analyze, "models": _cmd_models, "profile": _cmd_profile,
+                "report": _cmd_report}
         return cmds[args.cmd](args)
     except GraphpruneError as exc:
         err_console.print(f"graphprune: error: {exc}", highlight=False, markup=False, soft_wrap=True)
@@ -381,6 +571,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("graphprune: interrupted")
         return 130
+    except Exception as exc:  # a bug: one line (the traceback with -v), exit 1
+        if args.verbose:
+            err_console.print(traceback.format_exc(), highlight=False, markup=False, soft_wrap=True)
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        err_console.print(f"graphprune: error: internal error in {args.cmd} ({type(exc).__name__}: {first}); "
+                          + ("please report it with the traceback above" if args.verbose
+                             else "rerun with -v for the traceback and please report it"),
+                          highlight=False, markup=False, soft_wrap=True)
+        return 1
 
 
 if __name__ == "__main__":

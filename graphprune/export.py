@@ -1,6 +1,8 @@
 """Writing results: ``.pt`` (pickled module) and ``.onnx`` (exported, then checked in onnxruntime
 against the pruned PyTorch module). Every write goes to a temporary file that replaces the target
-only after the checks pass, so a failed save never leaves a half-written file."""
+only after the checks pass, so a failed save never leaves a half-written file. The temporary file
+gets the mode a plain ``open()`` would give (``0o666 & ~umask``), not ``mkstemp``'s private 0600,
+so the written model is readable by whoever the user's umask allows (a serving container)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +25,51 @@ from torch.utils._pytree import tree_flatten
 from .errors import ExportError
 from .frontends.inputs import ExampleInputs, as_args_kwargs
 
-__all__ = ["check_onnx", "save_model"]
+__all__ = ["check_onnx", "default_file_mode", "save_model", "write_atomic"]
 
 log = logging.getLogger(__name__)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only set)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: ``0o666 & ~umask``."""
+    return 0o666 & ~_umask()
 
 
 def _tmp_beside(path: Path, suffix: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, default_file_mode())  # mkstemp creates 0600; the result should read like open()'s
+    finally:
+        os.close(fd)
     return Path(name)
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path`` (mode as ``open()`` gives), then
+    replace ``path`` with it; on any failure ``path`` is left as it was and the temporary removed."""
+    target = Path(path)
+    tmp = _tmp_beside(target, target.suffix)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def save_model(model: Any, path: str | os.PathLike[str], example_inputs: ExampleInputs, opset: int | None = None) -> dict[str, Any]:

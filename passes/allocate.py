@@ -1,4 +1,7 @@
-"""allocate: pick units to remove so FLOPs, params or latency land on the budget (fraction kept).
+"""allocate: pick units to remove so FLOPs, MACs, params or latency land on the budget (fraction kept).
+
+``macs=`` prices only the contractions' multiply-accumulates (conv, linear, matmul, attention: the
+fvcore/thop convention, :data:`graphprune.cost.METRICS`); ``flops=`` also the elementwise ops.
 
 Latency budgets (``latency=FRACTION`` of the measured latency, or ``latency-ms=MS``) price
 candidates with the calibrated measured-table model of :mod:`graphprune.latency_target`, built on
@@ -30,7 +33,8 @@ from graphprune.analysis.knapsack import allocate_greedy
 from graphprune.cost import count, predict
 from graphprune.errors import BudgetError, OptionError
 from graphprune.ir import Graph
-from graphprune.rules import COST
+from graphprune.progress import step as progress_step
+from graphprune.rules import COST, MACS
 
 from .infra import PassContext, PassResult, register_pass
 
@@ -44,6 +48,7 @@ POLICIES = ("uniform", "global", "greedy")
 class Allocate:
     name: ClassVar[str] = "allocate"
     flops: float | None = None
+    macs: float | None = None
     params: float | None = None
     latency: float | None = None
     latency_ms: float | None = None
@@ -54,11 +59,11 @@ class Allocate:
     depth: bool = False
 
     def _budget(self) -> tuple[str, float]:
-        given = [(k, v) for k, v in (("flops", self.flops), ("params", self.params), ("latency", self.latency),
-                                     ("latency_ms", self.latency_ms)) if v is not None]
+        given = [(k, v) for k, v in (("flops", self.flops), ("macs", self.macs), ("params", self.params),
+                                     ("latency", self.latency), ("latency_ms", self.latency_ms)) if v is not None]
         if len(given) != 1:
-            raise BudgetError("give exactly one budget: flops=, params= or latency= FRACTION (fraction kept, in (0, 1]), "
-                              "or latency-ms=MS")
+            raise BudgetError("give exactly one budget: flops=, macs=, params= or latency= FRACTION (fraction kept, "
+                              "in (0, 1]), or latency-ms=MS")
         metric, frac = given[0]
         if metric == "latency_ms":
             if not frac > 0:
@@ -88,14 +93,15 @@ class Allocate:
 
         def cost(shape):  # type: ignore[no-untyped-def]
             rep = count(graph, shape)
-            return rep.flops if metric == "flops" else float(rep.params)
+            return {"flops": rep.flops, "macs": rep.macs}.get(metric, float(rep.params))
 
         if self.policy == "greedy":
-            if metric != "flops":
-                raise OptionError("policy=greedy supports flops= and latency budgets")
-            base = count(graph).flops
+            if metric not in ("flops", "macs"):
+                raise OptionError("policy=greedy supports flops=, macs= and latency budgets")
+            base = count(graph).flops if metric == "flops" else count(graph).macs
+            table = COST if metric == "flops" else MACS
             ctx.allocation = allocate_greedy(
-                ctx.coupling, scores, lambda n, s: float(COST[n.op](n, s)) if n.op in COST else 0.0,
+                ctx.coupling, scores, lambda n, s: float(table[n.op](n, s)) if n.op in table else 0.0,
                 frac * base, step=round_to, depth=depth,
             )
         else:
@@ -144,7 +150,8 @@ class Allocate:
         if setup is None or setup.runtime.name != self.runtime or setup.runtime.threads != self.threads:
             timer = make_timer(make_runtime(self.runtime, self.threads), graph, ctx.coupling, model=ctx.model,
                                example_inputs=ctx.example_inputs, program=ctx.program, onnx=ctx.onnx)
-            setup = setup_latency(graph, ctx.coupling, timer)
+            setup = setup_latency(graph, ctx.coupling, timer,
+                                  progress=lambda done, total, what: progress_step(ctx.progress, "latency profiling", done, total))
             ctx.latency = setup
         lm = setup.model
         target = value * setup.base_measured if metric == "latency" else value / 1e3

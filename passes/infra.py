@@ -20,6 +20,7 @@ import torch
 
 from graphprune.errors import OptionError
 from graphprune.ir import Graph
+from graphprune.progress import as_progress
 
 __all__ = ["PASSES", "Pass", "PassContext", "PassResult", "parse_pipeline", "register_pass", "run_pipeline"]
 
@@ -50,6 +51,7 @@ class PassContext:
     latency: Any = None  # graphprune.latency_target.LatencySetup, built by allocate{latency=...}
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    progress: Any = None  # graphprune.progress protocol: progress(name, done=None, total=None); None = silent
     # calibration and reconstruction (issue 5)
     calib: list[Any] | None = None  # calibration batches (example-input forms), re-iterable
     loss: Any = None  # loss(outputs, batch) -> scalar for gradient criteria; None = output probe
@@ -137,6 +139,12 @@ def parse_pipeline(text: str) -> list[Any]:
 
 
 def run_pipeline(passes: list[Any], graph: Graph, ctx: PassContext, progress: Any = None) -> Graph:
+    """Run ``passes`` in order; ``progress`` (see :mod:`graphprune.progress`; a one-argument
+    callback works too) hears each pass's name as it starts, and the steps of long passes
+    (through ``ctx.progress``, set here when the context has none)."""
+    progress = as_progress(progress)
+    if ctx.progress is None:
+        ctx.progress = progress
     for p in passes:
         t0 = time.perf_counter()
         if progress is not None:

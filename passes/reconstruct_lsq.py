@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from graphprune.errors import OptionError
 from graphprune.ir import Graph
+from graphprune.progress import step
 from graphprune.rewrite.reconstruct import (
     as_matrix,
     can_create_bias,
@@ -50,7 +51,8 @@ class ReconstructLsq:
                 if s.weight.name in dense and as_matrix(s, dense[s.weight.name]) is not None]
         ensure_stats(ctx, frozenset(s.node for s in todo), who=f"pass {self.name!r}")
         done, skipped = 0, []
-        for site in todo:
+        for i, site in enumerate(todo):
+            step(ctx.progress, self.name, i + 1, len(todo))  # working on consumer i + 1 of len(todo)
             st = ctx.stats[site.node]
             intercept = site.bias is not None or can_create_bias(ctx.pruned, site)
             b = dense.get(site.bias.name) if site.bias is not None else None

@@ -19,6 +19,7 @@ from graphprune.analysis.calibration import collect_stats, reader_sites
 from graphprune.analysis.gradients import gradient_scores
 from graphprune.errors import CalibrationError, OptionError
 from graphprune.ir import Graph
+from graphprune.progress import step
 
 from .infra import PassContext, PassResult, register_pass
 
@@ -46,7 +47,8 @@ def ensure_stats(ctx: PassContext, gram_for: frozenset[str] = frozenset(), who: 
         raise CalibrationError(f"{who} needs calibration data: pass calib=[batch, ...] to prune() (CLI: --calib FILE)")
     if ctx.sites is None:
         ctx.sites = reader_sites(ctx.coupling)
-    ctx.stats = collect_stats(ctx.program, ctx.sites, ctx.calib, gram_for, ctx.stats)
+    ctx.stats = collect_stats(ctx.program, ctx.sites, ctx.calib, gram_for, ctx.stats,
+                              progress=lambda done, total: step(ctx.progress, "calibration", done, total))
 
 
 @register_pass

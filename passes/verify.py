@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from graphprune.errors import OptionError, VerificationError
 from graphprune.ir import Graph
+from graphprune.progress import step
 from graphprune.verification import masked_original, merge_results, verify_pruned, verify_structure
 from graphprune.verification_onnx import verify_onnx
 
@@ -50,6 +51,7 @@ class Verify:
             ctx.verification = verify_pruned(ctx.model, ctx.pruned, ctx.coupling, removed, ctx.example_inputs,
                                              rtol=self.rtol, masked=ctx.masked)
         if ctx.verification.ok and self.trials > 0:
+            step(ctx.progress, self.name, 1, 1 + self.trials)
             extra = verify_pruned(
                 ctx.model, ctx.pruned, ctx.coupling, removed, ctx.example_inputs, random_trials=self.trials,
                 rtol=self.rtol, include_example=False, masked=ctx.masked,

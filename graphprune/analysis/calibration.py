@@ -23,7 +23,7 @@ activations plus O(C) per site (O(d^2) per Gram site), never the activation set.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,11 +211,12 @@ def collect_stats(
     calib: Iterable[ExampleInputs],
     gram_for: set[str] | frozenset[str] = frozenset(),
     stats: dict[str, ChannelStats] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, ChannelStats]:
     """Stream ``calib`` once through ``program`` and return per-site stats (keyed by node name).
 
     ``gram_for`` lists site nodes whose Gram matrix is needed; sites already present in ``stats``
-    with what is asked are not collected again.
+    with what is asked are not collected again. ``progress(done, total)`` hears each batch.
     """
     out = dict(stats or {})
     todo: dict[str, list[tuple[Site, ChannelStats]]] = {}
@@ -230,6 +231,7 @@ def collect_stats(
         return out
     gm = program.module()
     rec = _Recorder(gm, todo)
+    total = len(calib) if isinstance(calib, Sized) else 0
     with torch.no_grad():
         for i, batch in enumerate(calib):
             try:
@@ -239,6 +241,8 @@ def collect_stats(
                     f"calib= batch {i} could not be run through the captured graph ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); batches must match the example inputs"
                 ) from exc
+            if progress is not None:
+                progress(i + 1, total)
     for name, pairs in todo.items():
         for _, st in pairs:
             if st.skipped:

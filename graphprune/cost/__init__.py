@@ -3,7 +3,7 @@ Protocol (:class:`~.latency.LatencyModel`)."""
 
 from __future__ import annotations
 
-from .flops import CostReport, count
+from .flops import METRICS, CostReport, count
 from .latency import (
     PROFILES,
     Calibration,
@@ -19,6 +19,6 @@ from .runtimes import RUNTIMES, make_runtime
 from .table import OpTable, TableCache
 
 __all__ = [
-    "PROFILES", "RUNTIMES", "Calibration", "CostReport", "DeviceProfile", "LatencyModel", "LatencyReport",
+    "METRICS", "PROFILES", "RUNTIMES", "Calibration", "CostReport", "DeviceProfile", "LatencyModel", "LatencyReport",
     "OpTable", "Roofline", "TableCache", "TableLatency", "count", "fit_profile", "make_runtime", "predict",
 ]

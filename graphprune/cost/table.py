@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,8 +130,6 @@ class TableCache:
         self.device(fp)["calibration"][model_key] = dict(cal)
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".latency.", suffix=".json", dir=self.path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.data, f)
-        os.replace(tmp, self.path)
+        from ..export import write_atomic
+
+        write_atomic(self.path, lambda tmp: tmp.write_text(json.dumps(self.data)))

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from . import attention, concat_split, conv, elementwise, linear, norm, pooling, reshape  # noqa: F401
-from .registry import COST, COUPLING, register_cost, register_coupling
+from .registry import COST, COUPLING, MACS, register_cost, register_coupling, register_macs
 
-__all__ = ["COST", "COUPLING", "register_cost", "register_coupling"]
+__all__ = ["COST", "COUPLING", "MACS", "register_cost", "register_coupling", "register_macs"]

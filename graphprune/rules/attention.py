@@ -5,7 +5,7 @@ q: [*B, Hq, Sq, D], k: [*B, Hkv, Sk, D], v: [*B, Hkv, Sk, Dv] -> y: [*B, Hq, Sq,
 Heads are batch-like: query head h ties to output head h and to KV head h // r, so a unit is a
 whole KV group (one KV head and its r query heads). The contracted head_dim D is pinned (the
 default scale 1/sqrt(D) depends on it); Dv ties v to y. Masks tie nothing.
-FLOPs = 2*B*Hq*Sq*Sk*(D + Dv).
+MACs = B*Hq*Sq*Sk*(D + Dv) (the two matmuls; softmax and scaling are not MACs); FLOPs = 2 * MACs.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..ir import Node
-from .registry import ShapeFn, register_cost, register_coupling
+from .registry import ShapeFn, register_cost, register_coupling, register_macs
 
 if TYPE_CHECKING:
     from ..analysis.coupling import CouplingBuilder
@@ -47,7 +47,12 @@ def couple_sdpa(node: Node, b: CouplingBuilder) -> None:
     b.same(v, -1, y, -1)
 
 
+@register_macs("sdpa")
+def macs_sdpa(node: Node, shape: ShapeFn) -> float:
+    q, k, v = (shape(t) for t in node.inputs[:3] if t is not None)
+    return float(math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1]))
+
+
 @register_cost("sdpa")
 def cost_sdpa(node: Node, shape: ShapeFn) -> float:
-    q, k, v = (shape(t) for t in node.inputs[:3] if t is not None)
-    return 2.0 * math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+    return 2.0 * macs_sdpa(node, shape)

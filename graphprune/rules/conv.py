@@ -6,7 +6,7 @@ conv:  y[n, o, ...] = b[o] + sum_{i in group(o)} w[o, i - g0, k] * x[n, i, ...]
        j*Cin/g.., outputs j*Cout/g..) is one unit: a dense grouped conv needs equal group
        sizes, so whole groups are removed (depthwise: a channel and its multiplier outputs).
 conv_transpose: w: [Cin, Cout/g, *k]; the same with the roles of the weight axes swapped.
-FLOPs = 2 * numel(y) * (Cin/g * prod(k)).
+MACs = numel(y) * (Cin/g * prod(k)) (transposed: numel(x) * (Cout/g * prod(k))); FLOPs = 2 * MACs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from ..ir import Node
 from .common import numel
-from .registry import ShapeFn, register_cost, register_coupling
+from .registry import ShapeFn, register_cost, register_coupling, register_macs
 
 if TYPE_CHECKING:
     from ..analysis.coupling import CouplingBuilder
@@ -56,16 +56,19 @@ def couple_conv(node: Node, b: CouplingBuilder) -> None:
         b.same(y, 1, bias, 0)
 
 
-@register_cost("conv")
-def cost_conv(node: Node, shape: ShapeFn) -> float:
+@register_macs("conv")
+def macs_conv(node: Node, shape: ShapeFn) -> float:
     w = node.inputs[1]
     assert w is not None
     ws = shape(w)
-    transposed = bool(node.attrs.get("transposed", False))
-    if transposed:
+    if bool(node.attrs.get("transposed", False)):
         x = node.inputs[0]
         assert x is not None
         # each input element is scattered over Cout/g * prod(k) outputs
-        return 2.0 * numel(shape(x)) * numel(ws[1:])
-    return 2.0 * numel(shape(node.output)) * numel(ws[1:])
+        return float(numel(shape(x)) * numel(ws[1:]))
+    return float(numel(shape(node.output)) * numel(ws[1:]))
 
+
+@register_cost("conv")
+def cost_conv(node: Node, shape: ShapeFn) -> float:
+    return 2.0 * macs_conv(node, shape)

@@ -5,7 +5,8 @@ matmul:    y[..., m, n] = sum_k a[..., m, k] c[..., k, n]  batch axes broadcast;
            is tied only when one operand is a weight (masking the weight zeroes it); between two
            activations it is pinned, since no weight can mask it.
 embedding: y[..., d] = w[idx[...], d]                      (w axis 1 ties the output channels)
-FLOPs: 2 * numel(y) * K for linear/matmul; 0 for embedding (a gather).
+MACs: numel(y) * K for linear/matmul (bias adds are not MACs); 0 for embedding (a gather).
+FLOPs = 2 * MACs. einsum: MACs = the product of every letter's size (operands > 1).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..ir import Node
 from .common import numel
-from .registry import ShapeFn, register_cost, register_coupling
+from .registry import ShapeFn, register_cost, register_coupling, register_macs
 
 if TYPE_CHECKING:
     from ..analysis.coupling import CouplingBuilder
@@ -99,18 +100,28 @@ def couple_embedding(node: Node, b: CouplingBuilder) -> None:
     b.same(w, 1, y, -1)
 
 
-@register_cost("linear")
-def cost_linear(node: Node, shape: ShapeFn) -> float:
+@register_macs("linear")
+def macs_linear(node: Node, shape: ShapeFn) -> float:
     w = node.inputs[1]
     assert w is not None
-    return 2.0 * numel(shape(node.output)) * shape(w)[1]
+    return float(numel(shape(node.output)) * shape(w)[1])
+
+
+@register_cost("linear")
+def cost_linear(node: Node, shape: ShapeFn) -> float:
+    return 2.0 * macs_linear(node, shape)
+
+
+@register_macs("matmul", "addmm", "gemm")
+def macs_matmul(node: Node, shape: ShapeFn) -> float:
+    a = node.inputs[1] if node.op == "addmm" else node.inputs[0]
+    assert a is not None
+    return float(numel(shape(node.output)) * shape(a)[-1])
 
 
 @register_cost("matmul", "addmm", "gemm")
 def cost_matmul(node: Node, shape: ShapeFn) -> float:
-    a = node.inputs[1] if node.op == "addmm" else node.inputs[0]
-    assert a is not None
-    return 2.0 * numel(shape(node.output)) * shape(a)[-1]
+    return 2.0 * macs_matmul(node, shape)
 
 
 @register_coupling("einsum")
@@ -142,14 +153,40 @@ def couple_einsum(node: Node, b: CouplingBuilder) -> None:
                         b.reader(x, xa)
 
 
+def _einsum_sizes(node: Node, shape: ShapeFn) -> tuple[dict[str, int], int] | None:
+    """Size of every index letter of an einsum (``...`` expanded per operand), and the operand
+    count; None when the equation has no explicit output."""
+    eq = str(node.attrs["equation"])
+    if "->" not in eq:
+        return None
+    lhs, _ = eq.split("->")
+    terms = lhs.split(",")
+    ops = [t for t in node.inputs if t is not None]
+    sizes: dict[str, int] = {}
+    for term, x in zip(terms, ops, strict=False):
+        dims = shape(x)
+        if "..." in term:  # broadcast axes: one private letter per trailing position of the ellipsis
+            head, tail = term.split("...")
+            n_ell = len(dims) - len(head) - len(tail)
+            letters = [*head, *(f"...{i}" for i in range(n_ell, 0, -1)), *tail]
+        else:
+            letters = list(term)
+        for letter, n in zip(letters, dims, strict=False):
+            sizes[letter] = max(sizes.get(letter, 1), n)
+    return sizes, len(ops)
+
+
+@register_macs("einsum")
+def macs_einsum(node: Node, shape: ShapeFn) -> float:
+    got = _einsum_sizes(node, shape)
+    if got is None or got[1] < 2:
+        return 0.0  # a one-operand einsum (transpose, sum) multiplies nothing
+    return float(numel(got[0].values()))
+
+
 @register_cost("einsum")
 def cost_einsum(node: Node, shape: ShapeFn) -> float:
-    eq = str(node.attrs["equation"])
-    if "->" not in eq or "..." in eq:
+    got = _einsum_sizes(node, shape)
+    if got is None:
         return float(numel(shape(node.output)))
-    lhs, _ = eq.split("->")
-    sizes: dict[str, int] = {}
-    for term, x in zip(lhs.split(","), (t for t in node.inputs if t is not None), strict=False):
-        for letter, n in zip(term, shape(x), strict=False):
-            sizes[letter] = max(sizes.get(letter, 1), n)
-    return 2.0 * numel(sizes.values())
+    return 2.0 * numel(got[0].values())

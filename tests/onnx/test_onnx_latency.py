@@ -206,8 +206,11 @@ def test_cli_torch_runtime_with_onnx_source_exits_2(cmd: str, src: Path, tmp_pat
 
 def test_cli_prune_profile_analyze_onnx_with_latency(src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out, report = tmp_path / "small.onnx", tmp_path / "r.json"
-    assert main(["prune", str(src), "--speedup", "1.5", "-o", str(out), "--report", str(report), "--iterate", "0"]) == 0
+    code = main(["prune", str(src), "--speedup", "1.5", "-o", str(out), "--report", str(report), "--iterate", "0"])
     rep = json.loads(report.read_text())
+    # a measured miss beyond the loop's 5% exits 3 with the model written (timings are not asserted)
+    assert code == (0 if rep["target_met"] else 3)
+    assert rep["target_met"] is (rep["latency"]["miss"] <= 0.05)
     assert rep["verification"]["ok"] and rep["latency"]["source"] == "onnx"
     assert rep["latency"]["target_ms"] == pytest.approx(rep["latency"]["original_ms"] / 1.5)
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

@@ -16,18 +16,20 @@ finds be removed whole (a residual branch dropped).
 ``round-to``: ``auto`` (the default) rounds kept widths to the target runtime's channel step, per
 group (:func:`graphprune.analysis.allocation.runtime_round_to`), for FLOPs and params budgets too:
 off-step widths make onnxruntime's blocked conv kernels pad or fall back (mobilenet_v2 at half the
-FLOPs ran slower than dense with round-to=1). An integer N rounds every group to multiples of N
+FLOPs ran slower than dense with round-to=1); where the steps are too coarse for a count budget to
+land within 1% (a small model), the step is halved until it does. An integer N rounds every group to multiples of N
 (``round-to=1``: no rounding); a latency budget never rounds finer than the runtime's step.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from graphprune.analysis.allocation import RoundTo, allocate, runtime_round_to
+from graphprune.analysis.allocation import Allocation, RoundTo, allocate, runtime_round_to
 from graphprune.analysis.depth import depth_eligible
 from graphprune.analysis.knapsack import allocate_greedy
 from graphprune.cost import count, predict
@@ -38,9 +40,12 @@ from graphprune.rules import COST, MACS
 
 from .infra import PassContext, PassResult, register_pass
 
+log = logging.getLogger(__name__)
+
 __all__ = ["Allocate"]
 
 POLICIES = ("uniform", "global", "greedy")
+AUTO_TOLERANCE = 0.01  # round-to=auto gives up the runtime's step only to land a count budget this close
 
 
 @register_pass
@@ -89,26 +94,49 @@ class Allocate:
         depth = self._depth(ctx)
         if metric.startswith("latency"):
             return self._latency(graph, ctx, metric, frac, scores, depth, fixed)
-        round_to: RoundTo = fixed if fixed is not None else runtime_round_to(ctx.coupling, self._step())
+        if fixed is not None:
+            ctx.allocation, ctx.round_to = self._count_budget(graph, ctx, metric, frac, scores, depth, fixed), fixed
+        else:
+            ctx.allocation, ctx.round_to = self._auto_rounded(graph, ctx, metric, frac, scores, depth)
+        ctx.target = {metric: frac}
+        return PassResult(graph, bool(ctx.allocation.removed.any()))
+
+    def _auto_rounded(self, graph: Graph, ctx: PassContext, metric: str, frac: float, scores: np.ndarray,
+                      depth: frozenset[int]) -> tuple[Allocation, int]:
+        """Widths on the runtime's step; where those steps are too coarse for the budget to land within
+        ``AUTO_TOLERANCE`` (a small model: two 32-channel layers move 8 channels at a time), halve the
+        step until it does (down to 1), keeping the closest allocation."""
+        step = self._step()
+        best: tuple[float, Allocation, int] | None = None
+        while True:
+            alloc = self._count_budget(graph, ctx, metric, frac, scores, depth, runtime_round_to(ctx.coupling, step))
+            miss = abs(alloc.cost_after / alloc.target - 1.0) if alloc.target else 0.0
+            if best is None or miss < best[0]:
+                best = (miss, alloc, step)
+            if miss <= AUTO_TOLERANCE or step == 1 or not alloc.reachable:
+                return best[1], best[2]
+            log.info("allocate: widths on multiples of %d land %.1f%% off the budget; trying %d", step, 100 * miss,
+                     step // 2)
+            step //= 2
+
+    def _count_budget(self, graph: Graph, ctx: PassContext, metric: str, frac: float, scores: np.ndarray,
+                      depth: frozenset[int], round_to: RoundTo) -> Allocation:
+        """Allocation for a FLOPs, MACs or params budget."""
 
         def cost(shape):  # type: ignore[no-untyped-def]
             rep = count(graph, shape)
             return {"flops": rep.flops, "macs": rep.macs}.get(metric, float(rep.params))
 
-        if self.policy == "greedy":
-            if metric not in ("flops", "macs"):
-                raise OptionError("policy=greedy supports flops=, macs= and latency budgets")
-            base = count(graph).flops if metric == "flops" else count(graph).macs
-            table = COST if metric == "flops" else MACS
-            ctx.allocation = allocate_greedy(
-                ctx.coupling, scores, lambda n, s: float(table[n.op](n, s)) if n.op in table else 0.0,
-                frac * base, step=round_to, depth=depth,
-            )
-        else:
-            ctx.allocation = allocate(ctx.coupling, scores, cost, frac, self.policy, round_to)
-        ctx.target = {metric: frac}
-        ctx.round_to = fixed if fixed is not None else self._step()
-        return PassResult(graph, bool(ctx.allocation.removed.any()))
+        if self.policy != "greedy":
+            return allocate(ctx.coupling, scores, cost, frac, self.policy, round_to)
+        if metric not in ("flops", "macs"):
+            raise OptionError("policy=greedy supports flops=, macs= and latency budgets")
+        base = count(graph).flops if metric == "flops" else count(graph).macs
+        table = COST if metric == "flops" else MACS
+        return allocate_greedy(
+            ctx.coupling, scores, lambda n, s: float(table[n.op](n, s)) if n.op in table else 0.0,
+            frac * base, step=round_to, depth=depth,
+        )
 
     def _fixed_round_to(self) -> int | None:
         """The user's integer rounding, or None for ``auto``."""

@@ -40,7 +40,7 @@ from ..ir import Graph, Node
 from .slicing import kept_indices, pruned_shape
 from .to_onnx import NotDynamic, _drop_dead_nodes, _drop_unused_initializers
 
-__all__ = ["masked_original", "rewrite_original"]
+__all__ = ["masked_original", "refuse_static", "rewrite_original"]
 
 Runtime = Callable[[str], str]  # value name in the original -> name of the value to read instead
 
@@ -308,3 +308,13 @@ def _topological(model: ModelProto) -> None:
         todo = rest
     del g.node[:]
     g.node.extend(order)
+
+
+def refuse_static(model: str, report: Mapping[str, object]) -> None:
+    """Raise ``NotDynamic`` with one line: the symbolic dims could not be kept, and how to go on."""
+    shapes = ", ".join(f"{k}={list(v)}" for k, v in report.get("input_shapes", {}).items())  # type: ignore[attr-defined]
+    reason = " ".join(str(report["onnx_dynamic"].get("reason", "")).split())  # type: ignore[index]
+    raise NotDynamic(
+        f"{model}: the pruned ONNX model cannot keep its symbolic input dims ({reason}); nothing was written -- "
+        f"pass --allow-static / allow_static=True to write it with the fixed input shapes {shapes}"
+    )

@@ -155,7 +155,6 @@ class PreparedOnnx:
     input_shapes: dict[str, tuple[int, ...]]
     opset: int
     dynamic: OnnxDynamic | None = None  # set when the model has default-bound symbolic input dims
-    dynamic_reason: str = ""  # unused since the rewrite edits the original graph; kept for callers
     symbolic: dict[str, int] | None = None  # dim name -> size analyzed at, for default-bound symbolic dims
 
 

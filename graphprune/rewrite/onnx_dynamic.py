@@ -291,21 +291,26 @@ def masked_original(dyn: OnnxDynamic, folded: ModelProto, coupling: Coupling, re
 
 
 def _topological(model: ModelProto) -> None:
-    """Order nodes so each comes after its inputs' producers (new nodes were appended at the end)."""
+    """Order nodes so each comes after its inputs' producers (new nodes were appended at the end);
+    the original order is kept otherwise. Names a node reads but nothing produces (graph inputs,
+    initializers, outer-scope names) impose nothing."""
     g = model.graph
-    ready = {t.name for t in g.initializer} | {i.name for i in g.input} | {""}
-    todo = list(g.node)
+    nodes = list(g.node)
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    done = [False] * len(nodes)
     order: list[NodeProto] = []
-    while todo:
-        rest = [n for n in todo if not all(i in ready for i in n.input)]
-        done = [n for n in todo if all(i in ready for i in n.input)]
-        if not done:  # outer-scope names of subgraphs, or a cycle: keep the rest as it was
-            order.extend(rest)
-            break
-        for n in done:
-            ready.update(n.output)
-        order.extend(done)
-        todo = rest
+    for start in range(len(nodes)):
+        stack = [(start, False)]
+        while stack:
+            k, expanded = stack.pop()
+            if done[k]:
+                continue
+            if expanded:
+                done[k] = True
+                order.append(nodes[k])
+                continue
+            stack.append((k, True))
+            stack.extend((producer[i], False) for i in reversed(nodes[k].input) if i in producer and not done[producer[i]])
     del g.node[:]
     g.node.extend(order)
 

@@ -60,20 +60,27 @@ def _build(name: str) -> tuple[Any, dict[str, Any], dict[str, dict[int, str]]]:
 
 
 def _Out(model: Any, key: str, names: tuple[str, ...]) -> Any:  # noqa: N802 - a module factory
+    """A module with named arguments (dynamo's ``dynamic_shapes`` are keyed by them) returning one tensor."""
     import torch
 
-    class Out(torch.nn.Module):
+    class Text(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.m = model.eval()
 
-        def forward(self, *args: Any) -> Any:
-            kw = dict(zip(names, args, strict=True))
-            if key == "logits":
-                kw["use_cache"] = False
-            return getattr(self.m(**kw), key)
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            kw = {"use_cache": False} if key == "logits" else {}
+            return getattr(self.m(input_ids=input_ids, attention_mask=attention_mask, **kw), key)
 
-    return Out().eval()
+    class Vision(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model.eval()
+
+        def forward(self, pixel_values: Any) -> Any:
+            return getattr(self.m(pixel_values=pixel_values), key)
+
+    return (Vision() if names == ("pixel_values",) else Text()).eval()
 
 
 def _export(name: str, exporter: str, path: Path) -> None:

@@ -277,7 +277,8 @@ def masked_original(dyn: OnnxDynamic, folded: ModelProto, coupling: Coupling, re
             gone.setdefault(v.name, []).append((ax, np.setdiff1d(np.arange(v.shape[ax]), kept)))
     for name, axes in gone.items():
         arr = consts[name]
-        mask = np.ones(arr.shape, dtype=arr.dtype)
+        # 1 on the axes not masked, so a tensor computed from the inputs broadcasts at any size
+        mask = np.ones([arr.shape[ax] if ax in dict(axes) else 1 for ax in range(arr.ndim)], dtype=arr.dtype)
         for ax, idx in axes:
             index: list[object] = [slice(None)] * arr.ndim
             index[ax] = idx

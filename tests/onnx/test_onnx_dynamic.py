@@ -276,3 +276,32 @@ def test_cli_states_the_representative_size(tmp_path: Path, capsys: pytest.Captu
     assert main(["prune", str(src), "--flops", "0.6", "-o", str(out), "--input-shape", "ids=1,16"]) == 0
     assert "analyzed at" not in capsys.readouterr().out
     assert _dims(onnx.load(str(out))) == {"ids": [1, 16]}
+
+
+POSITIONS = '<ir_version: 8, opset_import: ["" : 17]>\n' + """g (int64[1,seq_len] ids) => (float[1,seq_len,16] y) {
+  h = Gather(emb, ids)
+  s = Shape(ids)
+  n = Slice(s, i1, i2)
+  pos = Slice(table, zero, n)
+  hp = Add(h, pos)
+  a = MatMul(hp, w1)
+  r = Relu(a)
+  y = MatMul(r, w2)
+}"""
+
+
+def test_weight_computed_from_the_input_size_is_sliced_at_run_time() -> None:
+    """A position table sliced by the sequence length folds, at the analysis size, into a constant
+    that loses pruned hidden channels; in the written model it must stay computed (a Gather on the
+    kept channels of the run-time slice), or it would fix the sequence length."""
+    m = build(POSITIONS, {"emb": (50, 24), "table": (64, 24), "w1": (24, 32), "w2": (32, 16)},
+              ints={"i1": np.asarray([1]), "i2": np.asarray([2]), "zero": np.asarray([0])})
+    res = gp.prune(m, flops=0.6)
+    assert res.report["onnx_dynamic"]["kept"] is True, res.report["onnx_dynamic"]
+    assert res.report["symbolic_dims"] == {"seq_len": 64}  # 128 is longer than the table
+    assert len(res.plan.kept["emb"][1]) < 24, "the hidden channels were not pruned"
+    assert any(n.op_type == "Gather" and n.input[0] == "pos" for n in res.model.graph.node)
+    masked = masked_by_plan(m, res.plan.kept)
+    for seq in (7, 33, 64):
+        feeds = {"ids": np.random.default_rng(seq).integers(0, 50, size=(1, seq)).astype(np.int64)}
+        assert_close(run(masked, feeds), run(res.model, feeds), what=f"seq_len {seq}")

@@ -246,8 +246,10 @@ def _evaluate(model: ModelProto, names: Sequence[str], bindings: Sequence[Mappin
 
     probe = ModelProto()
     probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names if n not in have)
+    del probe.graph.output[:]  # only what the operands need runs (shape sub-graphs, not the whole model)
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+    _drop_dead_nodes(probe)
+    _drop_unused_initializers(probe)
     out = []
     try:
         opts = ort.SessionOptions()

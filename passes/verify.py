@@ -76,7 +76,9 @@ class Verify:
             at = checked[-1] if checked else prep.dynamic.alt_shapes
             reason = f"at input shapes {at} the pruned model disagrees with the masked original: {why}"
         else:
-            reason = "the model with symbolic dims failed verification at the bound shapes"
+            res = ctx.verification
+            reason = ("the model with symbolic dims failed verification at the bound shapes: "
+                      + (res.detail or f"max abs error {res.max_abs_err:.3g} > {res.tolerance:.3g}"))
         rewrite_onnx_ctx(graph, ctx, dynamic=False, reason=reason)
         ctx.verification = verify_onnx(prep.model, ctx.pruned, ctx.coupling, removed, prep.input_shapes,
                                        feeds=ctx.example_inputs, trials=max(1, self.trials), rtol=self.rtol)

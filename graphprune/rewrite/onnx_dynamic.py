@@ -17,6 +17,9 @@ output names of the nodes it leaves; folded constants are named by the value the
   Reshape's -1 and 0 and Expand's 1, which stay (they follow the pruned tensor). An element that
   differs follows an input dim and stays computed; it must not need a new value (else
   ``NotDynamic``). A mixed operand becomes ``Add(Mul(S, keep), new)`` at run time.
+- Reshape/Expand nodes that folding removed as no-ops at the analysis size (a view to the shape
+  the tensor already has) are unseen by the analysis; their shape operands are rewritten the same
+  way, to the pruned shape of their input.
 - Attributes (Conv ``group``, ``num_groups``, Split's ``split``) are copied from the edited node,
   and attributes it dropped (Split's ``num_outputs``) are dropped.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from itertools import zip_longest
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -36,7 +40,7 @@ from onnx import ModelProto, NodeProto, helper, numpy_helper
 from ..analysis.coupling import Coupling
 from ..frontends.onnx import constant_values, node_names
 from ..frontends.onnx_model import OnnxDynamic, graph_inputs, random_feeds
-from ..ir import Graph, Node
+from ..ir import Graph
 from .slicing import kept_indices, pruned_shape
 from .to_onnx import NotDynamic, _drop_dead_nodes, _drop_unused_initializers
 
@@ -157,7 +161,7 @@ def rewrite_original(dyn: OnnxDynamic, folded: ModelProto, edited: ModelProto, n
 def _carry_node_edits(o: _Original, dyn: OnnxDynamic, folded: ModelProto, edited: ModelProto,
                       new_inits: Mapping[str, np.ndarray], graph: Graph, coupling: Coupling, removed: np.ndarray) -> None:
     ir_nodes = {n.name: n for n in graph.nodes}
-    pending: list[tuple[NodeProto, int, str, np.ndarray, Node, str]] = []
+    pending: list[tuple[NodeProto, int, str, np.ndarray, _Site]] = []
     for nname, a, b in zip(node_names(folded), folded.graph.node, edited.graph.node, strict=True):
         if a == b:
             continue
@@ -174,18 +178,21 @@ def _carry_node_edits(o: _Original, dyn: OnnxDynamic, folded: ModelProto, edited
         for idx, (x, y) in enumerate(zip_longest(a.input, b.input, fillvalue="")):
             if x != y and y in new_inits:
                 src = node.input[idx] if idx < len(node.input) else ""
-                pending.append((node, idx, src, new_inits[y], ir_nodes[nname], a.op_type))
+                ir = ir_nodes[nname]
+                ends = (tuple(ir.output.shape), pruned_shape(coupling, ir.inputs[0], removed)) if ir.inputs[0] is not None else None
+                pending.append((node, idx, src, new_inits[y], _Site(a.op_type, repr(nname), ends)))
+    pending.extend(_folded_away(o, folded, graph, coupling, removed))
     known = constant_values(dyn.original)  # operands read in the unpruned original
-    probe = sorted({src for _, _, src, _, _, _ in pending if src and src not in known})
+    probe = sorted({src for _, _, src, _, _ in pending if src and src not in known})
     at = _evaluate(dyn.original, probe, [dyn.base_shapes, dyn.alt_shapes])
-    for node, idx, src, new, irnode, op in pending:
+    for node, idx, src, new, site in pending:
         if not src:
             while len(node.input) <= idx:
                 node.input.append("")
             node.input[idx] = o.const(f"{node.output[0]}_in{idx}", new)
             continue
         a1, a2 = (np.asarray(known[src]),) * 2 if src in known else (at[0][src], at[1][src])
-        values, computed = _merge(op, idx, a1, a2, new, irnode, coupling, removed)
+        values, computed = _merge(site, idx, a1, a2, new)
         if not computed.any():
             node.input[idx] = o.const(src, values.astype(a1.dtype))
         elif not np.array_equal(values[~computed], a1[~computed]):
@@ -194,23 +201,52 @@ def _carry_node_edits(o: _Original, dyn: OnnxDynamic, folded: ModelProto, edited
             node.input[idx] = o.node("Add", [o.node("Mul", [src, keep], src), put], src)
 
 
-def _merge(op: str, idx: int, a1: np.ndarray, a2: np.ndarray, new: np.ndarray, node: Node, coupling: Coupling,
-           removed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(element values, mask of elements that stay computed) for shape operand ``idx`` of ``op``:
+class _Site(NamedTuple):
+    """A node whose shape operand is rewritten: op type, name for messages, and (for Reshape and
+    Expand) its output shape before pruning and its data input's shape after."""
+
+    op: str
+    name: str
+    ends: tuple[tuple[int, ...], tuple[int, ...]] | None
+
+
+def _folded_away(o: _Original, folded: ModelProto, graph: Graph, coupling: Coupling, removed: np.ndarray
+                 ) -> list[tuple[NodeProto, int, str, np.ndarray, _Site]]:
+    """Reshape/Expand nodes of the original that folding removed as no-ops at the analysis size
+    (e.g. a view to (batch, seq, hidden) of a tensor of that shape): their shape operands carry the
+    channel count too, and must follow the pruned input (output shape = input shape)."""
+    kept = {o_ for n in folded.graph.node for o_ in n.output}
+    out = []
+    for n in o.model.graph.node:
+        if n.op_type not in ("Reshape", "Expand") or len(n.input) < 2 or n.output[0] in kept:
+            continue
+        x = n.input[0]
+        if x not in o.depends or not graph.has_value(x):
+            continue
+        v = graph.value(x)
+        new = pruned_shape(coupling, v, removed)
+        if tuple(new) != tuple(v.shape):
+            site = _Site(n.op_type, repr(n.name or n.output[0]), (tuple(v.shape), tuple(new)))
+            out.append((n, 1, n.input[1], np.asarray(new, dtype=np.int64), site))
+    return out
+
+
+def _merge(site: _Site, idx: int, a1: np.ndarray, a2: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(element values, mask of elements that stay computed) for shape operand ``idx`` of ``site``:
     ``a1``/``a2`` its original values at the two bindings, ``new`` the prepared model's new value."""
-    where = f"{op} {node.name!r} input {idx}"
+    op = site.op
+    where = f"{op} {site.name} input {idx}"
     if a1.shape != a2.shape or a1.ndim > 1:
         raise NotDynamic(f"{where}: its shape operand changes length with the input size")
     a1, a2 = a1.reshape(-1), a2.reshape(-1)
     new = np.asarray(new).reshape(-1)
     computed = a1 != a2
     values = a1.copy()
-    if op in ("Reshape", "Expand") and idx == 1:
-        old = np.asarray(node.output.shape, dtype=np.int64)
+    if op in ("Reshape", "Expand") and idx == 1 and site.ends is not None:
+        old, pin = np.asarray(site.ends[0], dtype=np.int64), site.ends[1]
         off = len(new) - len(a1)
         if off < 0:
             raise NotDynamic(f"{where}: shape longer than its output")
-        pin = pruned_shape(coupling, node.inputs[0], removed)  # type: ignore[arg-type]
         for j in range(len(a1)):
             i = off + j
             if computed[j]:

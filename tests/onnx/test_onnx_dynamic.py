@@ -305,3 +305,30 @@ def test_weight_computed_from_the_input_size_is_sliced_at_run_time() -> None:
     for seq in (7, 33, 64):
         feeds = {"ids": np.random.default_rng(seq).integers(0, 50, size=(1, seq)).astype(np.int64)}
         assert_close(run(masked, feeds), run(res.model, feeds), what=f"seq_len {seq}")
+
+
+NOOP_VIEW = '<ir_version: 8, opset_import: ["" : 17]>\n' + """g (float[batch,seq,8] x) => (float[batch,seq,8] y) {
+  h = MatMul(x, w1)
+  s = Shape(h)
+  b = Gather(s, i0)
+  q = Gather(s, i1)
+  p = Concat<axis=0>(b, q, sixteen)
+  z = Reshape(h, p)
+  r = Relu(z)
+  y = MatMul(r, w2)
+}"""
+
+
+def test_reshape_folded_away_as_a_no_op_still_follows_the_pruned_width() -> None:
+    """A view to (batch, seq, 16) of a tensor of that shape is removed by constant folding, so the
+    analysis never sees it; in the original graph its shape operand still says 16 and must follow
+    the pruned width while batch and seq stay computed."""
+    m = build(NOOP_VIEW, {"w1": (8, 16), "w2": (16, 8)},
+              ints={"i0": np.asarray([0]), "i1": np.asarray([1]), "sixteen": np.asarray([16])})
+    res = gp.prune(m, flops=0.6)
+    assert res.report["onnx_dynamic"]["kept"] is True, res.report["onnx_dynamic"]
+    assert len(res.plan.kept["w1"][1]) < 16
+    masked = masked_by_plan(m, res.plan.kept)
+    for shape in ((1, 7, 8), (2, 33, 8), (1, 64, 8)):
+        feeds = {"x": np.random.default_rng(shape[1]).standard_normal(shape).astype(np.float32)}
+        assert_close(run(masked, feeds), run(res.model, feeds), what=f"x {shape}")

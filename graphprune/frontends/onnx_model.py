@@ -3,9 +3,9 @@
 ``load_onnx`` accepts a path or a ModelProto and turns every bad input into a SourceError with one
 clear line: not an ONNX file, a truncated file, missing external data, an invalid graph, a
 quantized (QDQ/QOperator) graph. ``prepare`` then binds symbolic input dims to concrete sizes
-(``input_shapes``, else 1), folds constants and removes identities with onnxscript's optimizer
-(shape sub-graphs become initializers that the rewriter can edit), and infers a static shape for
-every tensor, running onnxruntime once for any the shape inference could not resolve.
+(``input_shapes``, else a representative size, below), folds constants and removes identities
+with onnxscript's optimizer (shape sub-graphs become initializers that the rewriter can edit), and
+infers a static shape for every tensor, running onnxruntime once for any the shape inference could not resolve.
 
 Dynamic dims: symbolic input dims the user did not size are analyzed at a representative size
 (:data:`REPRESENTATIVE`: a dim on axis 0 is a batch, 1; a spatial dim of a 4-D float input 224;
@@ -85,9 +85,9 @@ def graph_inputs(model: ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def _bind_inputs(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
-    """Give every graph input a static shape; symbolic dims default to 1 unless given (a dim named
-    like a dim of a given input, e.g. ``attention_mask[1]`` and ``input_ids[1]`` both ``seq``,
-    takes that size)."""
+    """Give every graph input a static shape; symbolic dims not given default to 1 (``prepare``
+    passes representative sizes); a dim named like a dim of a given input (e.g.
+    ``attention_mask[1]`` and ``input_ids[1]`` both ``seq``) takes that size."""
     bound: dict[str, tuple[int, ...]] = {}
     given = dict(input_shapes or {})
     sized = _given_dim_params(model, given)

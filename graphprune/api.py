@@ -172,6 +172,7 @@ def prune(
     callback: Callable[[nn.Module, int], None] | None = None,
     seed: int = 0,
     depth: bool | None = None,
+    allow_static: bool = False,
 ) -> PruneResult:
     """Prune ``model`` to a budget; returns a new, verified model.
 
@@ -205,6 +206,8 @@ def prune(
     ``round_to=1`` keeps any width.
     ``depth=True``: let the greedy also remove whole residual branches (groups taken to width 0,
     see ``graphprune.analysis.depth``; the result then takes the fx route).
+    ``allow_static=True``: an ONNX model whose symbolic input dims cannot stay symbolic is written
+    with the shapes it was analyzed at (default: ``NotDynamic`` is raised and nothing is kept).
     """
 
     from graphprune.passes import default_pipeline
@@ -256,7 +259,8 @@ def prune(
             metric, float(1.0 if fraction is None else fraction), criterion, policy, round_to, strict=verify,
             runtime=runtime, threads=threads or 0, reconstruct=recon, depth=use_depth,
         )
-        return _prune_once(m, example_inputs, text, batches, loss, seed, progress, input_shapes, measure, iterate)
+        return _prune_once(m, example_inputs, text, batches, loss, seed, progress, input_shapes, measure, iterate,
+                           allow_static=allow_static)
 
     res = once(model, frac) if steps == 1 else _prune_steps(model, once, metric, float(frac), steps, callback)  # type: ignore[arg-type]
     res.report.update(target_verdict(res.report))
@@ -301,7 +305,7 @@ def default_allocation(latency_budget: bool, criterion: str) -> str:
 def _prune_once(
     model: Any, example_inputs: ExampleInputs, text: str, calib: list[Any] | None,
     loss: Callable[[Any, ExampleInputs], torch.Tensor] | None, seed: int, progress: Callable[[str], None] | None,
-    input_shapes: dict[str, tuple[int, ...]] | None, measure: bool, iterate: int,
+    input_shapes: dict[str, tuple[int, ...]] | None, measure: bool, iterate: int, allow_static: bool = False,
 ) -> PruneResult:
     from graphprune.passes import PassContext, parse_pipeline, run_pipeline
 
@@ -343,8 +347,14 @@ def _prune_once(
     report = prune_report(graph, ctx, kept)
     if onnx_input:
         report["input_shapes"] = {k: list(v) for k, v in ctx.onnx.input_shapes.items()}
+        if ctx.onnx.symbolic:
+            report["symbolic_dims"] = dict(ctx.onnx.symbolic)
         if ctx.onnx_dynamic:
             report["onnx_dynamic"] = dict(ctx.onnx_dynamic)
+            if not ctx.onnx_dynamic.get("kept") and not allow_static:
+                from .rewrite.onnx_dynamic import refuse_static
+
+                refuse_static(graph.name, report)
     if ctx.latency is not None:
         report["latency"] = latency_report(graph, ctx, loop)
     return PruneResult(ctx.pruned, report, plan, example_inputs, ctx.coupling, ctx.allocation.removed)

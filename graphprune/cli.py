@@ -142,6 +142,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="let the greedy allocator remove whole residual branches (off by default; the result takes the fx route)")
     pr.add_argument("--pipeline", help="a full pass pipeline string instead of the options above")
     pr.add_argument("--no-verify", action="store_true", help="write the model even if verification fails")
+    pr.add_argument("--allow-static", action="store_true",
+                    help="ONNX: write the model with fixed input shapes when its symbolic dims cannot stay symbolic")
     pr.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
                     help="ONNX: bind an input's symbolic dims (repeatable); default 1 for each symbolic dim")
     an = sub.add_parser("analyze", help="print groups, barriers and per-layer FLOPs/params")
@@ -254,6 +256,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             pipeline=args.pipeline, progress=progress,
             input_shapes=_input_shapes(args.input_shape),
             calib=calib, reconstruct=args.reconstruct, steps=args.steps, depth=args.depth,
+            allow_static=args.allow_static,
         )
         progress(f"write {out}")
         saved = res.save(out)
@@ -358,6 +361,10 @@ def _print_prune(rep: dict[str, Any]) -> None:
         f"barriers: {', '.join(f'{k} x{len(v)}' for k, v in rep['barriers'].items()) or 'none'}",
         f"time: {rep['timings'].get('total', 0):.2f}s; saved {rep['saved']['path']}",
     ]
+    if rep.get("symbolic_dims"):
+        dyn = rep.get("onnx_dynamic") or {}
+        lines.append(f"analyzed at {', '.join(f'{k}={v}' for k, v in rep['symbolic_dims'].items())}; --input-shape overrides")
+        lines.append("symbolic input dims kept" if dyn.get("kept") else f"input shapes FIXED ({dyn.get('reason', '')})")
     lat = rep.get("latency")
     if lat and "measured_ms" in lat:
         lines.append(

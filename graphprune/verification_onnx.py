@@ -3,6 +3,10 @@
 Same statement as ``verification.py``: zero the consumer-side (reader) slices of removed units in
 the original's initializers; the pruned model must then produce the same outputs on the same
 inputs. Inputs are the user's feeds when given, plus random ones matching the graph inputs.
+
+A pruned model whose symbolic dims were kept is also checked against the masked ORIGINAL graph
+(``rewrite.onnx_dynamic.masked_original``, symbolic like the pruned one) at the analysis binding,
+the second binding and a small one (:func:`verify_onnx_dynamic`).
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ import onnxruntime as ort
 from onnx import ModelProto, numpy_helper
 
 from .analysis.coupling import Coupling
-from .frontends.onnx_model import random_feeds
+from .frontends.onnx_model import OnnxDynamic, random_feeds
 from .verification import VerifyResult
 
-__all__ = ["masked_onnx", "run_onnx", "verify_onnx"]
+__all__ = ["masked_onnx", "run_onnx", "verify_onnx", "verify_onnx_dynamic"]
 
 
 def masked_onnx(model: ModelProto, coupling: Coupling, removed: np.ndarray) -> ModelProto:
@@ -55,6 +59,36 @@ def verify_onnx(
 ) -> VerifyResult:
     masked = masked_onnx(original, coupling, removed)
     all_feeds = ([dict(feeds)] if feeds else []) + [random_feeds(original, input_shapes, seed=s) for s in range(trials)]
+    return _compare(masked, pruned, all_feeds, rtol)
+
+
+def verify_onnx_dynamic(
+    dyn: OnnxDynamic, prepared: ModelProto, pruned: ModelProto, coupling: Coupling, removed: np.ndarray,
+    trials: int = 1, rtol: float = 1e-4,
+) -> tuple[VerifyResult, list[dict[str, tuple[int, ...]]]]:
+    """The pruned model (symbolic dims kept) against the masked original graph at each binding the
+    masked original runs at (at least two); returns the result and the bindings checked."""
+    from .rewrite.onnx_dynamic import masked_original
+
+    masked = masked_original(dyn, prepared, coupling, removed)
+    checked, worst = [], VerifyResult(True, 0.0, 0.0, rtol, 0)
+    for shapes in [dyn.base_shapes, dyn.alt_shapes, *dyn.check_shapes]:
+        feeds = [random_feeds(dyn.original, shapes, seed=s) for s in range(trials)]
+        try:
+            run_onnx(masked, feeds[0])
+        except Exception:  # the model itself does not run at this size (e.g. longer than its positions)
+            continue
+        res = _compare(masked, pruned, feeds, rtol)
+        checked.append(dict(shapes))
+        if not res.ok:
+            return res, checked
+        worst = res if res.max_abs_err >= worst.max_abs_err else worst
+    if len(checked) < 2:
+        return VerifyResult(False, float("inf"), 0.0, rtol, 0, "the original runs at fewer than two input sizes"), checked
+    return worst, checked
+
+
+def _compare(masked: ModelProto, pruned: ModelProto, all_feeds: list[dict[str, np.ndarray]], rtol: float) -> VerifyResult:
     worst, scale = 0.0, 0.0
     for f in all_feeds:
         try:

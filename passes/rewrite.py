@@ -82,7 +82,6 @@ def rewrite_onnx_ctx(graph: Graph, ctx: PassContext, dynamic: bool, reason: str 
         except (NotDynamic, ExportError) as exc:
             reason = str(exc)
     ctx.pruned = rewrite_onnx(prep.model, graph, ctx.coupling, removed)
-    reason = reason or prep.dynamic_reason
     ctx.onnx_dynamic = {"kept": False, "reason": reason} if reason else {}
     if reason:
         log.info("pruned ONNX model keeps the bound input shapes %s: %s", prep.input_shapes, reason)

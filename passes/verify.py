@@ -15,7 +15,7 @@ from graphprune.errors import OptionError, VerificationError
 from graphprune.ir import Graph
 from graphprune.progress import step
 from graphprune.verification import masked_original, merge_results, verify_pruned, verify_structure
-from graphprune.verification_onnx import verify_onnx
+from graphprune.verification_onnx import verify_onnx, verify_onnx_dynamic
 
 from .infra import PassContext, PassResult, register_pass
 from .rewrite import rewrite_onnx_ctx
@@ -60,24 +60,27 @@ class Verify:
         return self._check(graph, ctx)
 
     def _verify_onnx(self, graph: Graph, ctx: PassContext) -> None:
-        """Exact oracle at the bound shapes; a model with symbolic dims kept is also checked at the
-        second binding, against the masked original prepared there. If either fails, the model
-        is rewritten with static shapes, checked again, and the report says why."""
+        """Exact oracle at the bound shapes; a model with symbolic dims kept is also checked against
+        the masked original graph at several input sizes. If either fails, the model is rewritten
+        with static shapes, checked again, and the report says why."""
         prep, removed = ctx.onnx, ctx.allocation.removed
         ctx.verification = verify_onnx(prep.model, ctx.pruned, ctx.coupling, removed, prep.input_shapes,
                                        feeds=ctx.example_inputs, trials=max(1, self.trials), rtol=self.rtol)
         if not ctx.onnx_dynamic.get("kept"):
             return
-        dyn = prep.dynamic
         if ctx.verification.ok:
-            alt = verify_onnx(dyn.alt_model, ctx.pruned, ctx.coupling, removed, dyn.alt_input_shapes,
-                              trials=max(1, self.trials), rtol=self.rtol)
+            alt, checked = verify_onnx_dynamic(prep.dynamic, prep.model, ctx.pruned, ctx.coupling, removed,
+                                               trials=max(1, self.trials), rtol=self.rtol)
             if alt.ok:
+                ctx.onnx_dynamic["checked_at"] = [{k: list(v) for k, v in c.items()} for c in checked]
                 return
             why = alt.detail or f"max abs error {alt.max_abs_err:.3g} > {alt.tolerance:.3g}"
-            reason = f"at input shapes {dyn.alt_input_shapes} the pruned model disagrees with the masked original: {why}"
+            at = checked[-1] if checked else prep.dynamic.alt_shapes
+            reason = f"at input shapes {at} the pruned model disagrees with the masked original: {why}"
         else:
-            reason = "the model with symbolic dims failed verification at the bound shapes"
+            res = ctx.verification
+            reason = ("the model with symbolic dims failed verification at the bound shapes: "
+                      + (res.detail or f"max abs error {res.max_abs_err:.3g} > {res.tolerance:.3g}"))
         rewrite_onnx_ctx(graph, ctx, dynamic=False, reason=reason)
         ctx.verification = verify_onnx(prep.model, ctx.pruned, ctx.coupling, removed, prep.input_shapes,
                                        feeds=ctx.example_inputs, trials=max(1, self.trials), rtol=self.rtol)

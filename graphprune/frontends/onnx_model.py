@@ -3,17 +3,16 @@
 ``load_onnx`` accepts a path or a ModelProto and turns every bad input into a SourceError with one
 clear line: not an ONNX file, a truncated file, missing external data, an invalid graph, a
 quantized (QDQ/QOperator) graph. ``prepare`` then binds symbolic input dims to concrete sizes
-(``input_shapes``, else 1), folds constants and removes identities with onnxscript's optimizer
-(shape sub-graphs become initializers that the rewriter can edit), and infers a static shape for
-every tensor, running onnxruntime once for any the shape inference could not resolve.
+(``input_shapes``, else a representative size, below), folds constants and removes identities
+with onnxscript's optimizer (shape sub-graphs become initializers that the rewriter can edit), and
+infers a static shape for every tensor, running onnxruntime once for any the shape inference could not resolve.
 
-Dynamic dims: symbolic input dims bound by default (not given in ``input_shapes``) are also bound
-to a second, distinct size (``bound + k + 1`` for the k-th dim name) and prepared again into
-``OnnxDynamic``. A tensor dim whose size differs between the two bindings follows a symbolic dim;
-the rewriter uses that to write Reshape/Expand shapes that stay valid at any size, and the
-verifier runs the pruned model at the second binding too. Only when both preparations give the
-same graph (node ops and value names, initializer names) and the only size-dependent initializers
-are Reshape/Expand shape inputs is the dynamic path offered; otherwise ``dynamic_reason`` says why.
+Dynamic dims: symbolic input dims the user did not size are analyzed at a representative size
+(:data:`REPRESENTATIVE`: a dim on axis 0 is a batch, 1; a spatial dim of a 4-D float input 224;
+any other, e.g. a sequence, 128; smaller sizes are tried in turn when the model does not run at
+those). ``PreparedOnnx.symbolic`` names the sizes chosen, and ``OnnxDynamic`` keeps the ORIGINAL
+(unfolded, symbolic) model with the bindings at which the rewriter probes shape sub-graphs and the
+verifier checks the pruned model (see ``rewrite/onnx_dynamic.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from onnx import ModelProto, TensorProto, numpy_helper
 
 from ..errors import SourceError
 
-__all__ = ["OnnxDynamic", "PreparedOnnx", "graph_inputs", "load_onnx", "ordered_feeds", "prepare", "random_feeds"]
+__all__ = ["REPRESENTATIVE", "OnnxDynamic", "PreparedOnnx", "graph_inputs", "load_onnx", "ordered_feeds", "prepare", "random_feeds"]
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +85,9 @@ def graph_inputs(model: ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def _bind_inputs(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
-    """Give every graph input a static shape; symbolic dims default to 1 unless given (a dim named
-    like a dim of a given input, e.g. ``attention_mask[1]`` and ``input_ids[1]`` both ``seq``,
-    takes that size)."""
+    """Give every graph input a static shape; symbolic dims not given default to 1 (``prepare``
+    passes representative sizes); a dim named like a dim of a given input (e.g.
+    ``attention_mask[1]`` and ``input_ids[1]`` both ``seq``) takes that size."""
     bound: dict[str, tuple[int, ...]] = {}
     given = dict(input_shapes or {})
     sized = _given_dim_params(model, given)
@@ -133,16 +132,19 @@ def _given_dim_params(model: ModelProto, given: Mapping[str, Sequence[int]]) -> 
     return sized
 
 
+# representative sizes for symbolic dims the user did not size, tried in order (batch dims stay 1)
+REPRESENTATIVE: tuple[tuple[int, int], ...] = ((128, 224), (64, 64), (16, 16), (1, 1))
+
+
 @dataclass
 class OnnxDynamic:
-    """The same graph prepared at a second binding of the default-bound symbolic input dims."""
+    """What the rewriter needs to keep the default-bound symbolic input dims symbolic."""
 
-    dims: dict[str, dict[int, str]]  # graph input -> axis -> dim_param (the symbolic name restored)
-    alt_model: ModelProto
-    alt_shapes: dict[str, tuple[int, ...]]
-    alt_input_shapes: dict[str, tuple[int, ...]]
-    base_shapes: dict[str, tuple[int, ...]]  # = PreparedOnnx.shapes, the analysis binding
-    output_dims: dict[str, dict[int, str]]  # the original model's output dim_params, reused on the pruned outputs
+    dims: dict[str, dict[int, str]]  # graph input -> axis -> dim_param (an unnamed dim: <input>_<axis>)
+    original: ModelProto  # the loaded model, unfolded and symbolic (initializers listed as inputs dropped)
+    base_shapes: dict[str, tuple[int, ...]]  # input shapes at the analysis binding (= PreparedOnnx.input_shapes)
+    alt_shapes: dict[str, tuple[int, ...]]  # a second binding: the k-th dim name grows by k + 1
+    check_shapes: list[dict[str, tuple[int, ...]]]  # bindings the verifier also runs (besides base and alt)
 
 
 @dataclass
@@ -152,8 +154,8 @@ class PreparedOnnx:
     dtypes: dict[str, int]
     input_shapes: dict[str, tuple[int, ...]]
     opset: int
-    dynamic: OnnxDynamic | None = None  # set when symbolic input dims can be kept symbolic
-    dynamic_reason: str = ""  # why not, when the model had default-bound symbolic dims
+    dynamic: OnnxDynamic | None = None  # set when the model has default-bound symbolic input dims
+    symbolic: dict[str, int] | None = None  # dim name -> size analyzed at, for default-bound symbolic dims
 
 
 def _opset(model: ModelProto) -> int:
@@ -161,17 +163,67 @@ def _opset(model: ModelProto) -> int:
 
 
 def prepare(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> PreparedOnnx:
-    work, shapes, dtypes, bound = _prepare_once(model, input_shapes)
-    prep = PreparedOnnx(work, shapes, dtypes, bound, _opset(work))
     dims = _default_symbolic(model, input_shapes)
-    if dims:
-        prep.dynamic, prep.dynamic_reason = _prepare_alt(model, prep, dims)
-        if prep.dynamic is None:
-            log.info("symbolic input dims stay bound (%s)", prep.dynamic_reason)
+    if not dims:
+        work, shapes, dtypes, bound = _prepare_once(model, input_shapes)
+        return PreparedOnnx(work, shapes, dtypes, bound, _opset(work))
+    for k, (other, spatial) in enumerate(REPRESENTATIVE):
+        sizes = _representative(model, dims, other, spatial)
+        note = _symbolic_note(model, input_shapes, sizes)
+        try:
+            work, shapes, dtypes, bound = _prepare_once(model, _with_sizes(model, input_shapes, dims, sizes), note)
+            break
+        except SourceError as exc:  # the model does not run at this size (a position table too short, ...)
+            if k == len(REPRESENTATIVE) - 1:
+                raise
+            log.info("symbolic dims at %s: %s; trying smaller sizes", sizes, exc)
+    log.info("symbolic input dims analyzed at %s", ", ".join(f"{k}={v}" for k, v in sizes.items()))
+    prep = PreparedOnnx(work, shapes, dtypes, bound, _opset(work), symbolic=sizes)
+    original = ModelProto()
+    original.CopyFrom(model)
+    inits = {t.name for t in original.graph.initializer}
+    keep_inputs = [i for i in original.graph.input if i.name not in inits]
+    del original.graph.input[:]
+    original.graph.input.extend(keep_inputs)
+    names = sorted({p for axes in dims.values() for p in axes.values()})
+    small = {p: 3 + 2 * k for k, p in enumerate(names)}
+    prep.dynamic = OnnxDynamic(dims, original, bound, _alt_binding(bound, dims),
+                               [_shapes_at(bound, dims, small)])
     return prep
 
 
-def _prepare_once(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None
+def _representative(model: ModelProto, dims: Mapping[str, Mapping[int, str]], other: int, spatial: int) -> dict[str, int]:
+    """dim name -> size: 1 for a dim on axis 0 (a batch), ``spatial`` for axes 2.. of a 4-D float
+    input (an image), ``other`` for the rest (a sequence)."""
+    types = {i.name: i.type.tensor_type for i in graph_inputs(model)}
+    sizes: dict[str, int] = {}
+    for name, axes in dims.items():
+        tt = types[name]
+        image = len(tt.shape.dim) == 4 and tt.elem_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE)
+        for ax, p in axes.items():
+            size = 1 if ax == 0 else spatial if image and ax >= 2 else other
+            sizes[p] = min(sizes.get(p, size), size)
+    return sizes
+
+
+def _shapes_at(bound: Mapping[str, tuple[int, ...]], dims: Mapping[str, Mapping[int, str]],
+               sizes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(sizes[dims[name][ax]] if ax in dims.get(name, {}) else s for ax, s in enumerate(shape))
+            for name, shape in bound.items()}
+
+
+def _with_sizes(model: ModelProto, given: Mapping[str, Sequence[int]] | None, dims: Mapping[str, Mapping[int, str]],
+                sizes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+    """The user's input shapes plus a full shape for every input with default-bound dims."""
+    out = {k: tuple(int(d) for d in v) for k, v in (given or {}).items()}
+    for inp in graph_inputs(model):
+        if inp.name in dims:
+            out[inp.name] = tuple(sizes[dims[inp.name][ax]] if ax in dims[inp.name] else int(d.dim_value)
+                                  for ax, d in enumerate(inp.type.tensor_type.shape.dim))
+    return out
+
+
+def _prepare_once(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None, note: str | None = None
                   ) -> tuple[ModelProto, dict[str, tuple[int, ...]], dict[str, int], dict[str, tuple[int, ...]]]:
     work = ModelProto()
     work.CopyFrom(model)
@@ -193,7 +245,7 @@ def _prepare_once(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] |
     except Exception as exc:
         raise SourceError(f"ONNX shape inference failed: {str(exc).splitlines()[0][:200]}") from exc
     shapes, dtypes = _collect_shapes(inferred)
-    note = _symbolic_note(model, input_shapes)
+    note = _symbolic_note(model, input_shapes) if note is None else note
     if _has_symbolic_inputs(model):
         given = ", ".join(f"'{k}'={list(v)}" for k, v in bound.items())
         _check_binding(work, bound, note or f"; input shapes used: {given} -- check them")
@@ -221,53 +273,17 @@ def _default_symbolic(model: ModelProto, input_shapes: Mapping[str, Sequence[int
 
 
 def _alt_binding(bound: Mapping[str, tuple[int, ...]], dims: Mapping[str, Mapping[int, str]]) -> dict[str, tuple[int, ...]]:
-    """The second binding: the k-th distinct dim name gets ``bound + k + 1``, so two symbolic dims
-    never change by the same amount (a batch dim is not mistaken for a sequence dim)."""
+    """The second binding: the k-th distinct dim name moves by k + 1 (down from a size above
+    2 * (k + 1), else up), so two symbolic dims never move alike (a batch is not taken for a
+    sequence) and a representative size at a model's limit (its positions) stays within it."""
     names = sorted({p for axes in dims.values() for p in axes.values()})
     step = {p: k + 1 for k, p in enumerate(names)}
     alt = {}
     for name, shape in bound.items():
         axes = dims.get(name, {})
-        alt[name] = tuple(s + step[axes[ax]] if ax in axes else s for ax, s in enumerate(shape))
+        alt[name] = tuple((s - step[axes[ax]] if s > 2 * step[axes[ax]] else s + step[axes[ax]]) if ax in axes else s
+                          for ax, s in enumerate(shape))
     return alt
-
-
-def _prepare_alt(model: ModelProto, prep: PreparedOnnx, dims: dict[str, dict[int, str]]) -> tuple[OnnxDynamic | None, str]:
-    alt_inputs = _alt_binding(prep.input_shapes, dims)
-    try:
-        alt_model, alt_shapes, _, _ = _prepare_once(model, alt_inputs)
-    except Exception as exc:  # the model does not run at another size: keep it static
-        return None, f"the model does not prepare with input shapes {alt_inputs}: {str(exc).splitlines()[0][:200]}"
-    reason = _same_graph(prep.model, alt_model) or _size_dependent_constants(prep.model, alt_model)
-    if reason:
-        return None, reason
-    outs = {o.name: {ax: d.dim_param for ax, d in enumerate(o.type.tensor_type.shape.dim) if d.dim_param}
-            for o in model.graph.output}
-    return OnnxDynamic(dims, alt_model, alt_shapes, alt_inputs, prep.shapes, outs), ""
-
-
-def _same_graph(a: ModelProto, b: ModelProto) -> str:
-    """'' when both preparations have the same nodes (op, inputs, outputs) and initializer names."""
-    sig = lambda m: [(n.op_type, tuple(n.input), tuple(n.output)) for n in m.graph.node]  # noqa: E731
-    if sig(a) != sig(b):
-        return "the graph folds differently at another input size"
-    if sorted(t.name for t in a.graph.initializer) != sorted(t.name for t in b.graph.initializer):
-        return "the initializers differ at another input size"
-    return ""
-
-
-def _size_dependent_constants(a: ModelProto, b: ModelProto) -> str:
-    """'' when every initializer that changes with the input size is only a Reshape/Expand shape."""
-    alt = {t.name: t for t in b.graph.initializer}
-    differ = {t.name for t in a.graph.initializer
-              if t.dims != alt[t.name].dims or not np.array_equal(numpy_helper.to_array(t), numpy_helper.to_array(alt[t.name]))}
-    for n in a.graph.node:
-        for i, name in enumerate(n.input):
-            if name in differ and not (n.op_type in ("Reshape", "Expand") and i == 1):
-                return f"constant {name!r} (input {i} of {n.op_type} {n.name!r}) depends on the input size"
-    if any(o.name in differ for o in a.graph.output):
-        return "a graph output is a constant that depends on the input size"
-    return ""
 
 
 def _clean(model: ModelProto) -> ModelProto:
@@ -353,11 +369,14 @@ def ordered_feeds(prep: PreparedOnnx, example_inputs: Mapping[str, np.ndarray] |
     return [np.asarray(feeds[i.name]) for i in graph_inputs(prep.model)]
 
 
-def _symbolic_note(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None) -> str:
-    sym = [f"{k}[{ax}]" for k, axes in _default_symbolic(model, input_shapes).items() for ax in axes]
+def _symbolic_note(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None,
+                   sizes: Mapping[str, int] | None = None) -> str:
+    """'; symbolic dims x[1]=128, ... were bound by default -- give their sizes ...' (sizes default to 1)."""
+    dims = _default_symbolic(model, input_shapes)
+    sym = [f"{k}[{ax}]={(sizes or {}).get(p, 1)}" for k, axes in dims.items() for ax, p in axes.items()]
     if not sym:
         return ""
-    return f"; symbolic dims {', '.join(sym)} were bound to 1 -- give their sizes with --input-shape / input_shapes="
+    return f"; symbolic dims {', '.join(sym)} were bound by default -- give their sizes with --input-shape / input_shapes="
 
 
 def _has_symbolic_inputs(model: ModelProto) -> bool:

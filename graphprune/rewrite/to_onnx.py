@@ -7,19 +7,15 @@ sizes, Conv/ConvTranspose ``group``, GroupNormalization ``num_groups``). Rewritt
 fresh initializer names, so constants shared with unchanged nodes stay intact. Stale value_info is
 dropped and shapes are re-inferred; the result passes ``onnx.checker``.
 
-Dynamic dims (``dynamic=OnnxDynamic``): a dim of a Reshape/Expand output whose size differs
-between the two bindings follows a symbolic input dim. Reshape writes -1 for it when it is the
-only such dim; with several, 0 ("copy input dim i") for each dim i that the input carries at the
-same index with the same sizes in both bindings, and -1 for at most one left. Expand writes 1 where
-the (right-aligned) input dim carries the same sizes in both bindings. Any other case raises
-``NotDynamic`` and the caller rewrites statically. Graph inputs get their dim_param back, and so do
-output dims that vary (named as in the original model, else as the input dim they follow).
+Dynamic dims (``dynamic=OnnxDynamic``): the same edits are computed on the prepared model, then
+carried onto the ORIGINAL graph by ``onnx_dynamic.py`` (which see), so symbolic dims stay symbolic.
+Any case it cannot carry raises ``NotDynamic``.
 
 Depth (a group removed whole): each linear exit (Conv/ConvTranspose with group 1, Gemm, MatMul
 with an initializer operand) whose contraction input is left empty is replaced by
 ``Expand(bias, shape)`` of its pruned output shape (Gemm: ``beta * C``), or ``ConstantOfShape``
 zeros without a bias; a Concat drops its empty inputs; nodes none of whose outputs is used are then
-removed. Such a model is written with the bound (static) shapes: ``NotDynamic`` otherwise.
+removed. Such a model is written with the bound (static) shapes only (``NotDynamic`` otherwise).
 """
 
 from __future__ import annotations
@@ -34,7 +30,7 @@ from ..analysis.coupling import Coupling
 from ..analysis.depth import exit_bias, exit_contraction, removed_whole
 from ..errors import ExportError, GraphpruneError
 from ..frontends.onnx import constant_values, node_names
-from ..frontends.onnx_model import OnnxDynamic, graph_inputs
+from ..frontends.onnx_model import OnnxDynamic
 from ..ir import Graph, Node
 from ..registry import registrar
 from .slicing import kept_indices, kept_position, pruned_shape, scaled_groups
@@ -47,10 +43,8 @@ class NotDynamic(GraphpruneError):
 
 
 class _Edit:
-    def __init__(self, model: ModelProto, coupling: Coupling, removed: np.ndarray,
-                 dynamic: OnnxDynamic | None = None) -> None:
+    def __init__(self, model: ModelProto, coupling: Coupling, removed: np.ndarray) -> None:
         self.model = model
-        self.dynamic = dynamic
         self.coupling = coupling
         self.removed = removed
         self.consts = constant_values(model)
@@ -92,62 +86,7 @@ _reg = registrar(EDITORS)
 
 @_reg("Reshape", "Expand")
 def _reshape(n: NodeProto, node: Node, e: _Edit) -> None:
-    shape = list(e.shape(node.output))
-    if e.dynamic is not None and _varying(node.output, e.dynamic):
-        shape = _dynamic_reshape(n, node, e, shape) if n.op_type == "Reshape" else _dynamic_expand(n, node, e, shape)
-    e.set_input(n, 1, np.asarray(shape, dtype=np.int64))
-
-
-def _sizes(v: object, dyn: OnnxDynamic) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(size at the analysis binding, size at the second binding) of value ``v``."""
-    alt = dyn.alt_shapes.get(v.name)  # type: ignore[attr-defined]
-    if alt is None or len(alt) != len(v.shape):  # type: ignore[attr-defined]
-        raise NotDynamic(f"no shape for {v.name!r} at the second input size")  # type: ignore[attr-defined]
-    return tuple(v.shape), tuple(alt)  # type: ignore[attr-defined]
-
-
-def _varying(v: object, dyn: OnnxDynamic) -> list[int]:
-    base, alt = _sizes(v, dyn)
-    return [i for i, (a, b) in enumerate(zip(base, alt, strict=True)) if a != b]
-
-
-def _dynamic_reshape(n: NodeProto, node: Node, e: _Edit, shape: list[int]) -> list[int]:
-    """Varying dims -> -1 if one; else 0 where the input carries dim i unchanged, -1 for one left."""
-    assert e.dynamic is not None
-    x, y = node.inputs[0], node.output
-    assert x is not None
-    vary = _varying(y, e.dynamic)
-    if len(vary) == 1:
-        shape[vary[0]] = -1
-        return shape
-    (xb, xa), (yb, ya), xp = _sizes(x, e.dynamic), _sizes(y, e.dynamic), e.shape(x)
-    allowzero = any(a.name == "allowzero" and a.i for a in n.attribute)
-    rest = []
-    for i in vary:
-        if not allowzero and i < len(xb) and (xb[i], xa[i], xp[i]) == (yb[i], ya[i], shape[i]):
-            shape[i] = 0
-        else:
-            rest.append(i)
-    if len(rest) > 1:
-        raise NotDynamic(f"Reshape {n.name!r}: output dims {rest} follow symbolic input dims in a way 0/-1 cannot express")
-    if rest:
-        shape[rest[0]] = -1
-    return shape
-
-
-def _dynamic_expand(n: NodeProto, node: Node, e: _Edit, shape: list[int]) -> list[int]:
-    """Varying dims -> 1 where the right-aligned input dim has the same sizes in both bindings."""
-    assert e.dynamic is not None
-    x, y = node.inputs[0], node.output
-    assert x is not None
-    (xb, xa), (yb, ya) = _sizes(x, e.dynamic), _sizes(y, e.dynamic)
-    off = len(yb) - len(xb)
-    for i in _varying(y, e.dynamic):
-        j = i - off
-        if j < 0 or (xb[j], xa[j]) != (yb[i], ya[i]):
-            raise NotDynamic(f"Expand {n.name!r}: output dim {i} follows a symbolic input dim the input does not carry")
-        shape[i] = 1
-    return shape
+    e.set_input(n, 1, np.asarray(e.shape(node.output), dtype=np.int64))
 
 
 @_reg("Split")
@@ -210,13 +149,30 @@ def _gn(n: NodeProto, node: Node, e: _Edit) -> None:
 
 def rewrite_onnx(model: ModelProto, graph: Graph, coupling: Coupling, removed: np.ndarray,
                  dynamic: OnnxDynamic | None = None) -> ModelProto:
-    """The pruned model; with ``dynamic``, one whose symbolic input dims stay symbolic (or
-    ``NotDynamic`` when a shape constant cannot follow them)."""
+    """The pruned model; with ``dynamic``, the original graph edited so that its symbolic input
+    dims stay symbolic (or ``NotDynamic`` when that cannot be done)."""
     if dynamic is not None and removed_whole(coupling, removed):
         raise NotDynamic("a residual branch removed whole (depth pruning) leaves constants of the bound shapes")
+    out, edit, ir_nodes = _edit_prepared(model, graph, coupling, removed)
+    if dynamic is not None:
+        from .onnx_dynamic import rewrite_original
+
+        new_inits = {t.name: numpy_helper.to_array(t) for t in edit.new_inits}
+        return _checked(rewrite_original(dynamic, model, out, new_inits, graph, coupling, removed))
+    if _drop_emptied(out, ir_nodes, edit):
+        _drop_dead_nodes(out)
+    out.graph.initializer.extend(edit.new_inits)
+    _drop_unused_initializers(out)
+    return _checked(out)
+
+
+def _edit_prepared(model: ModelProto, graph: Graph, coupling: Coupling, removed: np.ndarray
+                   ) -> tuple[ModelProto, _Edit, dict[str, Node]]:
+    """A copy of the prepared model with sliced initializers and edited nodes; new constants are
+    in ``edit.new_inits`` (not yet added), node order and count are unchanged."""
     out = ModelProto()
     out.CopyFrom(model)
-    edit = _Edit(out, coupling, removed, dynamic)
+    edit = _Edit(out, coupling, removed)
     sliced = {}
     for k in kept_indices(coupling, removed):
         arr = edit.consts.get(k.value.name)
@@ -238,17 +194,12 @@ def rewrite_onnx(model: ModelProto, graph: Graph, coupling: Coupling, removed: n
         fn = EDITORS.get(n.op_type)
         if node is None or fn is None:
             continue
-        if any(edit.shape(v) != v.shape for v in [*node.inputs, *node.outputs] if v is not None) or (
-            dynamic is not None and n.op_type in ("Reshape", "Expand") and n.input[1] in edit.consts
-            and _varying(node.output, dynamic)
-        ):
+        if any(edit.shape(v) != v.shape for v in [*node.inputs, *node.outputs] if v is not None):
             fn(n, node, edit)
-    if _drop_emptied(out, ir_nodes, edit):
-        _drop_dead_nodes(out)
-    out.graph.initializer.extend(edit.new_inits)
-    if dynamic is not None:
-        _restore_symbolic(out, dynamic)
-    _drop_unused_initializers(out)
+    return out, edit, ir_nodes
+
+
+def _checked(out: ModelProto) -> ModelProto:
     del out.graph.value_info[:]
     try:
         out = onnx.shape_inference.infer_shapes(out, strict_mode=False)
@@ -318,26 +269,6 @@ def _drop_dead_nodes(model: ModelProto) -> None:
             return
         del model.graph.node[:]
         model.graph.node.extend(keep)
-
-
-def _restore_symbolic(out: ModelProto, dyn: OnnxDynamic) -> None:
-    """dim_param back on the symbolic input dims, and on output dims whose size varies."""
-    follow: dict[tuple[int, int], str] = {}
-    for inp in graph_inputs(out):
-        dims = inp.type.tensor_type.shape.dim
-        for ax, param in dyn.dims.get(inp.name, {}).items():
-            follow.setdefault((dims[ax].dim_value, dyn.alt_input_shapes[inp.name][ax]), param)
-            dims[ax].Clear()
-            dims[ax].dim_param = param
-    for o in out.graph.output:
-        dims = o.type.tensor_type.shape.dim
-        base, alt = dyn.base_shapes.get(o.name), dyn.alt_shapes.get(o.name)
-        if base is None or alt is None or not len(base) == len(alt) == len(dims):
-            raise NotDynamic(f"graph output {o.name!r} has no static shape at both input sizes")
-        for ax, d in enumerate(dims):
-            if base[ax] != alt[ax]:
-                d.Clear()
-                d.dim_param = dyn.output_dims.get(o.name, {}).get(ax) or follow.get((base[ax], alt[ax]), f"{o.name}_{ax}")
 
 
 def _drop_unused_initializers(model: ModelProto) -> None:

@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--round-to", type=int, default=1, help="keep channel counts a multiple of N")
     pr.add_argument("--depth", action=argparse.BooleanOptionalAction, default=None,
                     help="let the greedy allocator remove whole residual branches (off by default; the result takes the fx route)")
+    pr.add_argument("--uniform", action="store_true",
+                    help="every layer of a kind keeps the same width (allocation uniform), so a transformers model "
+                         "reloads with stock from_pretrained")
     pr.add_argument("--pipeline", help="a full pass pipeline string instead of the options above")
     pr.add_argument("--no-verify", action="store_true", help="write the model even if verification fails")
     pr.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
@@ -176,7 +179,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             allocation=args.allocation, round_to=args.round_to, verify=not args.no_verify,
             pipeline=args.pipeline, progress=lambda name: status.update(f"running {name}"),
             input_shapes=_input_shapes(args.input_shape),
-            calib=calib, reconstruct=args.reconstruct, steps=args.steps, depth=args.depth,
+            calib=calib, reconstruct=args.reconstruct, steps=args.steps, depth=args.depth, uniform=args.uniform,
         )
         status.update(f"writing {out}")
         saved = res.save(out)

@@ -9,16 +9,21 @@ importance-per-cost knapsack of :mod:`graphprune.analysis.knapsack`; it ranks by
 scores (``ctx.loss_scores``: taylor, fisher) when the criterion gives them, comparable across groups.
 ``depth=true`` (greedy only) also lets the groups :func:`graphprune.analysis.depth.depth_eligible`
 finds be removed whole (a residual branch dropped).
+``uniform-layers=true`` (policy uniform; ``gp.prune(uniform=True)``) gives every group of one layer
+kind the same width (:func:`graphprune.analysis.allocation.layer_kinds`) and, for a transformers
+model, keeps whole the widths its stock config cannot express
+(:func:`graphprune.rewrite.hf_attrs.stock_fixed`), so stock ``from_pretrained`` can reload it.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from graphprune.analysis.allocation import allocate
+from graphprune.analysis.allocation import allocate, layer_kinds
 from graphprune.analysis.depth import depth_eligible
 from graphprune.analysis.knapsack import allocate_greedy
 from graphprune.cost import count, predict
@@ -46,6 +51,7 @@ class Allocate:
     runtime: str = "onnxruntime"
     threads: int = 1
     depth: bool = False
+    uniform_layers: bool = False
 
     def _budget(self) -> tuple[str, float]:
         given = [(k, v) for k, v in (("flops", self.flops), ("params", self.params), ("latency", self.latency),
@@ -73,12 +79,16 @@ class Allocate:
             raise OptionError(f"round_to={self.round_to} must be >= 1")
         if self.policy not in POLICIES:
             raise OptionError(f"allocation policy {self.policy!r} is unknown; use one of: {', '.join(POLICIES)}")
+        if self.uniform_layers and self.policy != "uniform":
+            raise OptionError(f"allocate option uniform-layers=true (uniform=True) needs policy=uniform, got "
+                              f"policy={self.policy}; drop one of them")
+        tie, frozen = self._layer_ties(ctx)
         scores = ctx.scores if ctx.scores is not None else np.ones(ctx.coupling.n_units)
         if self.policy == "greedy" and ctx.loss_scores is not None:
             scores = ctx.loss_scores  # the knapsack trades importance across groups: keep it comparable
         depth = self._depth(ctx)
         if metric.startswith("latency"):
-            return self._latency(graph, ctx, metric, frac, scores, depth)
+            return self._latency(graph, ctx, metric, frac, scores, depth, tie, frozen)
 
         def cost(shape):  # type: ignore[no-untyped-def]
             rep = count(graph, shape)
@@ -93,10 +103,25 @@ class Allocate:
                 frac * base, step=self.round_to, depth=depth,
             )
         else:
-            ctx.allocation = allocate(ctx.coupling, scores, cost, frac, self.policy, self.round_to)
+            ctx.allocation = allocate(ctx.coupling, scores, cost, frac, self.policy, self.round_to, tie, frozen)
         ctx.target = {metric: frac}
         ctx.round_to = self.round_to
         return PassResult(graph, bool(ctx.allocation.removed.any()))
+
+    def _layer_ties(self, ctx: PassContext) -> tuple[list[list[int]], frozenset[int]]:
+        """Tied layer kinds and the groups a transformers config cannot express, for uniform-layers."""
+        if not self.uniform_layers:
+            return [], frozenset()
+        assert ctx.coupling is not None
+        frozen: set[int] = set()
+        if ctx.model is not None and "transformers" in sys.modules:
+            from graphprune.rewrite.hf_attrs import stock_fixed
+
+            fixed = set(stock_fixed(ctx.model))
+            graph = ctx.coupling.graph
+            frozen = {g.id for g in ctx.coupling.groups
+                      if any((graph.value(n).source, a) in fixed for n, a in g.spaces)}
+        return layer_kinds(ctx.coupling), frozenset(frozen)
 
     def _depth(self, ctx: PassContext) -> frozenset[int]:
         """The groups that may be removed whole: none unless ``depth=true`` (greedy only)."""
@@ -108,7 +133,7 @@ class Allocate:
         return depth_eligible(ctx.coupling)
 
     def _latency(self, graph: Graph, ctx: PassContext, metric: str, value: float, scores: np.ndarray,
-                 depth: frozenset[int]) -> PassResult:
+                 depth: frozenset[int], tie: list[list[int]], frozen: frozenset[int]) -> PassResult:
         from graphprune.cost.runtimes import make_runtime
         from graphprune.latency_source import make_timer
         from graphprune.latency_target import setup_latency
@@ -129,7 +154,7 @@ class Allocate:
         else:
             base_pred = predict(lm, graph).total
             ctx.allocation = allocate(ctx.coupling, scores, lambda shape: predict(lm, graph, shape).total,
-                                      target / base_pred, self.policy, step)
+                                      target / base_pred, self.policy, step, tie, frozen)
         ctx.target = {metric: value}
         ctx.round_to = step
         return PassResult(graph, bool(ctx.allocation.removed.any()))

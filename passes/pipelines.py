@@ -19,6 +19,7 @@ def default_pipeline(
     runtime: str = "onnxruntime", threads: int = 1,
     reconstruct: Sequence[str] = (),
     depth: bool = False,
+    uniform_layers: bool = False,
 ) -> str:
     """``couple,score,allocate,rewrite,verify`` then the chosen reconstruction passes.
 
@@ -30,6 +31,7 @@ def default_pipeline(
     tail = "".join(f",{p}" for name, p in RECONSTRUCT.items() if name in reconstruct)
     extra = f",runtime={runtime},threads={threads}" if metric.startswith("latency") else ""
     extra += ",depth=true" if depth else ""
+    extra += ",uniform-layers=true" if uniform_layers else ""
     return (
         f"couple,score{{criterion={criterion}}},"
         f"allocate{{{metric.replace('_', '-')}={fraction!r},policy={policy},round-to={round_to}{extra}}},"

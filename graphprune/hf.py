@@ -7,7 +7,9 @@ from ``model.config`` on the meta device):
 - all equal (same widths per layer kind, config updated by the rewriter): a stock directory;
   ``AutoModel*.from_pretrained(d)`` reloads it without graphprune.
 - otherwise (per-layer widths, a width the config cannot express, or a class graphprune has no
-  config mapping for): ``model.safetensors`` as written by transformers, plus in ``config.json``
+  config mapping for): ``model.safetensors`` holding the model's own ``state_dict`` names (written
+  with ``safetensors.torch.save_model``: transformers renames some checkpoint keys on save, e.g.
+  ViT's, and its loader would rename them back), plus in ``config.json``
   a ``graphprune`` section (the per-layer widths when the class is mapped, the shapes that differ
   from the config, the loader's name) and the layer-count field replaced by a string naming
   ``graphprune.load_pretrained``: transformers' strict config validation then refuses the
@@ -92,6 +94,11 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike[str]) -> dict
     try:
         model.save_pretrained(tmp)
         if mismatched:
+            from safetensors.torch import save_model
+
+            for f in tmp.glob("model*.safetensors*"):
+                f.unlink()
+            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
             path = tmp / "config.json"
             data = json.loads(path.read_text())
             key = _layers_key(cfg)
@@ -126,25 +133,13 @@ def _replace_dir(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _weight_files(d: Path) -> list[Path]:
-    single = d / "model.safetensors"
-    if single.exists():
-        return [single]
-    index = d / "model.safetensors.index.json"
-    if index.exists():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [d / n for n in names]
-    raise SourceError(f"{d}: no model.safetensors (or model.safetensors.index.json); "
-                      "write the directory with res.save_pretrained(d)")
-
-
 def load_pretrained(directory: str | os.PathLike[str], **kwargs: Any) -> nn.Module:
     """Reload a directory written by :func:`save_pretrained` (or a stock transformers directory)
     as the model's own class, in eval mode. ``kwargs`` go to ``from_pretrained`` for a stock
     directory (they are refused for a graphprune one)."""
     import transformers
     from safetensors import safe_open
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     d = Path(directory)
     cfg_path = d / "config.json"
@@ -170,35 +165,26 @@ def load_pretrained(directory: str | os.PathLike[str], **kwargs: Any) -> nn.Modu
 
     with no_init_weights():
         model = cls(config)
-    files = _weight_files(d)
-    shapes: dict[str, list[int]] = {}
-    for f in files:
-        with safe_open(str(f), "pt") as sf:
-            for k in sf.keys():
-                shapes[k] = list(sf.get_slice(k).get_shape())
+    path = d / "model.safetensors"
+    if not path.is_file():
+        raise SourceError(f"{d}: no model.safetensors; write the directory with res.save_pretrained(d)")
+    with safe_open(str(path), "pt") as sf:
+        shapes = {k: list(sf.get_slice(k).get_shape()) for k in sf.keys()}
+    model.tie_weights()  # share tied tensors first: the file holds one name of each
     _shrink_to(model, shapes)
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    model.tie_weights()
-    tied = _tied_keys(model)
-    missing = [k for k in missing if k not in tied]
+    missing, unexpected = load_model(model, str(path), strict=False)
+    missing = _untied(model, set(missing))
     if missing or unexpected:
-        raise SourceError(f"{d}: the weights do not fit {cls.__name__} (missing {missing[:3]}, unexpected "
-                          f"{unexpected[:3]}); was the directory written by res.save_pretrained?")
+        raise SourceError(f"{d}: the weights do not fit {cls.__name__} (missing {sorted(missing)[:3]}, unexpected "
+                          f"{sorted(unexpected)[:3]}); was the directory written by res.save_pretrained?")
     return model.eval()
 
 
-def _tied_keys(model: nn.Module) -> set[str]:
-    """State-dict keys sharing storage with an earlier key (tied embeddings)."""
-    seen: dict[int, str] = {}
-    out = set()
-    for k, v in model.state_dict(keep_vars=True).items():
-        if id(v) in seen:
-            out.add(k)
-        seen.setdefault(id(v), k)
-    return out
+def _untied(model: nn.Module, missing: set[str]) -> list[str]:
+    """The missing keys that are not another loaded key's tensor (tied embeddings are written once)."""
+    state = model.state_dict(keep_vars=True)
+    loaded = {id(v) for k, v in state.items() if k not in missing}
+    return sorted(k for k in missing if id(state[k]) not in loaded)
 
 
 def _shrink_to(model: nn.Module, shapes: dict[str, list[int]]) -> None:

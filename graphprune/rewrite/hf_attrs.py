@@ -224,7 +224,7 @@ def update_config(model: nn.Module) -> dict[str, Any]:
     for k, v in uniform.items():
         if getattr(cfg, k) != v:
             setattr(cfg, k, v)
-    if spec.write_head_dim and not per_layer:
+    if spec.write_head_dim:
         attn = _of_class(model, spec.write_head_dim)
         stated = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         if attn and stated != attn[0][1].head_dim:

@@ -43,7 +43,7 @@ def _pixels() -> dict[str, Any]:
     return {"pixel_values": torch.randn(1, 3, 16, 16, generator=g)}
 
 
-_GQA = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+_GQA = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, bos_token_id=1, eos_token_id=2,
             intermediate_size=96, vocab_size=VOCAB, max_position_embeddings=64)
 
 HF_MODELS: dict[str, HFCase] = {c.name: c for c in (
@@ -53,7 +53,8 @@ HF_MODELS: dict[str, HFCase] = {c.name: c for c in (
     HFCase("gemma", "GemmaConfig", "GemmaForCausalLM", {**_GQA, "head_dim": 16}, True, _decoder_ids),
     HFCase("phi3", "Phi3Config", "Phi3ForCausalLM", {**_GQA, "pad_token_id": 0}, True, _decoder_ids),
     HFCase("gpt2", "GPT2Config", "GPT2LMHeadModel",
-           dict(n_embd=64, n_head=4, n_layer=2, n_inner=96, vocab_size=VOCAB, n_positions=64), True, _decoder_ids),
+           dict(n_embd=64, n_head=4, n_layer=2, n_inner=96, vocab_size=VOCAB, n_positions=64, bos_token_id=1,
+                eos_token_id=2), True, _decoder_ids),
     HFCase("bert", "BertConfig", "BertModel",
            dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=96, vocab_size=VOCAB,
                 max_position_embeddings=64), False, _ids),

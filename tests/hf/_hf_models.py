@@ -76,7 +76,7 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     cfg._attn_implementation = "sdpa"
     model = getattr(transformers, case.model_cls)(cfg).eval()
     with torch.no_grad():  # non-trivial norm weights and biases so a wrong slice shows
-        for n, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn(p.shape))
     return model, case.inputs()

@@ -30,7 +30,7 @@ NAMES = list(HF_MODELS)
 FLOPS = 0.7
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def pruned(name: str, uniform: bool) -> tuple[torch.nn.Module, dict, gp.PruneResult]:
     """uniform=True at 70% FLOPs; per-layer widths from the global ranking at 60% (on these seeds every
     model gets layers of different widths, checked in test_per_layer_one_line_reload)."""

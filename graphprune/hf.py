@@ -156,6 +156,9 @@ def load_pretrained(directory: str | os.PathLike[str], **kwargs: Any) -> nn.Modu
     if kwargs:
         raise SourceError(f"load_pretrained({str(d)!r}) takes no from_pretrained options for a graphprune "
                           f"directory (got {sorted(kwargs)})")
+    if "format" not in gp:
+        raise SourceError(f"{cfg_path}: written by the model's own save_pretrained with per-layer widths (the "
+                          "config does not describe the weights); write it with res.save_pretrained(d) instead")
     if gp.get("format") != FORMAT:
         raise SourceError(f"{cfg_path}: graphprune format {gp.get('format')!r} is not {FORMAT}; "
                           "save it again with this graphprune version")

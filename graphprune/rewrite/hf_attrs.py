@@ -105,7 +105,8 @@ def _gpt2_attention(m: nn.Module) -> None:
     if m.c_attn.nf % 3:
         raise NotRewritable(f"GPT2Attention.c_attn: {m.c_attn.nf} outputs are not 3 equal q/k/v parts")
     m.split_size = m.c_attn.nf // 3
-    _set_heads(m, _heads(m.split_size, m.head_dim, "GPT2Attention.c_attn"), _heads(m.split_size, m.head_dim, "c_attn"))
+    heads = _heads(m.split_size, m.head_dim, "GPT2Attention.c_attn")
+    _set_heads(m, heads, heads)
 
 
 # ------------------------------------------------------------------------------- config mapping

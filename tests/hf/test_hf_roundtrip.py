@@ -216,3 +216,16 @@ def test_unmapped_class_prunes_and_explains_the_loader(tmp_path: Path, caplog: p
     back = gp.load_pretrained(tmp_path / "q3")
     with torch.no_grad():
         torch.testing.assert_close(back(**x)[0], res.model(**x)[0], rtol=0, atol=0)
+
+
+def test_stock_save_of_per_layer_widths_is_refused_by_both_loaders(tmp_path: Path) -> None:
+    """res.model.save_pretrained (transformers' own) on per-layer widths: the config cannot describe
+    the weights; transformers refuses the size mismatch and load_pretrained says what to do."""
+    import transformers
+
+    _, _, res = pruned("llama", False)
+    res.model.save_pretrained(tmp_path / "m")
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        transformers.LlamaForCausalLM.from_pretrained(tmp_path / "m")
+    with pytest.raises(gp.GraphpruneError, match="write it with res.save_pretrained"):
+        gp.load_pretrained(tmp_path / "m")

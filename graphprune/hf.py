@@ -116,11 +116,13 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike[str]) -> dict
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    loader = LOADER if mismatched else "stock"
-    if mismatched:
-        log.info("%s: %d tensors differ from what the config builds (per-layer widths); reload with "
-                 "graphprune.load_pretrained(%r)", dest, len(mismatched), str(dest))
-    return {"path": str(dest), "loader": loader, "mismatched": len(mismatched)}
+    if not mismatched:
+        return {"path": str(dest), "loader": "stock", "mismatched": 0,
+                "note": f"{type(model).__name__}.from_pretrained({str(dest)!r}) reloads it"}
+    note = (f"{len(mismatched)} tensors differ from what the config builds (per-layer widths); reload with "
+            f"graphprune.load_pretrained({str(dest)!r}) (stock from_pretrained refuses this directory)")
+    log.info("%s: %s", dest, note)
+    return {"path": str(dest), "loader": LOADER, "mismatched": len(mismatched), "note": note}
 
 
 def _replace_dir(tmp: Path, dest: Path) -> None:

@@ -211,6 +211,7 @@ def test_unmapped_class_prunes_and_explains_the_loader(tmp_path: Path, caplog: p
         info = res.save_pretrained(tmp_path / "q3")
     assert info["loader"] == "graphprune.load_pretrained"
     assert f"graphprune.load_pretrained('{tmp_path / 'q3'}')" in caplog.text
+    assert info["note"] in caplog.text
     data = json.loads((tmp_path / "q3" / "config.json").read_text())
     assert "graphprune.load_pretrained" in data["num_hidden_layers"]
     back = gp.load_pretrained(tmp_path / "q3")

@@ -73,3 +73,17 @@ def test_cli_uniform(tmp_path, monkeypatch) -> None:
     assert main(["prune", "netmod:make", "--flops", "0.5", "--uniform", "-o", str(out)]) == 0
     m = torch.load(out, weights_only=False)
     assert len({m.blocks[i].up.out_features for i in range(3)}) == 1
+
+
+def test_cli_uniform_with_another_allocation_is_one_line_exit_2(tmp_path, monkeypatch, capsys) -> None:
+    from graphprune.cli import main
+
+    (tmp_path / "netmod2.py").write_text(
+        "import torch\nfrom test_uniform_layers import Net\n\ndef make():\n    return Net(), torch.randn(2, 16)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "small.pt"
+    code = main(["prune", "netmod2:make", "--flops", "0.5", "--uniform", "--allocation", "global", "-o", str(out)])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "uniform=True needs allocation='uniform'" in err[0], err

@@ -60,8 +60,8 @@ def _first(out: Any) -> torch.Tensor:
 def check(name: str, work: Path) -> tuple[dict[str, Any], list[dict[str, str]]]:
     case = HF_MODELS[name]
     model, x = build(name)
-    per = gp.prune(model, x, flops=0.6, allocation="global")
-    uni = gp.prune(model, x, flops=0.5, uniform=True)
+    per = gp.prune(model, x, flops=0.6, allocation="global", round_to=1)
+    uni = gp.prune(model, x, flops=0.5, uniform=True, round_to=1)
     row: dict[str, Any] = {
         "model": name, "class": case.model_cls,
         "class_kept": all(type(r.model) is type(model) and r.report["route"] == "module" for r in (per, uni)),

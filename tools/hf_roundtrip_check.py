@@ -59,9 +59,10 @@ def _first(out: Any) -> torch.Tensor:
 
 def check(name: str, work: Path) -> tuple[dict[str, Any], list[dict[str, str]]]:
     case = HF_MODELS[name]
-    model, x = build(name)
+    model, x = build(name, skew=True)
     per = gp.prune(model, x, flops=0.6, allocation="global", round_to=1)
-    uni = gp.prune(model, x, flops=0.5, uniform=True, round_to=1)
+    uni_model, _ = build(name)
+    uni = gp.prune(uni_model, x, flops=0.5, uniform=True, round_to=1)
     row: dict[str, Any] = {
         "model": name, "class": case.model_cls,
         "class_kept": all(type(r.model) is type(model) and r.report["route"] == "module" for r in (per, uni)),

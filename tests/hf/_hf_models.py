@@ -65,9 +65,19 @@ HF_MODELS: dict[str, HFCase] = {c.name: c for c in (
 
 DECODERS = [n for n, c in HF_MODELS.items() if c.decoder]
 
+# the MLP's reading weight in layer 0 and its intermediate axis: build(skew=True) shrinks half of
+# those channels so any ranking across layers prunes layer 0's MLP harder (per-layer widths differ)
+_MLP_READER = {
+    **{n: ("layers.0.mlp.down_proj.weight", 1) for n in ("llama", "qwen2", "mistral", "gemma", "phi3")},
+    "gpt2": ("h.0.mlp.c_proj.weight", 0),
+    "bert": ("layer.0.output.dense.weight", 1),
+    "vit": ("layers.0.mlp.fc2.weight", 1),
+}
 
-def build(name: str, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
-    """The model (eval mode, sdpa attention, random weights from ``seed``) and its example inputs."""
+
+def build(name: str, seed: int = 0, skew: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """The model (eval mode, sdpa attention, random weights from ``seed``) and its example inputs.
+    ``skew``: half of layer 0's MLP channels read with weights scaled by 0.01."""
     import transformers
 
     case = HF_MODELS[name]
@@ -79,4 +89,8 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
         for p in model.parameters():
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn(p.shape))
+        if skew:
+            suffix, axis = _MLP_READER[name]
+            w = next(p for n, p in model.named_parameters() if n == suffix or n.endswith("." + suffix))
+            w.narrow(axis, 0, w.shape[axis] // 2).mul_(0.01)
     return model, case.inputs()

@@ -33,9 +33,10 @@ ROUND_TO = 1  # any width: the tiny layers (96 channels) would move in coarse ru
 
 @functools.cache
 def pruned(name: str, uniform: bool) -> tuple[torch.nn.Module, dict, gp.PruneResult]:
-    """uniform=True at 50% FLOPs; per-layer widths from the global ranking at 60% (on these seeds every
-    model gets layers of different widths, checked in test_per_layer_one_line_reload)."""
-    model, x = build(name)
+    """uniform=True at 50% FLOPs; per-layer widths from the global ranking at 60% on a model whose
+    layer-0 MLP has half its channels nearly unused (layers then get different widths, checked in
+    test_per_layer_one_line_reload)."""
+    model, x = build(name, skew=not uniform)
     if uniform:
         return model, x, gp.prune(model, x, flops=FLOPS, uniform=True, round_to=ROUND_TO)
     return model, x, gp.prune(model, x, flops=0.6, allocation="global", round_to=ROUND_TO)

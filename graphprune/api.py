@@ -63,6 +63,15 @@ class PruneResult:
         """Write ``.pt`` or ``.onnx`` (checked in onnxruntime) atomically."""
         return save_model(self.model, path, self.example_inputs, opset)
 
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> dict[str, Any]:
+        """Write a transformers model as a Hugging Face directory (safetensors + config.json),
+        atomically. Equal widths per layer kind: a stock directory (``from_pretrained`` reloads it);
+        per-layer widths: reload with ``graphprune.load_pretrained(directory)`` (stock loading
+        refuses it). Returns what was written; see :func:`graphprune.hf.save_pretrained`."""
+        from .hf import save_pretrained
+
+        return save_pretrained(self.model, directory)
+
 
 def _is_onnx(model: Any) -> bool:
     import onnx
@@ -173,6 +182,7 @@ def prune(
     seed: int = 0,
     depth: bool | None = None,
     allow_static: bool = False,
+    uniform: bool = False,
 ) -> PruneResult:
     """Prune ``model`` to a budget; returns a new, verified model.
 
@@ -208,6 +218,10 @@ def prune(
     see ``graphprune.analysis.depth``; the result then takes the fx route).
     ``allow_static=True``: an ONNX model whose symbolic input dims cannot stay symbolic is written
     with the shapes it was analyzed at (default: ``NotDynamic`` is raised and nothing is kept).
+    ``uniform=True``: every layer of a kind keeps the same width (all MLP intermediate sizes equal,
+    all attention KV-group counts equal; allocation ``uniform`` only), and a transformers model keeps
+    whole what its config cannot express, so ``res.model.save_pretrained(d)`` reloads with stock
+    ``from_pretrained`` (docs/HF.md).
     """
 
     from graphprune.passes import default_pipeline
@@ -249,7 +263,10 @@ def prune(
     batches = materialize(calib)
     if batches is not None:
         check_batches(batches, example_inputs)
-    policy = allocation or default_allocation(lat_given, criterion)
+    policy = allocation or ("uniform" if uniform else default_allocation(lat_given, criterion))
+    if uniform and (policy != "uniform" or pipeline is not None):
+        raise OptionError(f"uniform=True needs allocation='uniform' and no pipeline= (got allocation={policy!r}"
+                          f"{', a pipeline' if pipeline is not None else ''}); in a pipeline use allocate{{uniform-layers=true}}")
     use_depth = bool(depth)
     if use_depth and policy != "greedy":
         raise OptionError(f"depth=True needs allocation='greedy' (the knapsack); got allocation={policy!r}")
@@ -257,7 +274,7 @@ def prune(
     def once(m: Any, fraction: float | None) -> PruneResult:
         text = pipeline or default_pipeline(
             metric, float(1.0 if fraction is None else fraction), criterion, policy, round_to, strict=verify,
-            runtime=runtime, threads=threads or 0, reconstruct=recon, depth=use_depth,
+            runtime=runtime, threads=threads or 0, reconstruct=recon, depth=use_depth, uniform_layers=uniform,
         )
         return _prune_once(m, example_inputs, text, batches, loss, seed, progress, input_shapes, measure, iterate,
                            allow_static=allow_static)

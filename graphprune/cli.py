@@ -140,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
                          "16 on onnxruntime with AVX-512, else 8; 1: any width)")
     pr.add_argument("--depth", action=argparse.BooleanOptionalAction, default=None,
                     help="let the greedy allocator remove whole residual branches (off by default; the result takes the fx route)")
+    pr.add_argument("--uniform", action="store_true",
+                    help="every layer of a kind keeps the same width (allocation uniform), so a transformers model "
+                         "reloads with stock from_pretrained")
     pr.add_argument("--pipeline", help="a full pass pipeline string instead of the options above")
     pr.add_argument("--no-verify", action="store_true", help="write the model even if verification fails")
     pr.add_argument("--allow-static", action="store_true",
@@ -255,7 +258,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             allocation=args.allocation, round_to=args.round_to, verify=not args.no_verify,
             pipeline=args.pipeline, progress=progress,
             input_shapes=_input_shapes(args.input_shape),
-            calib=calib, reconstruct=args.reconstruct, steps=args.steps, depth=args.depth,
+            calib=calib, reconstruct=args.reconstruct, steps=args.steps, depth=args.depth, uniform=args.uniform,
             allow_static=args.allow_static,
         )
         progress(f"write {out}")

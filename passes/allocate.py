@@ -19,17 +19,23 @@ off-step widths make onnxruntime's blocked conv kernels pad or fall back (mobile
 FLOPs ran slower than dense with round-to=1); where the steps are too coarse for a count budget to
 land within 1% (a small model), the step is halved until it does. An integer N rounds every group to multiples of N
 (``round-to=1``: no rounding); a latency budget never rounds finer than the runtime's step.
+
+``uniform-layers=true`` (policy uniform; ``gp.prune(uniform=True)``) gives every group of one layer
+kind the same width (:func:`graphprune.analysis.allocation.layer_kinds`) and, for a transformers
+model, keeps whole the widths its stock config cannot express
+(:func:`graphprune.rewrite.hf_attrs.stock_fixed`), so stock ``from_pretrained`` can reload it.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from graphprune.analysis.allocation import Allocation, RoundTo, allocate, runtime_round_to
+from graphprune.analysis.allocation import Allocation, RoundTo, allocate, layer_kinds, runtime_round_to
 from graphprune.analysis.depth import depth_eligible
 from graphprune.analysis.knapsack import allocate_greedy
 from graphprune.cost import count, predict
@@ -62,6 +68,7 @@ class Allocate:
     runtime: str = "onnxruntime"
     threads: int = 0  # 0: the runtime's own default
     depth: bool = False
+    uniform_layers: bool = False
 
     def _budget(self) -> tuple[str, float]:
         given = [(k, v) for k, v in (("flops", self.flops), ("macs", self.macs), ("params", self.params),
@@ -88,28 +95,35 @@ class Allocate:
         fixed = self._fixed_round_to()
         if self.policy not in POLICIES:
             raise OptionError(f"allocation policy {self.policy!r} is unknown; use one of: {', '.join(POLICIES)}")
+        if self.uniform_layers and self.policy != "uniform":
+            raise OptionError(f"allocate option uniform-layers=true (uniform=True) needs policy=uniform, got "
+                              f"policy={self.policy}; drop one of them")
+        tie, frozen = self._layer_ties(ctx)
         scores = ctx.scores if ctx.scores is not None else np.ones(ctx.coupling.n_units)
         if self.policy == "greedy" and ctx.loss_scores is not None:
             scores = ctx.loss_scores  # the knapsack trades importance across groups: keep it comparable
         depth = self._depth(ctx)
         if metric.startswith("latency"):
-            return self._latency(graph, ctx, metric, frac, scores, depth, fixed)
+            return self._latency(graph, ctx, metric, frac, scores, depth, fixed, tie, frozen)
+        ties = (tie, frozen)
         if fixed is not None:
-            ctx.allocation, ctx.round_to = self._count_budget(graph, ctx, metric, frac, scores, depth, fixed), fixed
+            ctx.allocation = self._count_budget(graph, ctx, metric, frac, scores, depth, fixed, ties)
+            ctx.round_to = fixed
         else:
-            ctx.allocation, ctx.round_to = self._auto_rounded(graph, ctx, metric, frac, scores, depth)
+            ctx.allocation, ctx.round_to = self._auto_rounded(graph, ctx, metric, frac, scores, depth, ties)
         ctx.target = {metric: frac}
         return PassResult(graph, bool(ctx.allocation.removed.any()))
 
     def _auto_rounded(self, graph: Graph, ctx: PassContext, metric: str, frac: float, scores: np.ndarray,
-                      depth: frozenset[int]) -> tuple[Allocation, int]:
+                      depth: frozenset[int], ties: tuple[list[list[int]], frozenset[int]]) -> tuple[Allocation, int]:
         """Widths on the runtime's step; where those steps are too coarse for the budget to land within
         ``AUTO_TOLERANCE`` (a small model: two 32-channel layers move 8 channels at a time), halve the
         step until it does (down to 1), keeping the closest allocation."""
         step = self._step()
         best: tuple[float, Allocation, int] | None = None
         while True:
-            alloc = self._count_budget(graph, ctx, metric, frac, scores, depth, runtime_round_to(ctx.coupling, step))
+            alloc = self._count_budget(graph, ctx, metric, frac, scores, depth, runtime_round_to(ctx.coupling, step),
+                                       ties)
             miss = abs(alloc.cost_after / alloc.target - 1.0) if alloc.target else 0.0
             if best is None or miss < best[0]:
                 best = (miss, alloc, step)
@@ -120,7 +134,8 @@ class Allocate:
             step //= 2
 
     def _count_budget(self, graph: Graph, ctx: PassContext, metric: str, frac: float, scores: np.ndarray,
-                      depth: frozenset[int], round_to: RoundTo) -> Allocation:
+                      depth: frozenset[int], round_to: RoundTo,
+                      ties: tuple[list[list[int]], frozenset[int]]) -> Allocation:
         """Allocation for a FLOPs, MACs or params budget."""
 
         def cost(shape):  # type: ignore[no-untyped-def]
@@ -128,7 +143,7 @@ class Allocate:
             return {"flops": rep.flops, "macs": rep.macs}.get(metric, float(rep.params))
 
         if self.policy != "greedy":
-            return allocate(ctx.coupling, scores, cost, frac, self.policy, round_to)
+            return allocate(ctx.coupling, scores, cost, frac, self.policy, round_to, *ties)
         if metric not in ("flops", "macs"):
             raise OptionError("policy=greedy supports flops=, macs= and latency budgets")
         base = count(graph).flops if metric == "flops" else count(graph).macs
@@ -159,6 +174,21 @@ class Allocate:
 
         return make_runtime(self.runtime, self.threads).step
 
+    def _layer_ties(self, ctx: PassContext) -> tuple[list[list[int]], frozenset[int]]:
+        """Tied layer kinds and the groups a transformers config cannot express, for uniform-layers."""
+        if not self.uniform_layers:
+            return [], frozenset()
+        assert ctx.coupling is not None
+        frozen: set[int] = set()
+        if ctx.model is not None and "transformers" in sys.modules:
+            from graphprune.rewrite.hf_attrs import stock_fixed
+
+            fixed = set(stock_fixed(ctx.model))
+            graph = ctx.coupling.graph
+            frozen = {g.id for g in ctx.coupling.groups
+                      if any((graph.value(n).source, a) in fixed for n, a in g.spaces)}
+        return layer_kinds(ctx.coupling), frozenset(frozen)
+
     def _depth(self, ctx: PassContext) -> frozenset[int]:
         """The groups that may be removed whole: none unless ``depth=true`` (greedy only)."""
         if not self.depth:
@@ -169,7 +199,7 @@ class Allocate:
         return depth_eligible(ctx.coupling)
 
     def _latency(self, graph: Graph, ctx: PassContext, metric: str, value: float, scores: np.ndarray,
-                 depth: frozenset[int], fixed: int | None) -> PassResult:
+                 depth: frozenset[int], fixed: int | None, tie: list[list[int]], frozen: frozenset[int]) -> PassResult:
         from graphprune.cost.runtimes import make_runtime
         from graphprune.latency_source import make_timer
         from graphprune.latency_target import setup_latency
@@ -192,7 +222,7 @@ class Allocate:
         else:
             base_pred = predict(lm, graph).total
             ctx.allocation = allocate(ctx.coupling, scores, lambda shape: predict(lm, graph, shape).total,
-                                      target / base_pred, self.policy, step)
+                                      target / base_pred, self.policy, step, tie, frozen)
         ctx.target = {metric: value}
         ctx.round_to = max(fixed or 1, setup.runtime.step)
         return PassResult(graph, bool(ctx.allocation.removed.any()))

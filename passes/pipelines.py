@@ -20,6 +20,7 @@ def default_pipeline(
     runtime: str = "onnxruntime", threads: int = 0,
     reconstruct: Sequence[str] = (),
     depth: bool = False,
+    uniform_layers: bool = False,
 ) -> str:
     """``couple,score,allocate,rewrite,verify`` then the chosen reconstruction passes.
 
@@ -31,6 +32,7 @@ def default_pipeline(
     tail = "".join(f",{p}" for name, p in RECONSTRUCT.items() if name in reconstruct)
     extra = f",runtime={runtime},threads={threads}" if metric.startswith("latency") else ""
     extra += ",depth=true" if depth else ""
+    extra += ",uniform-layers=true" if uniform_layers else ""
     return (
         f"couple,score{{criterion={criterion}}},"
         f"allocate{{{metric.replace('_', '-')}={fraction!r},policy={policy},round-to={round_to or 'auto'}{extra}}},"

@@ -13,12 +13,22 @@ Both keep kept channel counts a multiple of ``round_to`` (one number, or one per
 units, and every group keeps at least one such step. :func:`runtime_round_to` gives the default
 per-group rounding: the target runtime's channel step, finer only for a group too small to take
 four such steps. Nothing here touches a model.
+
+Same width per layer kind (``tie``, uniform policy; ``gp.prune(uniform=True)``): groups of one
+*kind* (:func:`layer_kinds`: the same weights once layer indices are stripped from their FQNs, e.g.
+``model.layers.#.mlp.down_proj.weight[1]``, and the same size and unit width) keep the same number
+of units. The uniform fraction already gives equal groups equal counts; the fine step then removes
+one block from every member of a kind at once (each member's own lowest-scored units), so the
+kind moves together and the cost still lands within one such block of the target; the local search
+(``_refine``, one group at a time) is skipped for tied allocations. ``frozen`` groups keep every
+unit (widths a stock config cannot express, for instance).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,7 +37,7 @@ import numpy as np
 from ..ir import Value
 from .coupling import Coupling
 
-__all__ = ["Allocation", "RoundTo", "ShapeTable", "allocate", "per_group", "runtime_round_to"]
+__all__ = ["Allocation", "RoundTo", "ShapeTable", "allocate", "layer_kinds", "per_group", "runtime_round_to"]
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +127,44 @@ def _kept_count(n: int, frac_removed: float, width: int, round_to: int) -> int:
     return int(min(n, max(min(n, step), keep)))
 
 
-def _extra_blocks(coupling: Coupling, extra: np.ndarray, scores: np.ndarray, round_to: list[int]) -> list[np.ndarray]:
+_LAYER_INDEX = re.compile(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)")
+
+
+def layer_kinds(coupling: Coupling) -> list[list[int]]:
+    """Group ids that play the same role in repeated blocks, as lists of two or more: groups whose
+    weight spaces are the same once layer indices are stripped from the FQNs
+    (``h.3.mlp.c_fc.weight[1]`` -> ``h.#.mlp.c_fc.weight[1]``), with equal size and unit width."""
+    kinds: dict[tuple[object, ...], list[int]] = {}
+    graph = coupling.graph
+    for g in coupling.groups:
+        key = frozenset(
+            (_LAYER_INDEX.sub("#", graph.value(n).source or ""), a) for n, a in g.spaces if graph.value(n).is_weight
+        )
+        if key:
+            kinds.setdefault((key, g.size, g.width), []).append(g.id)
+    return [ids for ids in kinds.values() if len(ids) > 1]
+
+
+def _extra_blocks(coupling: Coupling, extra: np.ndarray, scores: np.ndarray, round_to: list[int],
+                  tie: Sequence[Sequence[int]] = ()) -> list[np.ndarray]:
     """Split the extra units into removal blocks (round_to units of one group where a unit is one
-    channel wide, else single units), ordered by mean score."""
-    blocks: list[np.ndarray] = []
+    channel wide, else single units), ordered by mean score. The groups of a tied kind share each
+    block: block i takes the i-th step of lowest-scored extra units of every member."""
+    members = {gid: kind for kind in tie for gid in kind}
+    per_group: dict[int, list[np.ndarray]] = {}
     for g in coupling.groups:
         units = g.units[extra[g.units]]
-        if not len(units):
-            continue
         units = units[np.argsort(scores[units], kind="stable")]
         step = unit_step(g.width, round_to[g.id])
-        blocks += [units[i : i + step] for i in range(0, len(units), step)]
+        per_group[g.id] = [units[i : i + step] for i in range(0, len(units), step)]
+    blocks: list[np.ndarray] = []
+    for g in coupling.groups:
+        kind = members.get(g.id)
+        if kind is None:
+            blocks += per_group[g.id]
+        elif g.id == kind[0]:
+            n = min(len(per_group[k]) for k in kind)
+            blocks += [np.concatenate([per_group[k][i] for k in kind]) for i in range(n)]
     blocks.sort(key=lambda b: float(scores[b].mean()))
     return blocks
 
@@ -186,6 +223,43 @@ def _refine(
     return rem, cost
 
 
+def _fill(coupling: Coupling, start: np.ndarray, scores: np.ndarray, round_to: list[int], tie: Sequence[Sequence[int]],
+          frozen: frozenset[int], price: Callable[[np.ndarray], float], target: float) -> tuple[np.ndarray, float]:
+    """Tied kinds move in coarse blocks (a KV group in every layer at once), so at the uniform
+    fraction where one kind jumps past the target the finer kinds have not moved. From ``start``
+    (cost above the target) remove further blocks of the kinds whose single block does not cross
+    the target (score order, each group keeping its floor), bisecting on how many; the caller keeps
+    whichever of this and the plain solution lands closer."""
+    start_cost = price(start)
+    avail = ~start
+    for g in coupling.groups:
+        left = g.units[avail[g.units]]
+        keep = min(len(left), unit_step(g.width, round_to[g.id]))
+        if g.id in frozen:
+            keep = len(left)
+        avail[left[np.argsort(scores[left], kind="stable")][len(left) - keep:]] = False
+    blocks = _extra_blocks(coupling, avail, scores, round_to, tie)
+    unit_group = coupling.unit_group
+    coarse: dict[int, bool] = {}
+    fine = []
+    for blk in blocks:
+        gid = int(unit_group[blk[0]])
+        if gid not in coarse:
+            cand = start.copy()
+            cand[blk] = True
+            coarse[gid] = price(cand) < target  # one block crosses the target: the caller already tried it
+        if not coarse[gid]:
+            fine.append(blk)
+
+    def with_fine(k: int) -> np.ndarray:
+        rem = start.copy()
+        for blk in fine[:k]:
+            rem[blk] = True
+        return rem
+
+    return _closest_by_bisection(with_fine, len(fine), price, target, start, start_cost)
+
+
 def allocate(
     coupling: Coupling,
     scores: np.ndarray,
@@ -193,8 +267,13 @@ def allocate(
     target_fraction: float,
     policy: str = "uniform",
     round_to: RoundTo = 1,
+    tie: Sequence[Sequence[int]] = (),
+    frozen: frozenset[int] = frozenset(),
 ) -> Allocation:
-    """Remove units so that ``cost(shapes) ~= target_fraction * cost(original)``."""
+    """Remove units so that ``cost(shapes) ~= target_fraction * cost(original)``. ``tie``: lists of
+    group ids that keep equal widths (uniform policy only); ``frozen``: group ids kept whole."""
+    if tie and policy != "uniform":
+        raise ValueError(f"equal widths per layer kind need the uniform policy, got {policy!r}")
     rts = per_group(coupling, round_to)
     table = ShapeTable(coupling)
     n = coupling.n_units
@@ -208,6 +287,8 @@ def allocate(
     def uniform(r: float) -> np.ndarray:
         rem = np.zeros(n, dtype=bool)
         for g, order in zip(coupling.groups, order_in_group, strict=True):
+            if g.id in frozen:
+                continue
             keep = _kept_count(g.size, r, g.width, rts[g.id])
             rem[order[: g.size - keep]] = True
         return rem
@@ -253,7 +334,7 @@ def allocate(
         # fine step: between the two uniform solutions, remove the extra units in score order
         # (bisection on how many), so coarse groups do not make the cost jump. Where round_to
         # applies, extra units move in blocks of unit_step so kept widths stay multiples.
-        blocks = _extra_blocks(coupling, rem_hi & ~rem_lo, scores, rts)
+        blocks = _extra_blocks(coupling, rem_hi & ~rem_lo, scores, rts, tie)
 
         def with_blocks(k: int) -> np.ndarray:
             rem = rem_lo.copy()
@@ -264,13 +345,24 @@ def allocate(
         best, best_cost = _closest_by_bisection(with_blocks, len(blocks), price, target, rem_lo, price(rem_lo))
         if abs(price(rem_hi) - target) < abs(best_cost - target):
             best, best_cost = rem_hi, price(rem_hi)
+        if tie:  # from the longest prefix still above the target, fill past the coarse block
+            a, z = 0, len(blocks)
+            while a < z:
+                k = (a + z + 1) // 2
+                a, z = (k, z) if price(with_blocks(k)) > target else (a, k - 1)
+            filled, filled_cost = _fill(coupling, with_blocks(a), scores, rts, tie, frozen, price, target)
+            if abs(filled_cost - target) < abs(best_cost - target):
+                best, best_cost = filled, filled_cost
         floor_rem = uniform(1.0)
     elif policy == "global":
+        if frozen:
+            raise ValueError("frozen groups need the uniform policy")
         best, best_cost = _closest_by_bisection(global_k, n, price, target, none, base)
         floor_rem = global_k(n)
     else:
         raise ValueError(f"unknown allocation policy {policy!r}; use 'uniform' or 'global'")
-    best, best_cost = _refine(coupling, best, price, target, rts, order_in_group, scores)
+    if not tie and not frozen:  # _refine moves single groups: it would break equal widths per kind (and frozen ones)
+        best, best_cost = _refine(coupling, best, price, target, rts, order_in_group, scores)
     floor_cost = price(floor_rem)
     reachable = floor_cost <= target * 1.03
     log.info("allocation %s: cost %.4g -> %.4g (target %.4g)", policy, base, best_cost, target)

@@ -2,6 +2,12 @@
 
 Registered by nn.Module class (most specific first). An updater that cannot express the new
 shapes raises :class:`NotRewritable`, which sends the rewrite to the fx route.
+
+Classes of optional libraries (transformers) are registered by qualified name in
+``NAMED_UPDATERS`` ("module.QualName", matched along the class's MRO), so registering them never
+imports the library; :mod:`graphprune.rewrite.hf_attrs` fills it. A named updater runs on every
+module of its class (attention modules own no tensor themselves: their children's shapes changed),
+so named updaters derive everything from the current weights and are idempotent.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from torch import nn
 
 from .slicing import scaled_groups
 
-__all__ = ["UPDATERS", "NotRewritable", "update_module"]
+__all__ = ["NAMED_UPDATERS", "UPDATERS", "NotRewritable", "named_updater", "update_module"]
 
 
 class NotRewritable(Exception):
@@ -21,6 +27,7 @@ class NotRewritable(Exception):
 
 Updater = Callable[[nn.Module], None]
 UPDATERS: list[tuple[type[nn.Module], Updater]] = []
+NAMED_UPDATERS: dict[str, Updater] = {}
 
 
 def _register(cls: type[nn.Module]) -> Callable[[Updater], Updater]:
@@ -31,7 +38,20 @@ def _register(cls: type[nn.Module]) -> Callable[[Updater], Updater]:
     return deco
 
 
+def named_updater(mod: nn.Module) -> Updater | None:
+    """The updater registered by qualified class name for ``mod``'s class or a base class."""
+    for cls in type(mod).__mro__:
+        fn = NAMED_UPDATERS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if fn is not None:
+            return fn
+    return None
+
+
 def update_module(mod: nn.Module) -> None:
+    fn = named_updater(mod)
+    if fn is not None:
+        fn(mod)
+        return
     for cls, fn in UPDATERS:
         if isinstance(mod, cls):
             fn(mod)

@@ -5,11 +5,17 @@ The input model is deep-copied, never mutated. Every weight tensor that loses ch
 by its class's updater (in/out channels, groups, num_features, ...). A group removed whole
 (depth pruning) is refused with :class:`NotRewritable`: the module's code would still run the
 emptied layers; the fx route drops them.
+
+Modules with an updater registered by qualified name (transformers attention, which owns no
+tensor itself) are updated whether touched or not, and a transformers model's config gets the new
+widths (:func:`graphprune.rewrite.hf_attrs.update_config`). The transformers support is imported
+only when ``transformers`` already is: the core never needs it.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 
 import numpy as np
 import torch
@@ -17,10 +23,10 @@ from torch import nn
 
 from ..analysis.coupling import Coupling
 from ..analysis.depth import removed_whole
-from .module_attrs import NotRewritable, update_module
+from .module_attrs import NotRewritable, named_updater, update_module
 from .slicing import kept_indices, set_tensor, slice_tensor, tensor_owners
 
-__all__ = ["rewrite_module"]
+__all__ = ["refresh_modules", "rewrite_module"]
 
 
 def _lookup(root: nn.Module, fqn: str) -> torch.Tensor:
@@ -53,7 +59,22 @@ def rewrite_module(model: nn.Module, coupling: Coupling, removed: np.ndarray) ->
             sliced = slice_tensor(old.detach(), k.axes)
             set_tensor(holders, sliced, isinstance(old, nn.Parameter), old.requires_grad)
             touched.update(id(m) for m, _ in holders)
-    for mod in new.modules():
-        if id(mod) in touched:
-            update_module(mod)
+    refresh_modules(new, touched)
     return new
+
+
+def refresh_modules(model: nn.Module, touched: set[int]) -> None:
+    """Run the attribute updaters on the modules whose tensors changed (ids in ``touched``) and on
+    every module with a named updater, then write a transformers model's config."""
+    hf = "transformers" in sys.modules
+    if hf:
+        from . import hf_attrs  # registers the transformers updaters
+    for mod in reversed(list(model.modules())):  # children first: parents read their children's sizes
+        if id(mod) in touched or (hf and named_updater(mod) is not None):
+            update_module(mod)
+    if hf:
+        for mod in model.modules():
+            if hf_attrs.hf_config(mod) is not None and mod is not model and hf_attrs.hf_config(mod) is hf_attrs.hf_config(model):
+                continue
+            if hf_attrs.spec_for(mod) is not None:
+                hf_attrs.update_config(mod)

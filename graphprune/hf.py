@@ -1,0 +1,211 @@
+"""Save and reload pruned Hugging Face transformers models.
+
+``save_pretrained(model, d)`` writes ``d`` atomically (a sibling temporary directory renamed into
+place). It compares every tensor with the shape the stock config builds (the class instantiated
+from ``model.config`` on the meta device):
+
+- all equal (same widths per layer kind, config updated by the rewriter): a stock directory;
+  ``AutoModel*.from_pretrained(d)`` reloads it without graphprune.
+- otherwise (per-layer widths, a width the config cannot express, or a class graphprune has no
+  config mapping for): ``model.safetensors`` holding the model's own ``state_dict`` names (written
+  with ``safetensors.torch.save_model``: transformers renames some checkpoint keys on save, e.g.
+  ViT's, and its loader would rename them back), plus in ``config.json``
+  a ``graphprune`` section (the per-layer widths when the class is mapped, the shapes that differ
+  from the config, the loader's name) and the layer-count field replaced by a string naming
+  ``graphprune.load_pretrained``: transformers' strict config validation then refuses the
+  directory (``AutoModel*`` and the concrete class alike) with that message, before any weight is
+  loaded, so it can never load random or mismatched weights.
+
+``load_pretrained(d)`` restores the config, builds the class without initializing weights,
+replaces every tensor whose saved shape differs by an empty one of that shape, runs the same
+module updaters as the rewriter (head counts, Conv1D sizes, per-layer configs), then loads the
+safetensors strictly. A stock directory is passed to the class's own ``from_pretrained``.
+
+transformers and safetensors are imported here only when called (the ``hf`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ExportError, SourceError
+
+__all__ = ["FORMAT", "load_pretrained", "save_pretrained", "stock_mismatches"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+LOADER_HINT = "graphprune.load_pretrained(dir)"
+POISON = f"pruned with per-layer widths: load with {LOADER_HINT} (see the graphprune section of config.json)"
+
+
+def _require_hf(model: nn.Module) -> Any:
+    from .rewrite.hf_attrs import hf_config
+
+    cfg = hf_config(model)
+    if cfg is None or not hasattr(model, "save_pretrained"):
+        raise ExportError(
+            f"save_pretrained needs a transformers PreTrainedModel; the pruned model is a {type(model).__name__} "
+            "(prune the PreTrainedModel itself, with keyword inputs such as {'input_ids': ids, 'use_cache': False}; "
+            "a model that took the fx route can be saved with res.save('model.pt') only)"
+        )
+    return cfg
+
+
+def stock_mismatches(model: nn.Module) -> dict[str, tuple[list[int], list[int]]]:
+    """name -> (shape in ``model``, shape the stock config builds) for every tensor that differs."""
+    cfg = _require_hf(model)
+    with torch.device("meta"):
+        ref = type(model)(cfg)
+    ref_shapes = {k: list(v.shape) for k, v in ref.state_dict().items()}
+    out = {}
+    for k, v in model.state_dict().items():
+        stock = ref_shapes.get(k)
+        if stock is not None and stock != list(v.shape):
+            out[k] = (list(v.shape), stock)
+    return out
+
+
+def _layers_key(cfg: Any) -> str:
+    return getattr(cfg, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
+
+
+def save_pretrained(model: nn.Module, directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write ``model`` to ``directory`` (see the module docstring). Returns ``{"path", "loader",
+    "mismatched"}``: loader is ``"stock"`` or ``"graphprune.load_pretrained"``."""
+    from .rewrite.hf_attrs import LOADER, layer_widths
+
+    cfg = _require_hf(model)
+    dest = Path(directory)
+    if dest.exists() and not dest.is_dir():
+        raise ExportError(f"save_pretrained: {dest} exists and is not a directory; give a directory path")
+    mismatched = stock_mismatches(model)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp)
+        if mismatched:
+            from safetensors.torch import save_model
+
+            for f in tmp.glob("model*.safetensors*"):
+                f.unlink()
+            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            path = tmp / "config.json"
+            data = json.loads(path.read_text())
+            key = _layers_key(cfg)
+            if key not in data:
+                raise ExportError(f"save_pretrained: config.json of {type(model).__name__} has no {key!r} field to "
+                                  "mark the directory as graphprune-only; cannot write it safely")
+            data.pop("graphprune", None)
+            data["graphprune"] = {
+                "format": FORMAT, "loader": LOADER, "restore": {key: data[key]},
+                "layers": layer_widths(model), "shapes": {k: v[0] for k, v in sorted(mismatched.items())},
+            }
+            data[key] = POISON
+            path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        _replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not mismatched:
+        return {"path": str(dest), "loader": "stock", "mismatched": 0,
+                "note": f"{type(model).__name__}.from_pretrained({str(dest)!r}) reloads it"}
+    note = (f"{len(mismatched)} tensors differ from what the config builds (per-layer widths); reload with "
+            f"graphprune.load_pretrained({str(dest)!r}) (stock from_pretrained refuses this directory)")
+    log.info("%s: %s", dest, note)
+    return {"path": str(dest), "loader": LOADER, "mismatched": len(mismatched), "note": note}
+
+
+def _replace_dir(tmp: Path, dest: Path) -> None:
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        os.replace(dest, old / "d")
+    os.replace(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_pretrained(directory: str | os.PathLike[str], **kwargs: Any) -> nn.Module:
+    """Reload a directory written by :func:`save_pretrained` (or a stock transformers directory)
+    as the model's own class, in eval mode. ``kwargs`` go to ``from_pretrained`` for a stock
+    directory (they are refused for a graphprune one)."""
+    import transformers
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    d = Path(directory)
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise SourceError(f"{d}: no config.json; give a directory written by res.save_pretrained(d)")
+    data = json.loads(cfg_path.read_text())
+    archs = data.get("architectures") or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    if cls is None:
+        raise SourceError(f"{cfg_path}: architectures {archs} names no transformers class; cannot rebuild the model")
+    gp = data.pop("graphprune", None)
+    if gp is None:
+        return cls.from_pretrained(d, **kwargs).eval()
+    if kwargs:
+        raise SourceError(f"load_pretrained({str(d)!r}) takes no from_pretrained options for a graphprune "
+                          f"directory (got {sorted(kwargs)})")
+    if "format" not in gp:
+        raise SourceError(f"{cfg_path}: written by the model's own save_pretrained with per-layer widths (the "
+                          "config does not describe the weights); write it with res.save_pretrained(d) instead")
+    if gp.get("format") != FORMAT:
+        raise SourceError(f"{cfg_path}: graphprune format {gp.get('format')!r} is not {FORMAT}; "
+                          "save it again with this graphprune version")
+    data.update(gp["restore"])
+    config = transformers.CONFIG_MAPPING[data["model_type"]].from_dict(data)
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        model = cls(config)
+    path = d / "model.safetensors"
+    if not path.is_file():
+        raise SourceError(f"{d}: no model.safetensors; write the directory with res.save_pretrained(d)")
+    with safe_open(str(path), "pt") as sf:
+        shapes = {k: list(sf.get_slice(k).get_shape()) for k in sf.keys()}
+    model.tie_weights()  # share tied tensors first: the file holds one name of each
+    _shrink_to(model, shapes)
+    missing, unexpected = load_model(model, str(path), strict=False)
+    missing = _untied(model, set(missing))
+    if missing or unexpected:
+        raise SourceError(f"{d}: the weights do not fit {cls.__name__} (missing {sorted(missing)[:3]}, unexpected "
+                          f"{sorted(unexpected)[:3]}); was the directory written by res.save_pretrained?")
+    return model.eval()
+
+
+def _untied(model: nn.Module, missing: set[str]) -> list[str]:
+    """The missing keys that are not another loaded key's tensor (tied embeddings are written once)."""
+    state = model.state_dict(keep_vars=True)
+    loaded = {id(v) for k, v in state.items() if k not in missing}
+    return sorted(k for k in missing if id(state[k]) not in loaded)
+
+
+def _shrink_to(model: nn.Module, shapes: dict[str, list[int]]) -> None:
+    """Give every tensor whose saved shape differs an empty tensor of that shape, then update the
+    modules' attributes as the rewriter does."""
+    from .rewrite.slicing import set_tensor, tensor_owners
+    from .rewrite.to_torch import refresh_modules
+
+    owners = tensor_owners(model)
+    current = model.state_dict(keep_vars=True)
+    touched: set[int] = set()
+    for k, shape in shapes.items():
+        t = current.get(k)
+        if t is None or list(t.shape) == shape:
+            continue
+        holders = owners.get(id(t), [])
+        set_tensor(holders, torch.empty(shape, dtype=t.dtype), isinstance(t, nn.Parameter), t.requires_grad)
+        touched.update(id(m) for m, _ in holders)
+    refresh_modules(model, touched)

@@ -31,14 +31,16 @@ import torch
 from torch.export import Dim, ExportedProgram, ShapesCollection
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.fx.experimental.symbolic_shapes import optimization_hint
-from torch.utils._pytree import tree_flatten
+import torch.fx._pytree as fx_pytree
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import CaptureError
 from ..ir import Graph, Node, Value
 from .aten_table import lower_args
 from .inputs import ExampleInputs, as_args_kwargs
 
-__all__ = ["Captured", "capture", "dynamic_dims", "hint", "lower_exported"]
+__all__ = ["Captured", "capture", "dynamic_dims", "hint", "lower_exported", "resize_inputs",
+           "second_size_inputs", "varying_dims"]
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +59,18 @@ class Captured:
     static_reason: str = ""  # why the capture is static, when the dynamic one failed
 
 
-def _auto_dims(t: torch.Tensor) -> dict[int, Any]:
-    """The dims worth asking to be dynamic: batch, and sequence for token-like inputs."""
+def varying_dims(t: torch.Tensor) -> tuple[int, ...]:
+    """The dims worth asking to be dynamic: batch (0), and sequence (1) for token-like inputs
+    (integer/bool tensors of rank 2: ids, masks; float tensors of rank 3: [batch, seq, features])."""
     if t.dim() == 0:
-        return {}
-    dims: dict[int, Any] = {0: Dim.AUTO}
+        return ()
     token_like = (t.dim() == 2 and not t.is_floating_point() and not t.is_complex()) or (
         t.dim() == 3 and t.is_floating_point())
-    if token_like:
-        dims[1] = Dim.AUTO
-    return dims
+    return (0, 1) if token_like else (0,)
+
+
+def _auto_dims(t: torch.Tensor) -> dict[int, Any]:
+    return {ax: Dim.AUTO for ax in varying_dims(t)}
 
 
 def _dynamic_spec(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -161,6 +165,45 @@ def dynamic_dims(program: ExportedProgram) -> dict[str, dict[int, str]]:
             if sym:
                 out[node.name] = sym
     return out
+
+
+def second_size(n: int) -> int:
+    """Another size for a symbolic dim of example size ``n``: smaller where it can be (a sequence
+    may not grow past a position table), else larger."""
+    return n - 1 if n >= 3 else n + 1
+
+
+def second_size_inputs(program: ExportedProgram, example_inputs: ExampleInputs) -> tuple[ExampleInputs, dict[str, int]]:
+    """The example inputs resized along every symbolic dim of ``program`` (each symbol to
+    :func:`second_size` of its example value, consistently across inputs): cut to the first
+    positions, or grown by repeating the first position (token ids stay valid). Returns the
+    inputs and {symbol: new size}."""
+    users = [s.arg.name for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    return resize_inputs(example_inputs, program.call_spec.in_spec, users, dynamic_dims(program))
+
+
+def resize_inputs(
+    example_inputs: ExampleInputs, in_spec: Any, names: list[str], dims: dict[str, dict[int, str]],
+    sizes: dict[str, int] | None = None,
+) -> tuple[ExampleInputs, dict[str, int]]:
+    """:func:`second_size_inputs` for inputs flattened by ``in_spec`` into placeholders ``names``
+    with symbolic ``dims``; ``sizes`` fixes the new size of some symbols."""
+    args, kwargs = as_args_kwargs(example_inputs)
+    flat = fx_pytree.tree_flatten_spec((args, kwargs), in_spec)
+    sizes = dict(sizes or {})
+    swap: dict[int, torch.Tensor] = {}
+    for name, t in zip(names, flat, strict=False):
+        if not isinstance(t, torch.Tensor) or name not in dims:
+            continue
+        new = t
+        for ax, sym in dims[name].items():
+            n = sizes.setdefault(sym, second_size(int(t.shape[ax])))
+            while new.shape[ax] < n:
+                new = torch.cat([new, new.narrow(ax, 0, 1)], dim=ax)
+            new = new.narrow(ax, 0, n)
+        swap[id(t)] = new.contiguous()
+    resized = tree_map(lambda a: swap.get(id(a), a) if isinstance(a, torch.Tensor) else a, example_inputs)
+    return resized, sizes
 
 
 def _tensor_meta(node: torch.fx.Node) -> list[torch.Tensor | None]:

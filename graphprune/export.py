@@ -133,7 +133,7 @@ def _export_onnx_dynamic(
     onnxruntime at the example shapes and at a second size of every symbolic dim."""
     import torch.fx._pytree as fx_pytree
 
-    from .frontends.torch_export import resize_inputs
+    from .frontends.torch_export import is_symbolic, resize_inputs
 
     args, kwargs = as_args_kwargs(example_inputs)
     in_spec = model.graph._codegen.pytree_info.in_spec  # type: ignore[union-attr]
@@ -149,7 +149,7 @@ def _export_onnx_dynamic(
     for name, o in zip(output_names, outs, strict=True):
         val = o.meta.get("val")
         if isinstance(val, torch.Tensor):
-            sym = {a: _dim_name(s) for a, s in enumerate(val.shape) if isinstance(s, torch.SymInt)}
+            sym = {a: _dim_name(s) for a, s in enumerate(val.shape) if is_symbolic(s)}
             if sym:
                 axes[name] = sym
     alt, sizes = resize_inputs(example_inputs, in_spec, names, dims)

@@ -12,6 +12,7 @@ that is split along dim 0 into chunks of the example batch size; ``.npz`` holdin
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from torch.export.graph_signature import InputKind
 
 from ..errors import CalibrationError
 from .inputs import ExampleInputs, as_args_kwargs
-from .torch_export import varying_dims
+from .torch_export import hint, is_symbolic, varying_dims
 
 __all__ = ["check_batches", "check_program_batch", "load_calib_file", "materialize"]
 
@@ -90,17 +91,39 @@ def check_program_batch(program: Any, batch: ExampleInputs, index: int, option: 
         raise CalibrationError(f"{option}= batch {index} does not have the example inputs' structure ({exc})") from exc
     users = [s.arg.name for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
     metas = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
+    ranges = dict(program.range_constraints)
     for name, t in zip(users, flat, strict=False):
         meta = metas.get(name)
         if not isinstance(t, torch.Tensor) or not isinstance(meta, torch.Tensor):
             continue
         for ax, (got, want) in enumerate(zip(t.shape, meta.shape, strict=False)):
-            if not isinstance(want, torch.SymInt) and int(got) != int(want):
+            if not is_symbolic(want):
+                if int(got) != hint(want):
+                    raise CalibrationError(
+                        f"{option}= batch {index}: input {name!r} has size {int(got)} in dim {ax}, but the model was "
+                        f"captured with that dim fixed at {hint(want)} (the model's code specializes it); "
+                        f"give batches of size {hint(want)} in that dim"
+                    )
+                continue
+            lo, hi = _bounds(ranges.get(want.node.expr))
+            if not lo <= int(got) <= hi:
                 raise CalibrationError(
-                    f"{option}= batch {index}: input {name!r} has size {int(got)} in dim {ax}, but the model was "
-                    f"captured with that dim fixed at {int(want)} (the model's code specializes it); "
-                    f"give batches of size {int(want)} in that dim"
+                    f"{option}= batch {index}: input {name!r} has size {int(got)} in dim {ax}, outside the range "
+                    f"[{lo}, {'inf' if hi == sys.maxsize else hi}] the model was captured for; give batches within it"
                 )
+
+
+def _bounds(vr: Any) -> tuple[int, int]:
+    """(lower, upper) of a torch.export value range; an unbounded side as 0 / sys.maxsize."""
+    if vr is None:
+        return 0, sys.maxsize
+    out = []
+    for side, default in ((vr.lower, 0), (vr.upper, sys.maxsize)):
+        try:
+            out.append(int(side) if bool(side.is_finite) else default)
+        except (TypeError, ValueError, AttributeError, OverflowError):
+            out.append(default)
+    return out[0], out[1]
 
 
 def _split(t: torch.Tensor, n: int) -> list[torch.Tensor]:

@@ -40,7 +40,7 @@ from .aten_table import lower_args
 from .inputs import ExampleInputs, as_args_kwargs
 
 __all__ = ["Captured", "capture", "dynamic_dims", "hint", "lower_exported", "resize_inputs",
-           "second_size_inputs", "varying_dims"]
+           "is_symbolic", "second_size_inputs", "varying_dims"]
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,11 @@ def _quiet_export_logs() -> Iterator[None]:
             lg.setLevel(lvl)
 
 
+def is_symbolic(size: Any) -> bool:
+    """A SymInt that depends on an input size (not one specialized to a number)."""
+    return isinstance(size, torch.SymInt) and not size.node.expr.is_number
+
+
 def hint(size: Any) -> int:
     """The example value of a (possibly symbolic) size, without adding a guard."""
     if isinstance(size, torch.SymInt):
@@ -161,7 +166,7 @@ def dynamic_dims(program: ExportedProgram) -> dict[str, dict[int, str]]:
     for node in program.graph.nodes:
         val = node.meta.get("val") if node.op == "placeholder" else None
         if node.name in users and isinstance(val, torch.Tensor):
-            sym = {ax: str(s) for ax, s in enumerate(val.shape) if isinstance(s, torch.SymInt)}
+            sym = {ax: str(s) for ax, s in enumerate(val.shape) if is_symbolic(s)}
             if sym:
                 out[node.name] = sym
     return out

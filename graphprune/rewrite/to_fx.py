@@ -363,16 +363,18 @@ def _symbolic_sizes(graph: torch.fx.Graph, fx: torch.fx.Node, shape: list[int]) 
     val = fx.meta.get("val")
     if not isinstance(val, torch.Tensor):
         return list(shape)
+    from ..frontends.torch_export import is_symbolic
+
     where: dict[str, tuple[torch.fx.Node, int]] = {}
     for ph in graph.nodes:
         pv = ph.meta.get("val") if ph.op == "placeholder" else None
         if isinstance(pv, torch.Tensor):
             for ax, s in enumerate(pv.shape):
-                if isinstance(s, torch.SymInt):
+                if is_symbolic(s):
                     where.setdefault(str(s), (ph, ax))
     out: list[Any] = list(shape)
     for i, s in enumerate(val.shape):
-        if isinstance(s, torch.SymInt) and str(s) in where:
+        if is_symbolic(s) and str(s) in where:
             out[i] = graph.call_function(aten.sym_size.int, where[str(s)])
     return out
 

@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_flatten
-
 import torch.fx._pytree as fx_pytree
 from torch.export.graph_signature import InputKind
+from torch.utils._pytree import tree_flatten
 
 from ..errors import CalibrationError
 from .inputs import ExampleInputs, as_args_kwargs

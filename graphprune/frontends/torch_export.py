@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.fx._pytree as fx_pytree
 from torch.export import Dim, ExportedProgram, ShapesCollection
 from torch.export.graph_signature import InputKind, OutputKind
 from torch.fx.experimental.symbolic_shapes import optimization_hint
-import torch.fx._pytree as fx_pytree
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import CaptureError

@@ -265,13 +265,17 @@ def _reshape_not_view(gm: torch.fx.GraphModule) -> None:
 
 def hard_coded_devices(gm: torch.fx.GraphModule) -> list[str]:
     """Nodes of ``gm`` with a ``torch.device`` constant among their arguments (should be none)."""
-    found: list[str] = []
-    for fx in gm.graph.nodes:
-        consts: list[Any] = []
-        torch.fx.node.map_aggregate((fx.args, fx.kwargs), lambda a: consts.append(a) or a)
-        if any(isinstance(a, torch.device) for a in consts):
-            found.append(fx.name)
-    return found
+    return [fx.name for fx in gm.graph.nodes if _has_device((fx.args, fx.kwargs))]
+
+
+def _has_device(a: Any) -> bool:
+    if isinstance(a, torch.device):
+        return True
+    if isinstance(a, (list, tuple)):
+        return any(_has_device(x) for x in a)
+    if isinstance(a, dict):
+        return any(_has_device(x) for x in a.values())
+    return False
 
 
 def _runtime_device(gm: torch.fx.GraphModule) -> None:

@@ -210,6 +210,7 @@ def test_pt_save_load_of_a_graph_module_keeps_dynamic_dims(tmp_path: Path) -> No
 def test_static_rewrite_replaces_every_symbolic_size_by_its_example_value() -> None:
     """The fallback when a second size disagrees: the old, shape-specialized module."""
     from graphprune.passes import PassContext, parse_pipeline, run_pipeline
+
     from graphprune.rewrite import rewrite_fx
 
     torch.manual_seed(0)

@@ -85,15 +85,18 @@ def _export_onnx(model: nn.Module, path: Path, example_inputs: ExampleInputs, op
             log.warning("writing %s with the example input shapes only: %s", path.name, reason)
     args, kwargs = as_args_kwargs(example_inputs)
     errors = []
-    for dynamo in (False, True):  # the TorchScript exporter is ~8x faster where it works
+    # the TorchScript exporter is ~8x faster where it works; where its model disagrees with the
+    # module in onnxruntime (swin_t's fx GraphModule: 1.2e-2), the dynamo exporter gets its turn
+    for dynamo in (False, True):
         try:
             _run_exporter(model, path, args, kwargs, opset, dynamo)
+            with _silenced_fds():
+                err = check_onnx(path, model, example_inputs)
             break
-        except Exception as exc:  # exporter failures come in many types
+        except Exception as exc:  # exporter failures (many types) and onnxruntime mismatches
             errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {_first_line(exc)}")
     else:
         raise ExportError("ONNX export failed: " + "; ".join(errors))
-    err = check_onnx(path, model, example_inputs)
     info: dict[str, Any] = {"format": "onnx", "onnxruntime_max_abs_err": err}
     if reason:
         info["dynamic"] = {"kept": False, "reason": reason}

@@ -21,7 +21,8 @@ CPU kernels; other devices' kernels, e.g. CUDA attention, return other strides),
 of the module's first parameter (or first input) read at run time, so ``.to(device)`` moves all.
 
 Depth pruning (a group removed whole): each linear exit whose contraction operand is left empty
-is replaced by its bias broadcast to its (static, pruned) output shape, or zeros without a bias
+is replaced by its bias broadcast to its pruned output shape (symbolic input dims read from the
+inputs with ``sym_size``), or zeros without a bias
 (``y = b`` exactly, as in the masked original); a concat drops its empty inputs; dead-code
 elimination then removes the emptied branch (fx keeps impure nodes -- asserts, mutations, random
 ops -- unless their output is empty).

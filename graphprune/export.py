@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_flatten
 from .errors import ExportError
 from .frontends.inputs import ExampleInputs, as_args_kwargs
 
-__all__ = ["check_onnx", "fx_dynamic", "save_model"]
+__all__ = ["check_onnx", "fx_dynamic", "mutates_in_place", "save_model"]
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,8 @@ def _export_onnx(model: nn.Module, path: Path, example_inputs: ExampleInputs, op
     args, kwargs = as_args_kwargs(example_inputs)
     errors = []
     # the TorchScript exporter is ~8x faster where it works; where its model disagrees with the
-    # module in onnxruntime (swin_t's fx GraphModule: 1.2e-2), the dynamo exporter gets its turn
-    for dynamo in (False, True):
+    # module in onnxruntime, the dynamo exporter gets its turn (see _exporters)
+    for dynamo in _exporters(model):
         try:
             _run_exporter(model, path, args, kwargs, opset, dynamo)
             with _silenced_fds():
@@ -97,10 +97,29 @@ def _export_onnx(model: nn.Module, path: Path, example_inputs: ExampleInputs, op
             errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {_first_line(exc)}")
     else:
         raise ExportError("ONNX export failed: " + "; ".join(errors))
-    info: dict[str, Any] = {"format": "onnx", "onnxruntime_max_abs_err": err}
+    info: dict[str, Any] = {"format": "onnx", "onnxruntime_max_abs_err": err,
+                            "exporter": "dynamo" if dynamo else "torchscript"}
     if reason:
         info["dynamic"] = {"kept": False, "reason": reason}
     return info
+
+
+def mutates_in_place(model: nn.Module) -> bool:
+    """True for a GraphModule with an in-place ATen op (e.g. ``fill_`` on a ``slice`` of a
+    ``new_zeros``: how export records ``mask[a:b, c:d] = k``, as in Swin's shifted-window mask)."""
+    graph = getattr(model, "graph", None)
+    if not isinstance(graph, torch.fx.Graph):
+        return False
+    return any(n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and n.target._schema.is_mutable
+               for n in graph.nodes)
+
+
+def _exporters(model: nn.Module) -> tuple[bool, ...]:
+    """``dynamo`` flags to try in order. The TorchScript exporter turns an in-place op on a view
+    of a GraphModule into an op on a copy (ONNX Slice copies), so the write never reaches the base
+    tensor: swin_t's attention mask came out all zeros (onnxruntime off by 1.5e-2, unpruned too).
+    The dynamo exporter functionalizes the graph first; such modules go to it directly."""
+    return (True,) if mutates_in_place(model) else (False, True)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -157,7 +176,7 @@ def _export_onnx_dynamic(
                 axes[name] = sym
     alt, sizes = resize_inputs(example_inputs, in_spec, names, dims)
     errors = []
-    for dynamo in (False, True):
+    for dynamo in _exporters(model):
         try:
             if dynamo:
                 extra: dict[str, Any] = {"dynamic_shapes": _dynamo_shapes(model, args, kwargs, by_id, dims)}
@@ -166,7 +185,7 @@ def _export_onnx_dynamic(
             _run_exporter(model, path, args, kwargs, opset, dynamo, **extra)
             with _silenced_fds():  # onnxruntime logs a failed run from C++; the error says it
                 err = max(check_onnx(path, model, example_inputs), check_onnx(path, model, alt))
-            return {"format": "onnx", "onnxruntime_max_abs_err": err,
+            return {"format": "onnx", "onnxruntime_max_abs_err": err, "exporter": "dynamo" if dynamo else "torchscript",
                     "dynamic": {"kept": True, "dims": axes, "checked_at": sizes}}
         except Exception as exc:  # export failures and mismatches at either size
             errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {_first_line(exc)}")

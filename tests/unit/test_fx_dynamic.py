@@ -184,6 +184,7 @@ def test_swin_block_pruned_to_onnx_matches_in_onnxruntime_at_two_batch_sizes(tmp
     assert res.report["widths"]["table"]["after"][1] < 4  # a head was removed, its bias column too
     info = res.save(tmp_path / "swin.onnx")
     assert info["dynamic"]["kept"] is True and info["onnxruntime_max_abs_err"] < 1e-4
+    assert info["exporter"] == "dynamo"  # the mask is written in place into a slice: see the next test
     sess = ort.InferenceSession(str(tmp_path / "swin.onnx"), providers=["CPUExecutionProvider"])
     masked = masked_original(model, res.coupling, res.removed)
     for batch in (1, 4):
@@ -193,6 +194,33 @@ def test_swin_block_pruned_to_onnx_matches_in_onnxruntime_at_two_batch_sizes(tmp
             want = masked(x).numpy()
         assert got.shape == want.shape
         assert float(np.abs(got - want).max()) < 1e-4 * max(1.0, float(np.abs(want).max()))
+
+
+def test_static_swin_graph_module_with_an_in_place_mask_saves_to_onnx(tmp_path: Path) -> None:
+    """Regression (issue #11): the TorchScript exporter wrote the shifted-window mask, built by
+    ``mask[a:b, c:d] = k`` (``fill_`` on a ``slice`` in the GraphModule), into a copy, so the
+    mask was all zeros in ONNX (0.66 off here, 1.5e-2 on swin_t) and save refused the model."""
+    from graphprune.passes import PassContext, parse_pipeline, run_pipeline
+
+    from graphprune.export import mutates_in_place, save_model
+    from graphprune.rewrite import rewrite_fx
+
+    torch.manual_seed(0)
+    model, x = SwinBlock().eval(), torch.randn(2, 8, 8, 32)
+    cap = capture(model, x)
+    ctx = PassContext(model=model, example_inputs=x, program=cap.program)
+    graph = run_pipeline(parse_pipeline(FX_PIPELINE), cap.graph, ctx)
+    static = rewrite_fx(ctx.program, graph, ctx.coupling, ctx.allocation.removed, static=True)
+    assert mutates_in_place(static)
+    info = save_model(static, tmp_path / "static.onnx", x)
+    assert info["exporter"] == "dynamo" and "dynamic" not in info
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(tmp_path / "static.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = masked_original(model, ctx.coupling, ctx.allocation.removed)(x).numpy()
+    assert float(np.abs(got - want).max()) < 1e-4 * max(1.0, float(np.abs(want).max()))
 
 
 def test_pt_save_load_of_a_graph_module_keeps_dynamic_dims(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ Weights are random (no download); the comparisons do not depend on training.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 
@@ -32,7 +33,12 @@ def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
 
 
-def check(name: str, flops: float, batches: list[int], tol: float) -> list[dict[str, object]]:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def check(name: str, flops: float, batches: list[int], tol: float, device: str = "cuda") -> list[dict[str, object]]:
     import torchvision.models as tvm
 
     import graphprune as gp
@@ -52,7 +58,7 @@ def check(name: str, flops: float, batches: list[int], tol: float) -> list[dict[
     dyn = getattr(pruned, "meta", {}).get("graphprune_dynamic", {})
     devices = hard_coded_devices(pruned) if isinstance(pruned, torch.fx.GraphModule) else []
     masked = masked_original(model, res.coupling, res.removed)
-    cuda = __import__("copy").deepcopy(pruned).to("cuda")
+    cuda = copy.deepcopy(pruned).to(device)
     rows = []
     for b in batches:
         x = torch.randn(b, 3, 224, 224, generator=torch.Generator().manual_seed(b))
@@ -61,10 +67,10 @@ def check(name: str, flops: float, batches: list[int], tol: float) -> list[dict[
         try:
             with torch.no_grad():
                 cpu_out, ref = pruned(x), masked(x)
-                torch.cuda.synchronize()
+                _sync(device)
                 t1 = time.perf_counter()
-                gpu_out = cuda(x.cuda())
-                torch.cuda.synchronize()
+                gpu_out = cuda(x.to(device))
+                _sync(device)
                 row["cuda_ms"] = round((time.perf_counter() - t1) * 1e3, 1)
             row["cpu_vs_masked"] = _max_rel(cpu_out, ref)
             row["cuda_vs_cpu"] = _max_rel(gpu_out, cpu_out)
@@ -82,15 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 3])
     ap.add_argument("--flops", type=float, default=0.6)
     ap.add_argument("--tol", type=float, default=1e-3, help="relative CUDA-vs-CPU tolerance (TF32/kernels differ)")
+    ap.add_argument("--device", default="cuda", help="cuda (default); cpu only to smoke-test this script")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: run this where torch.cuda.is_available()", file=sys.stderr)
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     cols = ["model", "route", "dynamic", "device_consts", "batch", "prune_s", "cuda_ms", "cpu_vs_masked", "cuda_vs_cpu",
             "ok", "error"]
-    rows = [r for name in args.models for r in check(name, args.flops, args.batches, args.tol)]
+    rows = [r for name in args.models for r in check(name, args.flops, args.batches, args.tol, args.device)]
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(f"{r[c]:.2e}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols))

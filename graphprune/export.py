@@ -114,12 +114,17 @@ def mutates_in_place(model: nn.Module) -> bool:
                for n in graph.nodes)
 
 
-def _exporters(model: nn.Module) -> tuple[bool, ...]:
+def _exporters(model: nn.Module, dynamic: bool = False) -> tuple[bool, ...]:
     """``dynamo`` flags to try in order. The TorchScript exporter turns an in-place op on a view
     of a GraphModule into an op on a copy (ONNX Slice copies), so the write never reaches the base
     tensor: swin_t's attention mask came out all zeros (onnxruntime off by 1.5e-2, unpruned too).
-    The dynamo exporter functionalizes the graph first; such modules go to it directly."""
-    return (True,) if mutates_in_place(model) else (False, True)
+    It also traces ``aten.sym_size`` calls as constants, so a GraphModule that reads its input
+    sizes cannot keep them symbolic. The dynamo exporter functionalizes the graph and keeps sizes
+    symbolic; such modules go to it directly."""
+    graph = getattr(model, "graph", None)
+    reads_sizes = dynamic and isinstance(graph, torch.fx.Graph) and any(
+        n.target is torch.ops.aten.sym_size.int for n in graph.nodes)
+    return (True,) if reads_sizes or mutates_in_place(model) else (False, True)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -176,7 +181,7 @@ def _export_onnx_dynamic(
                 axes[name] = sym
     alt, sizes = resize_inputs(example_inputs, in_spec, names, dims)
     errors = []
-    for dynamo in _exporters(model):
+    for dynamo in _exporters(model, dynamic=True):
         try:
             if dynamo:
                 extra: dict[str, Any] = {"dynamic_shapes": _dynamo_shapes(model, args, kwargs, by_id, dims)}

@@ -253,3 +253,29 @@ def test_static_rewrite_replaces_every_symbolic_size_by_its_example_value() -> N
         assert _max_err(static(x), masked(x)) < 1e-5
         with pytest.raises(RuntimeError):
             static(torch.randn(3, 6, 32))
+
+
+def test_token_model_with_keyword_inputs_keeps_batch_and_sequence(tmp_path: Path) -> None:
+    """input_ids and attention_mask share their symbols; the .onnx has them as dim_params."""
+    import onnxruntime as ort
+    from graphprune.models.bert import build_bert_tiny
+
+    model, (ids, mask) = build_bert_tiny()
+    x = {"input_ids": ids, "attention_mask": mask}
+    res = gp.prune(model, x, pipeline=FX_PIPELINE)
+    dyn = res.model.meta["graphprune_dynamic"]
+    assert dyn["kept"] is True and dyn["inputs"] == ["input_ids", "attention_mask"]
+    assert dyn["dims"]["input_ids"] == dyn["dims"]["attention_mask"] and sorted(dyn["dims"]["input_ids"]) == [0, 1]
+    masked = masked_original(model, res.coupling, res.removed)
+    info = res.save(tmp_path / "bert.onnx")
+    assert info["dynamic"]["kept"] is True
+    sess = ort.InferenceSession(str(tmp_path / "bert.onnx"), providers=["CPUExecutionProvider"])
+    for batch, seq in ((1, 5), (3, 12)):
+        feed = {"input_ids": ids[:1, :seq].repeat(batch, 1), "attention_mask": mask[:1, :seq].repeat(batch, 1)}
+        feed["attention_mask"][0, -2:] = 0  # padding in the first row
+        with torch.no_grad():
+            want, got = masked(**feed), res.model(**feed)
+        assert got.shape == want.shape and _max_err(got, want) < 1e-5
+        names = [i.name for i in sess.get_inputs()]
+        (onnx_out,) = sess.run(None, {n: feed[n].numpy() for n in names})
+        assert float(np.abs(onnx_out - want.numpy()).max()) < 1e-4

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -25,7 +26,7 @@ from torch.utils._pytree import tree_flatten
 from .errors import ExportError
 from .frontends.inputs import ExampleInputs, as_args_kwargs
 
-__all__ = ["check_onnx", "default_file_mode", "save_model", "write_atomic"]
+__all__ = ["check_onnx", "default_file_mode", "fx_dynamic", "mutates_in_place", "save_model", "write_atomic"]
 
 log = logging.getLogger(__name__)
 
@@ -111,24 +112,136 @@ def save_model(model: Any, path: str | os.PathLike[str], example_inputs: Example
 
 
 def _export_onnx(model: nn.Module, path: Path, example_inputs: ExampleInputs, opset: int | None) -> dict[str, Any]:
+    dyn = fx_dynamic(model)
+    reason = ""
+    if dyn is not None:
+        try:
+            return _export_onnx_dynamic(model, path, example_inputs, opset, dyn)
+        except ExportError as exc:
+            reason = str(exc)
+            log.warning("writing %s with the example input shapes only: %s", path.name, reason)
     args, kwargs = as_args_kwargs(example_inputs)
     errors = []
-    for dynamo in (False, True):  # the TorchScript exporter is ~8x faster where it works
+    # the TorchScript exporter is ~8x faster where it works; where its model disagrees with the
+    # module in onnxruntime, the dynamo exporter gets its turn (see _exporters)
+    for dynamo in _exporters(model):
         try:
-            # the exporters print whole graphs on failure (from C++ too); keep them off the terminal
-            with warnings.catch_warnings(), torch.no_grad(), _quiet_onnx_logs(), _silenced_fds():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    model, args, str(path), kwargs=kwargs or None, dynamo=dynamo,
-                    external_data=False, opset_version=opset, **({"verbose": False} if dynamo else {}),
-                )
+            _run_exporter(model, path, args, kwargs, opset, dynamo)
+            with _silenced_fds():
+                err = check_onnx(path, model, example_inputs)
             break
-        except Exception as exc:  # exporter failures come in many types
-            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}")
+        except Exception as exc:  # exporter failures (many types) and onnxruntime mismatches
+            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {_first_line(exc)}")
     else:
         raise ExportError("ONNX export failed: " + "; ".join(errors))
-    err = check_onnx(path, model, example_inputs)
-    return {"format": "onnx", "onnxruntime_max_abs_err": err}
+    info: dict[str, Any] = {"format": "onnx", "onnxruntime_max_abs_err": err,
+                            "exporter": "dynamo" if dynamo else "torchscript"}
+    if reason:
+        info["dynamic"] = {"kept": False, "reason": reason}
+    return info
+
+
+def mutates_in_place(model: nn.Module) -> bool:
+    """True for a GraphModule with an in-place ATen op (e.g. ``fill_`` on a ``slice`` of a
+    ``new_zeros``: how export records ``mask[a:b, c:d] = k``, as in Swin's shifted-window mask)."""
+    graph = getattr(model, "graph", None)
+    if not isinstance(graph, torch.fx.Graph):
+        return False
+    return any(n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) and n.target._schema.is_mutable
+               for n in graph.nodes)
+
+
+def _exporters(model: nn.Module, dynamic: bool = False) -> tuple[bool, ...]:
+    """``dynamo`` flags to try in order. The TorchScript exporter turns an in-place op on a view
+    of a GraphModule into an op on a copy (ONNX Slice copies), so the write never reaches the base
+    tensor: swin_t's attention mask came out all zeros (onnxruntime off by 1.5e-2, unpruned too).
+    It also traces ``aten.sym_size`` calls as constants, so a GraphModule that reads its input
+    sizes cannot keep them symbolic. The dynamo exporter functionalizes the graph and keeps sizes
+    symbolic; such modules go to it directly."""
+    graph = getattr(model, "graph", None)
+    reads_sizes = dynamic and isinstance(graph, torch.fx.Graph) and any(
+        n.target is torch.ops.aten.sym_size.int for n in graph.nodes)
+    return (True,) if reads_sizes or mutates_in_place(model) else (False, True)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def _run_exporter(model: nn.Module, path: Path, args: tuple[Any, ...], kwargs: dict[str, Any], opset: int | None,
+                  dynamo: bool, **extra: Any) -> None:
+    # the exporters print whole graphs on failure (from C++ too); keep them off the terminal
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_onnx_logs(), _silenced_fds():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, args, str(path), kwargs=kwargs or None, dynamo=dynamo,
+            external_data=False, opset_version=opset, **({"verbose": False} if dynamo else {}), **extra,
+        )
+
+
+def fx_dynamic(model: Any) -> dict[str, Any] | None:
+    """The symbolic input dims a graph-route module kept (``meta["graphprune_dynamic"]``), or None."""
+    meta = getattr(model, "meta", None)
+    info = meta.get("graphprune_dynamic") if isinstance(meta, dict) else None
+    return info if isinstance(info, dict) and info.get("kept") else None
+
+
+def _dim_name(sym: Any) -> str:
+    return re.sub(r"\W+", "_", str(sym)).strip("_") or "dim"
+
+
+def _export_onnx_dynamic(
+    model: nn.Module, path: Path, example_inputs: ExampleInputs, opset: int | None, dyn: dict[str, Any]
+) -> dict[str, Any]:
+    """Write a graph-route module with its symbolic input dims as ONNX dim_params and check it in
+    onnxruntime at the example shapes and at a second size of every symbolic dim."""
+    import torch.fx._pytree as fx_pytree
+
+    from .frontends.torch_export import is_symbolic, resize_inputs
+
+    args, kwargs = as_args_kwargs(example_inputs)
+    in_spec = model.graph._codegen.pytree_info.in_spec  # type: ignore[union-attr]
+    names: list[str] = list(dyn["inputs"])
+    dims: dict[str, dict[int, str]] = {k: {int(a): s for a, s in v.items()} for k, v in dyn["dims"].items()}
+    by_id = {id(t): n for n, t in zip(names, fx_pytree.tree_flatten_spec((args, kwargs), in_spec), strict=False)}
+    leaves = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+    input_names = [by_id.get(id(t), f"input_{i}") for i, t in enumerate(leaves)]
+    axes: dict[str, dict[int, str]] = {n: {a: _dim_name(s) for a, s in dims[n].items()} for n in input_names if n in dims}
+    out_node = next(n for n in model.graph.nodes if n.op == "output")  # type: ignore[union-attr]
+    outs = [a for a in tree_flatten(out_node.args[0])[0] if isinstance(a, torch.fx.Node)]
+    output_names = [f"output_{i}" for i in range(len(outs))]
+    for name, o in zip(output_names, outs, strict=True):
+        val = o.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            sym = {a: _dim_name(s) for a, s in enumerate(val.shape) if is_symbolic(s)}
+            if sym:
+                axes[name] = sym
+    alt, sizes = resize_inputs(example_inputs, in_spec, names, dims)
+    errors = []
+    for dynamo in _exporters(model, dynamic=True):
+        try:
+            if dynamo:
+                extra: dict[str, Any] = {"dynamic_shapes": _dynamo_shapes(model, args, kwargs, by_id, dims)}
+            else:
+                extra = {"input_names": input_names, "output_names": output_names, "dynamic_axes": axes}
+            _run_exporter(model, path, args, kwargs, opset, dynamo, **extra)
+            with _silenced_fds():  # onnxruntime logs a failed run from C++; the error says it
+                err = max(check_onnx(path, model, example_inputs), check_onnx(path, model, alt))
+            return {"format": "onnx", "onnxruntime_max_abs_err": err, "exporter": "dynamo" if dynamo else "torchscript",
+                    "dynamic": {"kept": True, "dims": axes, "checked_at": sizes}}
+        except Exception as exc:  # export failures and mismatches at either size
+            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: {_first_line(exc)}")
+    raise ExportError("ONNX export with symbolic dims failed: " + "; ".join(errors))
+
+
+def _dynamo_shapes(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], by_id: dict[int, str],
+                   dims: dict[str, dict[int, str]]) -> Any:
+    shapes = torch.export.ShapesCollection()
+    for t in tree_flatten((args, kwargs))[0]:
+        name = by_id.get(id(t)) if isinstance(t, torch.Tensor) else None
+        if name in dims:
+            shapes[t] = {a: torch.export.Dim.AUTO for a in dims[name]}
+    return shapes.dynamic_shapes(model, args, kwargs)
 
 
 @contextlib.contextmanager

@@ -10,16 +10,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from graphprune.errors import ExportError, OptionError
+from graphprune.frontends.torch_export import dynamic_dims, second_size_inputs
 from graphprune.ir import Graph
 from graphprune.rewrite import NotDynamic, NotRewritable, rewrite_fx, rewrite_module, rewrite_onnx
 from graphprune.verification import masked_original, verify_pruned
 
 from .infra import PassContext, PassResult, register_pass
 
-__all__ = ["Rewrite", "rewrite_onnx_ctx"]
+__all__ = ["Rewrite", "fx_route", "rewrite_onnx_ctx"]
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,43 @@ class Rewrite:
                 reason = f"forward of the rewritten module failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             log.info("module route not usable (%s); emitting an fx GraphModule", reason)
             ctx.route_reason = reason
-        ctx.pruned = rewrite_fx(ctx.program, graph, ctx.coupling, removed)
+        ctx.pruned = fx_route(graph, ctx)
         ctx.route = "fx"
         ctx.verification = None
         return PassResult(graph, True)
+
+
+def fx_route(graph: Graph, ctx: PassContext) -> Any:
+    """The fx GraphModule, keeping the capture's symbolic dims when it matches the masked original
+    at a second size of each (else rewritten static, with the reason in ``ctx.notes``);
+    ``pruned.meta["graphprune_dynamic"]`` records which."""
+    removed = ctx.allocation.removed
+    dims = dynamic_dims(ctx.program)
+    pruned = rewrite_fx(ctx.program, graph, ctx.coupling, removed)
+    if not dims:
+        pruned.meta["graphprune_dynamic"] = {"kept": False, "reason": "the capture has no symbolic dims"}
+        return pruned
+    alt, sizes = second_size_inputs(ctx.program, ctx.example_inputs)
+    t0 = time.perf_counter()
+    if ctx.masked is None:
+        ctx.masked = masked_original(ctx.model, ctx.coupling, removed)
+    try:
+        res = verify_pruned(ctx.model, pruned, ctx.coupling, removed, alt, masked=ctx.masked)
+        why = "" if res.ok else (res.detail or f"max error {res.max_abs_err:.3g} > {res.tolerance:.3g}")
+    except Exception as exc:  # the masked original or the pruned module failing at the second size
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    ctx.timings["verify"] = ctx.timings.get("verify", 0.0) + time.perf_counter() - t0
+    if not why:
+        users = [n.name for n in pruned.graph.nodes if n.op == "placeholder"]
+        pruned.meta["graphprune_dynamic"] = {"kept": True, "dims": dims, "inputs": users, "checked_at": sizes}
+        ctx.notes.append(f"fx route keeps symbolic input dims {dims} (checked at {sizes})")
+        return pruned
+    reason = f"at symbolic sizes {sizes} the pruned GraphModule disagrees with the masked original: {why}"
+    log.info("fx route specialized to the example shapes: %s", reason)
+    ctx.notes.append(f"fx route specialized to the example input shapes: {reason}")
+    pruned = rewrite_fx(ctx.program, graph, ctx.coupling, removed, static=True)
+    pruned.meta["graphprune_dynamic"] = {"kept": False, "reason": reason}
+    return pruned
 
 
 def rewrite_onnx_ctx(graph: Graph, ctx: PassContext, dynamic: bool, reason: str = "") -> None:

@@ -14,7 +14,9 @@ where ``Z = X`` for linear/matmul consumers and, for a 2-d conv with groups=1, t
 patches ``Z: [n_patches, C * kh * kw]`` (channel-major, matching ``W.reshape(out, -1)``), so a
 conv is a linear map ``Y = Z W^T`` and the same least-squares algebra applies.
 
-The exported program's module runs under a :class:`torch.fx.Interpreter` that, at each site
+Batches may differ in size along the dims the capture kept symbolic (batch; sequence for token
+inputs): the sums are per channel over all rows, so they equal the sums over the concatenation
+of the batches whatever their sizes. The exported program's module runs under a :class:`torch.fx.Interpreter` that, at each site
 node, reads the activation argument and adds this batch's sums into float64 accumulators. The
 interpreter frees every intermediate after its last use, so memory holds one batch's live
 activations plus O(C) per site (O(d^2) per Gram site), never the activation set.
@@ -33,6 +35,7 @@ import torch.fx._pytree as fx_pytree
 import torch.nn.functional as F
 
 from ..errors import CalibrationError
+from ..frontends.calib import check_program_batch
 from ..frontends.inputs import ExampleInputs, as_args_kwargs
 from ..ir import Value
 from .coupling import Coupling
@@ -234,12 +237,14 @@ def collect_stats(
     total = len(calib) if isinstance(calib, Sized) else 0
     with torch.no_grad():
         for i, batch in enumerate(calib):
+            check_program_batch(program, batch, i)
             try:
                 run_program(program, batch, rec)
-            except Exception as exc:  # a batch the static graph cannot run
+            except Exception as exc:  # a batch the captured graph cannot run
                 raise CalibrationError(
                     f"calib= batch {i} could not be run through the captured graph ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); batches must match the example inputs"
+                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); batches must match the example inputs "
+                    "except in the batch (and sequence) dims the capture kept symbolic"
                 ) from exc
             if progress is not None:
                 progress(i + 1, total)

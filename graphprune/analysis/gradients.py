@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from ..errors import CalibrationError
+from ..frontends.calib import check_program_batch
 from ..frontends.inputs import ExampleInputs, as_args_kwargs
 from ..rewrite.slicing import set_tensor, tensor_owners
 from .coupling import Coupling
@@ -93,6 +94,7 @@ def gradient_scores(
     gen = torch.Generator().manual_seed(seed)
     nb = 0
     for i, batch in enumerate(calib):
+        check_program_batch(program, batch, i)
         args, kwargs = as_args_kwargs(batch)
         with torch.enable_grad():
             try:
@@ -100,7 +102,7 @@ def gradient_scores(
             except Exception as exc:
                 raise CalibrationError(
                     f"calib= batch {i} could not be run through the captured graph ({type(exc).__name__}); "
-                    "batches must match the example inputs"
+                    "batches must match the example inputs except in the dims the capture kept symbolic"
                 ) from exc
             value = _probe_loss(out, gen) if loss is None else loss(out, batch)
             grads = torch.autograd.grad(value, [p for p, _ in entries], allow_unused=True)

@@ -1,32 +1,49 @@
 """Calibration batches: the ``calib=`` option and the CLI's ``--calib FILE``.
 
 A calibration set is an iterable of example inputs in the same forms as ``example_inputs`` (a
-tensor, a tuple of tensors, a dict of keyword tensors). The captured graph is specialized to the
-example inputs' shapes, so every batch must have exactly those shapes (pad or pack sequences to
-the example length). Files: ``.pt`` holding a list of batches, or one tensor / dict of tensors
+tensor, a tuple of tensors, a dict of keyword tensors). Batches may differ from the example in
+the dims the capture asks to keep symbolic (``torch_export.VARYING``: the batch dim, and the
+sequence dim of token-like inputs) and must match it elsewhere (:func:`check_batches`, before
+capture); once captured, each batch must fit the program's dims -- a dim the model specialized
+must have its example size (:func:`check_program_batch`). Files: ``.pt`` holding a list of batches, or one tensor / dict of tensors
 that is split along dim 0 into chunks of the example batch size; ``.npz`` holding one array
 (positional input) or several (keyword inputs by name), split the same way.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.fx._pytree as fx_pytree
+from torch.export.graph_signature import InputKind
 from torch.utils._pytree import tree_flatten
 
 from ..errors import CalibrationError
-from .inputs import ExampleInputs
+from .inputs import ExampleInputs, as_args_kwargs
+from .torch_export import hint, is_symbolic, varying_dims
 
-__all__ = ["check_batches", "load_calib_file", "materialize"]
+__all__ = ["check_batches", "check_program_batch", "load_calib_file", "materialize"]
 
 
 def _shapes(x: ExampleInputs) -> list[tuple[int, ...]]:
     leaves, _ = tree_flatten(x)
     return [tuple(t.shape) for t in leaves if isinstance(t, torch.Tensor)]
+
+
+def _pattern(x: ExampleInputs) -> list[tuple[Any, ...]]:
+    """Per tensor: its shape with every dim that may vary (see the module docstring) as ``*``."""
+    leaves, _ = tree_flatten(x)
+    out = []
+    for t in leaves:
+        if isinstance(t, torch.Tensor):
+            vary = varying_dims(t)
+            out.append(tuple("*" if ax in vary else int(n) for ax, n in enumerate(t.shape)))
+    return out
 
 
 def materialize(calib: Iterable[ExampleInputs] | None, option: str = "calib") -> list[ExampleInputs] | None:
@@ -48,15 +65,64 @@ def materialize(calib: Iterable[ExampleInputs] | None, option: str = "calib") ->
 
 
 def check_batches(batches: list[ExampleInputs], example_inputs: ExampleInputs, option: str = "calib") -> None:
-    """Every batch must have the example inputs' structure and shapes (the graph is static)."""
-    want = _shapes(example_inputs)
+    """Every batch must have the example inputs' structure, and their shapes except in the dims
+    that may vary (batch; sequence for token-like inputs)."""
+    want = _pattern(example_inputs)
+    shown = ", ".join(f"[{', '.join(str(d) for d in p)}]" for p in want)
     for i, b in enumerate(batches):
         got = _shapes(b)
-        if got != want:
+        if len(got) != len(want) or any(
+            len(g) != len(w) or any(d != "*" and d != n for d, n in zip(w, g, strict=True)) for g, w in zip(got, want, strict=False)
+        ):
             raise CalibrationError(
-                f"{option}= batch {i} has tensor shapes {got}, but the model was captured with {want}; "
-                "calibration batches must have the example inputs' shapes (pad or pack to that size)"
+                f"{option}= batch {i} has tensor shapes {got}, but calibration batches must have the example "
+                f"inputs' shapes {shown} (* = any size: batch, and sequence for token inputs)"
             )
+
+
+def check_program_batch(program: Any, batch: ExampleInputs, index: int, option: str = "calib") -> None:
+    """The batch fits the captured program: every input dim the capture kept static (the model
+    specialized it) has its example size."""
+    args, kwargs = as_args_kwargs(batch)
+    try:
+        flat = fx_pytree.tree_flatten_spec((args, kwargs), program.call_spec.in_spec)
+    except Exception as exc:  # pytree raises several types for a structure mismatch
+        raise CalibrationError(f"{option}= batch {index} does not have the example inputs' structure ({exc})") from exc
+    users = [s.arg.name for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    metas = {n.name: n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder"}
+    ranges = dict(program.range_constraints)
+    for name, t in zip(users, flat, strict=False):
+        meta = metas.get(name)
+        if not isinstance(t, torch.Tensor) or not isinstance(meta, torch.Tensor):
+            continue
+        for ax, (got, want) in enumerate(zip(t.shape, meta.shape, strict=False)):
+            if not is_symbolic(want):
+                if int(got) != hint(want):
+                    raise CalibrationError(
+                        f"{option}= batch {index}: input {name!r} has size {int(got)} in dim {ax}, but the model was "
+                        f"captured with that dim fixed at {hint(want)} (the model's code specializes it); "
+                        f"give batches of size {hint(want)} in that dim"
+                    )
+                continue
+            lo, hi = _bounds(ranges.get(want.node.expr))
+            if not lo <= int(got) <= hi:
+                raise CalibrationError(
+                    f"{option}= batch {index}: input {name!r} has size {int(got)} in dim {ax}, outside the range "
+                    f"[{lo}, {'inf' if hi == sys.maxsize else hi}] the model was captured for; give batches within it"
+                )
+
+
+def _bounds(vr: Any) -> tuple[int, int]:
+    """(lower, upper) of a torch.export value range; an unbounded side as 0 / sys.maxsize."""
+    if vr is None:
+        return 0, sys.maxsize
+    out = []
+    for side, default in ((vr.lower, 0), (vr.upper, sys.maxsize)):
+        try:
+            out.append(int(side) if bool(side.is_finite) else default)
+        except (TypeError, ValueError, AttributeError, OverflowError):
+            out.append(default)
+    return out[0], out[1]
 
 
 def _split(t: torch.Tensor, n: int) -> list[torch.Tensor]:

@@ -6,26 +6,41 @@ lowered through ``aten_table.LOWER`` into a normalized op; ops with no lowering 
 name as op (prefixed ``aten.``) and become barriers in coupling analysis. Multi-output nodes
 (split, unbind, batch_norm variants) get one IR Value per tensor output; ``getitem`` nodes alias
 them. The IR node names equal the fx node names so the fx rewriter can find them again.
+
+Dynamic dims. Capture first asks for ``Dim.AUTO`` on the batch dim (0) of every tensor input and
+on the sequence dim (1) of token-like inputs (integer or bool tensors of rank 2, float tensors of
+rank 3); ``torch.export`` keeps a dim symbolic where the model allows it and specializes it
+otherwise (a batch of 1 is not specialized: ``backed_size_oblivious``). If the dynamic capture
+fails, the model is captured static. The IR is always static: every symbolic size is lowered at
+its example value (its hint), and integer arguments computed from sizes (``sym_size``) are lowered
+at their hints too, so analysis is the same as for a static capture. ``Captured.dynamic`` records
+which input dims stayed symbolic; the fx route uses the symbolic program to keep them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.export import ExportedProgram
+import torch.fx._pytree as fx_pytree
+from torch.export import Dim, ExportedProgram, ShapesCollection
 from torch.export.graph_signature import InputKind, OutputKind
+from torch.fx.experimental.symbolic_shapes import optimization_hint
+from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import CaptureError
 from ..ir import Graph, Node, Value
 from .aten_table import lower_args
 from .inputs import ExampleInputs, as_args_kwargs
 
-__all__ = ["Captured", "capture", "lower_exported"]
+__all__ = ["Captured", "capture", "dynamic_dims", "hint", "lower_exported", "resize_inputs",
+           "is_symbolic", "second_size_inputs", "varying_dims"]
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +54,161 @@ class Captured:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     seconds: float
+    # user input placeholder name -> {axis: symbol} for the dims that stayed symbolic
+    dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
+    static_reason: str = ""  # why the capture is static, when the dynamic one failed
 
 
-def capture(model: torch.nn.Module, example_inputs: ExampleInputs) -> Captured:
-    """Trace ``model`` with ``torch.export`` (non-strict) and lower it into the IR."""
+def varying_dims(t: torch.Tensor) -> tuple[int, ...]:
+    """The dims worth asking to be dynamic: batch (0), and sequence (1) for token-like inputs
+    (integer/bool tensors of rank 2: ids, masks; float tensors of rank 3: [batch, seq, features])."""
+    if t.dim() == 0:
+        return ()
+    token_like = (t.dim() == 2 and not t.is_floating_point() and not t.is_complex()) or (
+        t.dim() == 3 and t.is_floating_point())
+    return (0, 1) if token_like else (0,)
+
+
+def _auto_dims(t: torch.Tensor) -> dict[int, Any]:
+    return {ax: Dim.AUTO for ax in varying_dims(t)}
+
+
+def _dynamic_spec(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    shapes = ShapesCollection()
+    seen: set[int] = set()
+    for t in tree_flatten((args, kwargs))[0]:
+        if isinstance(t, torch.Tensor) and id(t) not in seen:
+            seen.add(id(t))
+            dims = _auto_dims(t)
+            if dims:
+                shapes[t] = dims
+    return shapes.dynamic_shapes(model, args, kwargs) if seen else None
+
+
+def _export(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic: bool) -> ExportedProgram:
+    with torch.no_grad():
+        if not dynamic:
+            return torch.export.export(model, args, kwargs, strict=False)
+        spec = _dynamic_spec(model, args, kwargs)
+        # a size-1 batch would be specialized (0/1 specialization); treat it as any other size
+        with torch.fx.experimental._config.patch(backed_size_oblivious=True), _quiet_export_logs():
+            return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=spec)
+
+
+def capture(model: torch.nn.Module, example_inputs: ExampleInputs, dynamic: bool = True) -> Captured:
+    """Trace ``model`` with ``torch.export`` (non-strict) and lower it into the IR.
+
+    ``dynamic``: ask for a symbolic batch (and sequence) dim first, falling back to a static
+    capture (see the module docstring)."""
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"expected a torch.nn.Module, got {type(model).__name__}")
     args, kwargs = as_args_kwargs(example_inputs)
     t0 = time.perf_counter()
-    try:
-        with torch.no_grad():
-            program = torch.export.export(model, args, kwargs, strict=False)
-    except Exception as exc:  # torch raises many types here; all mean "cannot capture"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CaptureError(
-            f"torch.export could not capture {type(model).__name__}: {first[:300]} -- "
-            "wrap the model in a small nn.Module whose forward takes and returns tensors only "
-            "(no data-dependent Python control flow), or export it to ONNX and prune the .onnx file"
-        ) from exc
+    program, static_reason = None, ""
+    if dynamic:
+        try:
+            program = _export(model, args, kwargs, dynamic=True)
+        except Exception as exc:  # any failure: the static capture below decides
+            static_reason = f"dynamic capture failed: {_first_line(exc)[:200]}"
+            log.info("%s: %s; capturing with static shapes", type(model).__name__, static_reason)
+    if program is None:
+        try:
+            program = _export(model, args, kwargs, dynamic=False)
+        except Exception as exc:  # torch raises many types here; all mean "cannot capture"
+            raise CaptureError(
+                f"torch.export could not capture {type(model).__name__}: {_first_line(exc)[:300]} -- "
+                "wrap the model in a small nn.Module whose forward takes and returns tensors only "
+                "(no data-dependent Python control flow), or export it to ONNX and prune the .onnx file"
+            ) from exc
     graph = lower_exported(program, name=type(model).__name__, aliases=shared_tensor_aliases(model))
-    return Captured(program, graph, args, kwargs, time.perf_counter() - t0)
+    dims = dynamic_dims(program)
+    if dynamic and not dims and not static_reason:
+        static_reason = "the model specializes every batch/sequence dim"
+    return Captured(program, graph, args, kwargs, time.perf_counter() - t0, dims, static_reason)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet_export_logs() -> Iterator[None]:
+    """torch.export warns at WARNING for every dim it specializes; that is expected here."""
+    loggers = [logging.getLogger(n) for n in ("torch._export", "torch.export", "torch.fx.experimental.symbolic_shapes")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lvl in zip(loggers, levels, strict=True):
+            lg.setLevel(lvl)
+
+
+def is_symbolic(size: Any) -> bool:
+    """A SymInt that depends on an input size (not one specialized to a number)."""
+    return isinstance(size, torch.SymInt) and not size.node.expr.is_number
+
+
+def hint(size: Any) -> int:
+    """The example value of a (possibly symbolic) size, without adding a guard."""
+    if isinstance(size, torch.SymInt):
+        return int(optimization_hint(size))
+    return int(size)
+
+
+def dynamic_dims(program: ExportedProgram) -> dict[str, dict[int, str]]:
+    """User input placeholder -> {axis: symbol} for every input dim that is symbolic."""
+    users = {s.arg.name for s in program.graph_signature.input_specs
+             if s.kind == InputKind.USER_INPUT and hasattr(s.arg, "name")}
+    out: dict[str, dict[int, str]] = {}
+    for node in program.graph.nodes:
+        val = node.meta.get("val") if node.op == "placeholder" else None
+        if node.name in users and isinstance(val, torch.Tensor):
+            sym = {ax: str(s) for ax, s in enumerate(val.shape) if is_symbolic(s)}
+            if sym:
+                out[node.name] = sym
+    return out
+
+
+def second_size(n: int) -> int:
+    """Another size for a symbolic dim of example size ``n``: smaller where it can be (a sequence
+    may not grow past a position table), else larger."""
+    return n - 1 if n >= 3 else n + 1
+
+
+def second_size_inputs(program: ExportedProgram, example_inputs: ExampleInputs) -> tuple[ExampleInputs, dict[str, int]]:
+    """The example inputs resized along every symbolic dim of ``program`` (each symbol to
+    :func:`second_size` of its example value, consistently across inputs): cut to the first
+    positions, or grown by repeating the first position (token ids stay valid). Returns the
+    inputs and {symbol: new size}."""
+    users = [s.arg.name for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    return resize_inputs(example_inputs, program.call_spec.in_spec, users, dynamic_dims(program))
+
+
+def resize_inputs(
+    example_inputs: ExampleInputs, in_spec: Any, names: list[str], dims: dict[str, dict[int, str]],
+    sizes: dict[str, int] | None = None,
+) -> tuple[ExampleInputs, dict[str, int]]:
+    """:func:`second_size_inputs` for inputs flattened by ``in_spec`` into placeholders ``names``
+    with symbolic ``dims``; ``sizes`` fixes the new size of some symbols."""
+    args, kwargs = as_args_kwargs(example_inputs)
+    flat = fx_pytree.tree_flatten_spec((args, kwargs), in_spec)
+    sizes = dict(sizes or {})
+    swap: dict[int, torch.Tensor] = {}
+    for name, t in zip(names, flat, strict=False):
+        if not isinstance(t, torch.Tensor) or name not in dims:
+            continue
+        new = t
+        for ax, sym in dims[name].items():
+            n = sizes.setdefault(sym, second_size(int(t.shape[ax])))
+            while new.shape[ax] < n:
+                new = torch.cat([new, new.narrow(ax, 0, 1)], dim=ax)
+            new = new.narrow(ax, 0, n)
+        swap[id(t)] = new.contiguous()
+    resized = tree_map(lambda a: swap.get(id(a), a) if isinstance(a, torch.Tensor) else a, example_inputs)
+    return resized, sizes
 
 
 def _tensor_meta(node: torch.fx.Node) -> list[torch.Tensor | None]:
@@ -72,8 +222,8 @@ def _tensor_meta(node: torch.fx.Node) -> list[torch.Tensor | None]:
 
 def _shape(t: torch.Tensor, where: str) -> tuple[int, ...]:
     try:
-        return tuple(int(s) for s in t.shape)
-    except (TypeError, RuntimeError) as exc:
+        return tuple(hint(s) for s in t.shape)
+    except (TypeError, RuntimeError, AssertionError) as exc:
         raise CaptureError(
             f"{where} has a symbolic shape {tuple(t.shape)}; graphprune needs static shapes -- "
             "pass example inputs of the real size"
@@ -166,10 +316,11 @@ def _lower_call(graph: Graph, node: torch.fx.Node, values: dict[str, list[Value 
     packet = getattr(target, "_overloadpacket", None)
     aten_name = packet.__name__ if packet is not None else getattr(target, "__name__", str(target))
     first = node.args[0] if node.args else None
-    in_shape = _tensor_meta(first)[0].shape if isinstance(first, torch.fx.Node) and _tensor_meta(first) and _tensor_meta(first)[0] is not None else ()  # type: ignore[union-attr]
+    first_meta = _tensor_meta(first) if isinstance(first, torch.fx.Node) else []
+    in_shape = _shape(first_meta[0], node.name) if first_meta and first_meta[0] is not None else ()
     lowered = None
     try:
-        lowered = lower_args(aten_name, node.args, dict(node.kwargs), tuple(int(s) for s in in_shape))
+        lowered = lower_args(aten_name, _at_hints(node.args), _at_hints(dict(node.kwargs)), in_shape)
     except (TypeError, ValueError, IndexError) as exc:
         log.debug("lowering %s failed (%s); treating it as a barrier", node.name, exc)
     if lowered is None:
@@ -193,6 +344,19 @@ def _lower_call(graph: Graph, node: torch.fx.Node, values: dict[str, list[Value 
         real.append(v)
     graph.add_node(Node(node.name, op, inputs, real, attrs, target=str(target), scope=_scope(node)))
     values[node.name] = outs
+
+
+def _at_hints(a: Any) -> Any:
+    """Integer arguments computed from symbolic sizes (fx nodes whose value is a SymInt) replaced
+    by their example values, so a dynamic capture lowers exactly like a static one."""
+    if isinstance(a, torch.fx.Node):
+        val = a.meta.get("val")
+        return hint(val) if isinstance(val, (torch.SymInt, int)) and not isinstance(val, bool) else a
+    if isinstance(a, (list, tuple)):
+        return type(a)(_at_hints(x) for x in a)
+    if isinstance(a, dict):
+        return {k: _at_hints(v) for k, v in a.items()}
+    return a
 
 
 def _flat_args(args: Any, kwargs: dict[str, Any]) -> list[Any]:

@@ -4,11 +4,25 @@ Used when the model's Python code hard-codes a shape that cannot follow the prun
 ``nn.MultiheadAttention`` requires num_heads * head_dim == embed_dim). The exported program is
 unlifted into a GraphModule; weights are sliced and every ATen call whose integer arguments
 encode a size (view/reshape/expand sizes, split sizes, slice bounds, groups) is rewritten from
-the pruned shapes computed by coupling analysis. The module is specialized to the example
-input shapes, like the exported program it comes from.
+the pruned shapes computed by coupling analysis.
+
+Dynamic dims. The program may be captured with symbolic batch/sequence dims
+(``frontends/torch_export.py``); its size arguments then mix static ints with fx nodes that
+compute sizes at run time (``sym_size``, ``operator.mul``...). A size element is rewritten only
+where its pruned size differs from its original one at the example size: a static int becomes the
+pruned int; a symbolic element ``e`` (e.g. ``batch * heads``) becomes ``e * p // o`` with ``p/o``
+the reduced ratio of its pruned to original example value (exact when ``e`` is a multiple of the
+pruned count, as merged batch x head dims are). ``-1`` stays ``-1``. With ``static=True`` every
+``sym_size`` is replaced by its example value first, which gives the old, shape-specialized module.
+
+Any device. ``view``/``_unsafe_view`` become ``reshape`` (export chose ``view`` from the strides of
+CPU kernels; other devices' kernels, e.g. CUDA attention, return other strides), and every
+``torch.device`` argument (factory ops such as ``arange``, ``_to_copy``) is replaced by the device
+of the module's first parameter (or first input) read at run time, so ``.to(device)`` moves all.
 
 Depth pruning (a group removed whole): each linear exit whose contraction operand is left empty
-is replaced by its bias broadcast to its (static, pruned) output shape, or zeros without a bias
+is replaced by its bias broadcast to its pruned output shape (symbolic input dims read from the
+inputs with ``sym_size``), or zeros without a bias
 (``y = b`` exactly, as in the masked original); a concat drops its empty inputs; dead-code
 elimination then removes the emptied branch (fx keeps impure nodes -- asserts, mutations, random
 ops -- unless their output is empty).
@@ -16,6 +30,8 @@ ops -- unless their output is empty).
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +54,7 @@ from .slicing import (
     tensor_owners,
 )
 
-__all__ = ["rewrite_fx"]
+__all__ = ["hard_coded_devices", "rewrite_fx"]
 
 aten = torch.ops.aten
 ArgRewriter = Callable[[torch.fx.Node, Node, "_Ctx"], None]
@@ -55,6 +71,9 @@ class _Ctx:
 
     def kept(self, v: Any, axis: int) -> np.ndarray:
         return self.coupling.kept(v, axis, self.removed)
+
+    def axis_changed(self, v: Any, axis: int) -> bool:
+        return self.shape(v)[axis] != v.shape[axis]
 
 
 _reg = registrar(ARG_REWRITERS)
@@ -75,9 +94,27 @@ def _get_arg(fx: torch.fx.Node, i: int, name: str, default: Any = None) -> Any:
     return fx.args[i] if i < len(fx.args) else fx.kwargs.get(name, default)
 
 
+def _sizes(fx: torch.fx.Node, sizes: Any, old: tuple[int, ...], new: tuple[int, ...]) -> list[Any]:
+    """``sizes`` (ints and fx nodes) with every element whose size changes from ``old`` to ``new``
+    rewritten (see the module docstring): static ints replaced, symbolic ones scaled."""
+    out: list[Any] = []
+    for e, o, p in zip(sizes, old, new, strict=True):
+        if o == p or (isinstance(e, int) and e == -1):
+            out.append(e)
+        elif isinstance(e, torch.fx.Node):
+            g = math.gcd(p, o)
+            with fx.graph.inserting_before(fx):
+                scaled = fx.graph.call_function(operator.mul, (e, p // g)) if p // g != 1 else e
+                out.append(fx.graph.call_function(operator.floordiv, (scaled, o // g)) if o // g != 1 else scaled)
+        else:
+            out.append(p)
+    return out
+
+
 @_reg("view", "reshape", "_unsafe_view", "expand")
 def _shape_arg(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
-    _set_arg(fx, 1, "size", list(ctx.shape(node.output)))
+    size = _get_arg(fx, 1, "size")
+    _set_arg(fx, 1, "size", _sizes(fx, size, node.output.shape, ctx.shape(node.output)))
 
 
 @_reg("unflatten")
@@ -85,13 +122,17 @@ def _unflatten(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
     x = node.inputs[0]
     assert x is not None
     dim = int(fx.args[1]) % x.rank
-    n = len(fx.args[2])  # type: ignore[arg-type]
-    _set_arg(fx, 2, "sizes", list(ctx.shape(node.output)[dim : dim + n]))
+    sizes = list(fx.args[2])  # type: ignore[arg-type]
+    n = len(sizes)
+    _set_arg(fx, 2, "sizes", _sizes(fx, sizes, node.output.shape[dim : dim + n], ctx.shape(node.output)[dim : dim + n]))
 
 
 @_reg("split", "split_with_sizes", "chunk", "unsafe_split", "tensor_split")
 def _split(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
     axis = int(node.attrs["axis"])
+    x = node.inputs[0]
+    if x is not None and not ctx.axis_changed(x, axis % x.rank):
+        return  # split along a dim pruning does not touch (it may be symbolic)
     sizes = [ctx.shape(v)[axis] for v in node.outputs]
     fx.target = aten.split_with_sizes.default
     fx.args = (fx.args[0], sizes, axis)
@@ -116,6 +157,8 @@ def _narrow(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
     x = node.inputs[0]
     assert x is not None
     axis = int(node.attrs["axis"])
+    if not ctx.axis_changed(x, axis % x.rank):
+        return
     kept = ctx.kept(x, axis)
     start = kept_position(kept, int(node.attrs["start"]))
     fx.args = (fx.args[0], axis, start, ctx.shape(node.output)[axis])
@@ -156,8 +199,13 @@ def _norm_shape(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
     _set_arg(fx, 1, "normalized_shape", list(ctx.shape(node.output)[-k:]))
 
 
-def rewrite_fx(program: ExportedProgram, graph: Graph, coupling: Coupling, removed: np.ndarray) -> torch.fx.GraphModule:
+def rewrite_fx(
+    program: ExportedProgram, graph: Graph, coupling: Coupling, removed: np.ndarray, static: bool = False
+) -> torch.fx.GraphModule:
+    """The pruned GraphModule; it keeps the program's symbolic dims unless ``static``."""
     gm = program.module()
+    if static:
+        _specialize(gm)
     _own_tensors(gm)
     owners = tensor_owners(gm)
     with torch.no_grad():
@@ -186,7 +234,71 @@ def rewrite_fx(program: ExportedProgram, graph: Graph, coupling: Coupling, remov
         # draw dropout); one whose output is empty computes and draws nothing, so it may go too
         emptied = {n.name for n in graph.nodes if any(0 in ctx.shape(v) for v in n.outputs)}
         gm.graph.eliminate_dead_code(is_impure_node=lambda n: n.name not in emptied and n.is_impure())
+    _reshape_not_view(gm)
+    _runtime_device(gm)
     return _plain_graph_module(gm)
+
+
+def _specialize(gm: torch.fx.GraphModule) -> None:
+    """Replace every ``sym_size`` by its example value: the module then only runs at the example
+    input shapes (the static fallback)."""
+    from ..frontends.torch_export import hint
+
+    for fx in list(gm.graph.nodes):
+        if fx.op == "call_function" and fx.target is aten.sym_size.int:
+            value = hint(fx.meta["val"])
+            for user in list(fx.users):
+                user.args = torch.fx.node.map_arg(user.args, lambda a, f=fx, v=value: v if a is f else a)
+                user.kwargs = torch.fx.node.map_arg(user.kwargs, lambda a, f=fx, v=value: v if a is f else a)
+            gm.graph.erase_node(fx)
+
+
+_VIEWS = (aten.view.default, aten._unsafe_view.default)
+
+
+def _reshape_not_view(gm: torch.fx.GraphModule) -> None:
+    """``view`` -> ``reshape``: the same result, and a copy instead of an error where another
+    device's kernel returned a layout the view cannot express."""
+    for fx in gm.graph.nodes:
+        if fx.op == "call_function" and fx.target in _VIEWS:
+            fx.target = aten.reshape.default
+
+
+def hard_coded_devices(gm: torch.fx.GraphModule) -> list[str]:
+    """Nodes of ``gm`` with a ``torch.device`` constant among their arguments (should be none)."""
+    return [fx.name for fx in gm.graph.nodes if _has_device((fx.args, fx.kwargs))]
+
+
+def _has_device(a: Any) -> bool:
+    if isinstance(a, torch.device):
+        return True
+    if isinstance(a, (list, tuple)):
+        return any(_has_device(x) for x in a)
+    if isinstance(a, dict):
+        return any(_has_device(x) for x in a.values())
+    return False
+
+
+def _runtime_device(gm: torch.fx.GraphModule) -> None:
+    """Replace every ``torch.device`` argument by the device of a parameter/buffer (or of the
+    first input when the module has none), read when the module runs."""
+    users = hard_coded_devices(gm)
+    if not users:
+        return
+    graph = gm.graph
+    source = next((n for n in graph.nodes if n.op == "get_attr" and isinstance(n.meta.get("val"), torch.Tensor)), None)
+    if source is None:
+        source = next((n for n in graph.nodes if n.op == "placeholder"), None)
+    if source is None:
+        return
+    with graph.inserting_after(source):
+        device = graph.call_function(getattr, (source, "device"))
+    by_name = {n.name: n for n in graph.nodes}
+    for name in users:
+        fx = by_name[name]
+        swap = lambda a: device if isinstance(a, torch.device) else a  # noqa: E731
+        fx.args = torch.fx.node.map_aggregate(fx.args, swap)
+        fx.kwargs = torch.fx.node.map_aggregate(fx.kwargs, swap)
 
 
 def _own_tensors(gm: torch.fx.GraphModule) -> None:
@@ -240,13 +352,36 @@ def _exit_constant(graph: torch.fx.Graph, fx: torch.fx.Node, node: Node, shape: 
             bias = graph.call_function(aten.mul.Tensor, (bias, beta))
     else:
         bias = _get_arg(fx, 2, "bias")
+    sizes = _symbolic_sizes(graph, fx, shape)
     if isinstance(bias, torch.fx.Node):
         if node.op == "conv":  # [C] -> [C, 1, ..., 1] against [N, C, *spatial]
             bias = graph.call_function(aten.view.default, (bias, [shape[1]] + [1] * (len(shape) - 2)))
-        return graph.call_function(aten.expand.default, (bias, shape))
+        return graph.call_function(aten.expand.default, (bias, sizes))
     weight = next(a for a, v in zip(fx.args, node.inputs, strict=False) if isinstance(a, torch.fx.Node)
                   and v is not None and v.is_weight)
-    return graph.call_function(aten.new_zeros.default, (weight, shape))
+    return graph.call_function(aten.new_zeros.default, (weight, sizes))
+
+
+def _symbolic_sizes(graph: torch.fx.Graph, fx: torch.fx.Node, shape: list[int]) -> list[Any]:
+    """``shape`` with each dim that is a plain input-size symbol in ``fx``'s output read from that
+    input at run time (``sym_size``); other dims stay at their example values."""
+    val = fx.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        return list(shape)
+    from ..frontends.torch_export import is_symbolic
+
+    where: dict[str, tuple[torch.fx.Node, int]] = {}
+    for ph in graph.nodes:
+        pv = ph.meta.get("val") if ph.op == "placeholder" else None
+        if isinstance(pv, torch.Tensor):
+            for ax, s in enumerate(pv.shape):
+                if is_symbolic(s):
+                    where.setdefault(str(s), (ph, ax))
+    out: list[Any] = list(shape)
+    for i, s in enumerate(val.shape):
+        if is_symbolic(s) and str(s) in where:
+            out[i] = graph.call_function(aten.sym_size.int, where[str(s)])
+    return out
 
 
 def _plain_graph_module(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:

@@ -1,7 +1,8 @@
 """reconstruct-lsq: ridge least-squares refit of each shrunk consumer's kept weights (and bias).
 
 [W', b'] = [W, b] G~[:, K~] (G~[K~, K~] + lambda I)^-1 on the dense inputs' Gram matrix, one
-closed-form solve per consumer (structured OBS / ZipLM). ``ridge`` scales lambda by the mean
+Cholesky factorization per distinct (Gram, kept columns), shared by consumers reading one tensor
+(structured OBS / ZipLM). ``ridge`` scales lambda by the mean
 diagonal of G[K, K]. Linear, 2-d conv (groups=1) and 2-d weight matmul/addmm consumers are refit;
 others are left as they are and named in the report notes. Maths: ``graphprune.rewrite.reconstruct``.
 """
@@ -9,8 +10,11 @@ others are left as they are and named in the report notes. Maths: ``graphprune.r
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import torch
 
 from graphprune.errors import OptionError
 from graphprune.ir import Graph
@@ -48,13 +52,17 @@ class ReconstructLsq:
         dense = weights_of(graph, ctx)
         todo = [s for s in shrunk_sites(ctx.sites or [], ctx.coupling, removed)
                 if s.weight.name in dense and as_matrix(s, dense[s.weight.name]) is not None]
+        t0 = time.perf_counter()
         ensure_stats(ctx, frozenset(s.node for s in todo), who=f"pass {self.name!r}")
+        ctx.timings[f"{self.name}:gram"] = ctx.timings.get(f"{self.name}:gram", 0.0) + time.perf_counter() - t0
+        t0 = time.perf_counter()
         done, skipped = 0, []
+        factors: dict[Any, torch.Tensor] = {}
         for site in todo:
             st = ctx.stats[site.node]
             intercept = site.bias is not None or can_create_bias(ctx.pruned, site)
             b = dense.get(site.bias.name) if site.bias is not None else None
-            got = lsq_refit(site, dense[site.weight.name], b, st, ctx.coupling, removed, self.ridge, intercept)
+            got = lsq_refit(site, dense[site.weight.name], b, st, ctx.coupling, removed, self.ridge, intercept, factors)
             if got is None or not set_weight(ctx.pruned, site, got[0]):
                 skipped.append(site.node)
                 continue
@@ -62,6 +70,7 @@ class ReconstructLsq:
                 set_bias(ctx.pruned, site, got[1])
             ctx.refit.add(site.node)
             done += 1
+        ctx.timings[f"{self.name}:solve"] = ctx.timings.get(f"{self.name}:solve", 0.0) + time.perf_counter() - t0
         if skipped:
             ctx.notes.append(f"{self.name}: not refit: {', '.join(skipped[:10])}")
         log.info("%s: refit %d consumers (%d skipped)", self.name, done, len(skipped))

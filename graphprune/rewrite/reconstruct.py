@@ -22,7 +22,8 @@ bias, the kept weights minimizing  sum_r ||W z_r + b - (W' z_r[K] + b')||^2 + la
     [W', b'] = [W, b] G~[:, K~] (G~[K~, K~] + lambda I_K)^-1,   K~ = K + {intercept},
     lambda = ridge * mean(diag G[K, K])
 
-(the intercept is not regularized). Statistics come from the dense model's activations, so each
+(the intercept is not regularized), solved by a Cholesky factorization that consumers sharing a
+Gram and a kept column set reuse (one factorization, one triangular solve per right-hand side). Statistics come from the dense model's activations, so each
 consumer is refit independently (no error propagation between layers is modelled).
 
 BatchNorm recalibration: running mean/var of every BatchNorm module are reset and re-estimated
@@ -157,9 +158,12 @@ def set_weight(root: nn.Module, site: Site, value: torch.Tensor) -> bool:
 
 def lsq_refit(
     site: Site, w_dense: torch.Tensor, b_dense: torch.Tensor | None, st: ChannelStats, coupling: Coupling,
-    removed: np.ndarray, ridge: float, intercept: bool,
+    removed: np.ndarray, ridge: float, intercept: bool, factors: dict[Any, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(W' [out_kept, |K|], b' or None) by the closed form in the module docstring; None if unsupported."""
+    """(W' [out_kept, |K|], b' or None) by the closed form in the module docstring; None if unsupported.
+
+    ``factors`` caches the Cholesky factor of ``G~[K~, K~] + lambda I`` across calls: consumers that
+    share a Gram (one input tensor) and keep the same columns are solved with one factorization."""
     mat = as_matrix(site, w_dense.double())
     if mat is None or st.gram is None or st.gsum is None:
         return None
@@ -169,25 +173,48 @@ def lsq_refit(
     cols = (kept_ch[:, None] * per + np.arange(per)[None, :]).reshape(-1)
     rows = torch.as_tensor(coupling.kept(site.weight, _out_axis(site) % w_dense.dim(), removed))
     w = mat[rows]
-    g = st.gram
-    d = g.shape[0]
-    if intercept:
-        aug = torch.zeros(d + 1, d + 1, dtype=torch.float64)
-        aug[:d, :d], aug[:d, d], aug[d, :d], aug[d, d] = g, st.gsum, st.gsum, float(st.gn)
-        g = aug
-        b = b_dense.double()[rows] if b_dense is not None else torch.zeros(len(rows), dtype=torch.float64)
-        w = torch.cat([w, b[:, None]], dim=1)
-        cols = np.append(cols, d)
     k = torch.as_tensor(cols)
-    gkk = g[k][:, k].clone()
-    n_reg = len(cols) - (1 if intercept else 0)
-    lam = ridge * float(gkk.diagonal()[:n_reg].mean()) if n_reg else 0.0
-    gkk.diagonal()[:n_reg] += max(lam, 1e-12)
-    rhs = w @ g[:, k]  # [out, |K~|]
-    sol = torch.linalg.solve(gkk, rhs.T).T  # gkk symmetric
+    gk = st.gram.index_select(1, k)  # G[:, K]
+    rhs = w @ gk  # [W, b] G~[:, K~], first |K| columns
+    gkk = gk.index_select(0, k)
+    if intercept:
+        b = b_dense.double()[rows] if b_dense is not None else torch.zeros(len(rows), dtype=torch.float64)
+        sk = st.gsum.index_select(0, k)
+        rhs = torch.cat([rhs + b[:, None] * sk[None, :], (w @ st.gsum + b * float(st.gn))[:, None]], dim=1)
+        n = len(cols)
+        aug = torch.empty(n + 1, n + 1, dtype=torch.float64)
+        aug[:n, :n], aug[:n, n], aug[n, :n], aug[n, n] = gkk, sk, sk, float(st.gn)
+        gkk = aug
+    key = (id(st.gram), cols.tobytes(), intercept, ridge)
+    chol = factors.get(key) if factors is not None else None
+    if chol is None:
+        chol = _factor(gkk, len(cols), ridge)
+        if chol is None:
+            return None
+        if factors is not None:
+            factors[key] = chol
+    sol = torch.cholesky_solve(rhs.T, chol).T  # (G~[K~,K~] + lambda I) is symmetric positive definite
     if intercept:
         return sol[:, :-1], sol[:, -1]
     return sol, None
+
+
+def _factor(gkk: torch.Tensor, n_reg: int, ridge: float) -> torch.Tensor | None:
+    """Lower Cholesky factor of ``gkk + lambda I`` (lambda on the first ``n_reg`` diagonal entries);
+    the ridge is raised tenfold until the factorization succeeds (a rank-deficient G~ with ridge 0);
+    None (the consumer is left as it is) if it never does."""
+    lam = ridge * float(gkk.diagonal()[:n_reg].mean()) if n_reg else 0.0
+    lam = max(lam, 1e-12)
+    for _ in range(8):
+        a = gkk.clone()
+        a.diagonal()[:n_reg] += lam
+        if n_reg < a.shape[0]:  # the intercept entry: unregularized but kept positive
+            a.diagonal()[n_reg:] += 1e-12
+        chol, info = torch.linalg.cholesky_ex(a)
+        if int(info) == 0:
+            return chol
+        lam *= 10.0
+    return None
 
 
 def recalibrate_bn(model: nn.Module, calib: Iterable[ExampleInputs]) -> int:

@@ -2,7 +2,8 @@
 
 [W', b'] = [W, b] G~[:, K~] (G~[K~, K~] + lambda I)^-1 on the dense inputs' Gram matrix, one
 Cholesky factorization per distinct (Gram, kept columns), shared by consumers reading one tensor
-(structured OBS / ZipLM). ``ridge`` scales lambda by the mean
+(structured OBS / ZipLM). ``rounds=k`` then refits the same consumers k more times on the pruned
+model's own inputs against the dense model's outputs (errors of earlier layers are then seen). ``ridge`` scales lambda by the mean
 diagonal of G[K, K]. Linear, 2-d conv (groups=1) and 2-d weight matmul/addmm consumers are refit;
 others are left as they are and named in the report notes. Maths: ``graphprune.rewrite.reconstruct``.
 """
@@ -16,12 +17,14 @@ from typing import Any, ClassVar
 
 import torch
 
+from graphprune.analysis.calibration import GRAM_ROWS_PER_DIM
 from graphprune.errors import OptionError
 from graphprune.ir import Graph
 from graphprune.rewrite.reconstruct import (
     as_matrix,
     can_create_bias,
     lsq_refit,
+    refit_on_pruned_inputs,
     set_bias,
     set_weight,
     shrunk_sites,
@@ -40,10 +43,13 @@ log = logging.getLogger(__name__)
 class ReconstructLsq:
     name: ClassVar[str] = "reconstruct-lsq"
     ridge: float = 1e-2
+    rounds: int = 0  # correction rounds on the pruned model's own inputs against the dense outputs
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if ctx.pruned is None or ctx.allocation is None or ctx.coupling is None or ctx.model is None:
             raise OptionError(f"pass {self.name!r} needs 'rewrite' to run first")
+        if self.rounds < 0:
+            raise OptionError(f"pass {self.name!r} option rounds={self.rounds} must be >= 0")
         if self.ridge < 0:
             raise OptionError(f"pass {self.name!r} option ridge={self.ridge} must be >= 0")
         removed = ctx.allocation.removed
@@ -71,6 +77,13 @@ class ReconstructLsq:
             ctx.refit.add(site.node)
             done += 1
         ctx.timings[f"{self.name}:solve"] = ctx.timings.get(f"{self.name}:solve", 0.0) + time.perf_counter() - t0
+        refit = [s for s in todo if s.node in ctx.refit]
+        for _ in range(self.rounds if refit else 0):
+            t0 = time.perf_counter()
+            again = refit_on_pruned_inputs(ctx.program, ctx.pruned, refit, ctx.coupling, removed, ctx.calib or [],
+                                           self.ridge, GRAM_ROWS_PER_DIM)
+            log.info("%s: correction round refit %d of %d consumers on the pruned inputs", self.name, len(again), len(refit))
+            ctx.timings[f"{self.name}:rounds"] = ctx.timings.get(f"{self.name}:rounds", 0.0) + time.perf_counter() - t0
         if skipped:
             ctx.notes.append(f"{self.name}: not refit: {', '.join(skipped[:10])}")
         log.info("%s: refit %d consumers (%d skipped)", self.name, done, len(skipped))

@@ -287,3 +287,27 @@ def test_minilm_source_without_its_packages_is_one_line(monkeypatch: pytest.Monk
     assert str(err.value) == msg
     assert main(["prune", "minilm", "--flops", "0.8", "-o", "x.onnx"]) == 2
     assert capsys.readouterr().err.strip() == f"graphprune: error: {msg}"
+
+
+def test_correction_rounds_fit_the_dense_outputs_from_the_pruned_inputs() -> None:
+    from graphprune.errors import OptionError
+    from graphprune.passes import default_pipeline
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                        nn.Linear(64, 8)).eval()
+    g = torch.Generator().manual_seed(1)
+    mix = torch.randn(6, 16, generator=g)
+    calib = [torch.randn(64, 6, generator=g) @ mix + 0.1 * torch.randn(64, 16, generator=g) for _ in range(8)]
+    text = default_pipeline("flops", 0.4, "wanda", "global", reconstruct=("lsq", "bias"))
+    errs = []
+    for rounds in (0, 1):
+        res = gp.prune(net, calib[0], pipeline=text.replace("reconstruct-lsq", f"reconstruct-lsq{{rounds={rounds}}}"),
+                       calib=calib)
+        assert res.report["verification"]["ok"] is True
+        with torch.no_grad():
+            errs.append(sum(float(((res.model(x) - net(x)) ** 2).mean()) for x in calib))
+    # the last layer's refit is the least-squares optimum on the pruned inputs: the error drops
+    assert errs[1] < 0.95 * errs[0]
+    with pytest.raises(OptionError, match=r"pass 'reconstruct-lsq' option rounds=-1 must be >= 0"):
+        gp.prune(net, calib[0], pipeline=text.replace("reconstruct-lsq", "reconstruct-lsq{rounds=-1}"), calib=calib)

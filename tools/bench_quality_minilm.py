@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from graphprune.models.minilm import BATCH, SEQ, calib_batches, embed, eval_batches, load, sentences
 from graphprune.models.minilm import fidelity as fidelity_dict
+from graphprune.passes import default_pipeline
 
 import graphprune as gp
 
@@ -65,6 +66,10 @@ def bench(args: argparse.Namespace) -> list[dict[str, object]]:
                     res = gp.prune(model, calib[0], flops=flops, calib=calib)
                 elif crit == "nocalib":
                     res = gp.prune(model, calib[0], flops=flops)
+                elif recon and args.lsq_rounds:
+                    text = default_pipeline("flops", flops, crit, args.allocation, reconstruct=recon.split(","))
+                    res = gp.prune(model, calib[0], calib=calib, pipeline=text.replace(
+                        "reconstruct-lsq", f"reconstruct-lsq{{rounds={args.lsq_rounds}}}"))
                 else:
                     res = gp.prune(model, calib[0], flops=flops, criterion=crit, calib=calib, reconstruct=recon,
                                    allocation=args.allocation)
@@ -110,6 +115,8 @@ def main() -> None:
     p.add_argument("--calib", type=int, default=128, help="calibration sequences of 64 tokens")
     p.add_argument("--allocation", default="uniform", choices=["uniform", "global"],
                    help="for the named criteria (default/nocalib use the library's defaults)")
+    p.add_argument("--lsq-rounds", type=int, default=0,
+                   help="reconstruct-lsq correction rounds on the pruned inputs (named criteria with lsq)")
     p.add_argument("--json", help="write results here")
     p.add_argument("--rss", action="store_true", help="only measure calibration memory on a 12-layer model")
     p.add_argument("--threads", type=int, default=1)

@@ -20,7 +20,7 @@ node, reads the activation argument and adds this batch's sums into float64 accu
 float32 by BLAS, ``GRAM_CHUNK_ROWS`` rows at a time, and summed in float64). Sites that read the
 same tensor the same way (q/k/v projections of one hidden state; two convs with one input and one
 kernel geometry) share one Gram accumulator. A conv's patch rows are gathered only at the sampled
-output positions (at most ``GRAM_ROWS_PER_DIM * d`` per batch, weighted ``n / m``), never unfolded
+output positions (at most ``GRAM_ROWS_PER_DIM * d`` over the calibration set, weighted ``n / m``), never unfolded
 whole. The interpreter frees every intermediate after its last use, so memory holds one batch's
 live activations plus O(C) per site and O(d^2) per distinct Gram input, never the activation set.
 """
@@ -28,7 +28,7 @@ live activations plus O(C) per site and O(d^2) per distinct Gram input, never th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,10 +157,12 @@ def _conv_params(fx_node: torch.fx.Node) -> tuple[Any, Any, Any] | None:
 
 
 # Gram rows: a conv site sees batch x output-positions patch rows, often hundreds of times more
-# than the Gram's side d = C*kh*kw. Per batch at most GRAM_ROWS_PER_DIM * d of them are used, drawn
+# than the Gram's side d = C*kh*kw, and the Gram costs rows * d^2. Over the whole calibration set
+# a conv site uses at most GRAM_ROWS_PER_DIM * d rows (spread evenly over the batches), drawn
 # uniformly without replacement (fixed seed per batch) and weighted by n / m, so G, gsum and gn stay
-# unbiased estimates of the full sums (an approximation, see docs/QUALITY.md "Reconstruction speed").
-GRAM_ROWS_PER_DIM = 32
+# unbiased estimates of the full sums. This is an approximation (docs/QUALITY.md "Reconstruction
+# speed"); linear/matmul sites (rows = tokens) always use every row.
+GRAM_ROWS_PER_DIM = 16
 GRAM_CHUNK_ELEMENTS = 1 << 23  # entries of Z materialized at once (float32 product, float64 running sum)
 
 
@@ -254,11 +256,11 @@ def add_gram(acc: GramAcc, rows: Callable[[torch.Tensor], torch.Tensor], n: int,
              rows_per_dim: int = GRAM_ROWS_PER_DIM, chunk: int = 0) -> None:
     """Add one batch's ``Z^T Z`` and ``sum Z`` to ``acc``; ``rows(index) -> Z[index]`` ([m, d]).
 
-    At most ``rows_per_dim * d`` of the ``n`` rows are used (uniform without replacement, weight
-    n / m); Z is built ``chunk`` rows at a time, each chunk's product taken in float32 (BLAS) and
-    summed into float64 accumulators."""
-    cap = max(rows_per_dim * d, 1)
-    if n > cap:
+    At most ``rows_per_dim * d`` of the ``n`` rows are used (every row when ``rows_per_dim`` is 0;
+    otherwise uniform without replacement, weight n / m); Z is built ``chunk`` rows at a time, each
+    chunk's product taken in float32 (BLAS) and summed into float64 accumulators."""
+    cap = rows_per_dim * d if rows_per_dim > 0 else n  # 0: every row
+    if n > max(cap, 1):
         gen = torch.Generator().manual_seed(1_000_003 * (batch + 1))
         index = torch.randperm(n, generator=gen)[:cap].sort().values
         weight = n / cap
@@ -285,9 +287,11 @@ def gram_key(site: Site, fx_node: torch.fx.Node) -> tuple[Any, ...]:
 
 
 class _Recorder(torch.fx.Interpreter):
-    def __init__(self, gm: torch.fx.GraphModule, sites: dict[str, list[tuple[Site, ChannelStats]]]) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, sites: dict[str, list[tuple[Site, ChannelStats]]],
+                 n_batches: int = 1) -> None:
         super().__init__(gm)
         self.sites = sites
+        self.n_batches = max(1, n_batches)
         self.grams: dict[tuple[Any, ...], GramAcc] = {}
         self.gram_of: dict[int, GramAcc] = {}  # id(ChannelStats) -> its shared accumulator
         self.batch = 0
@@ -329,11 +333,10 @@ class _Recorder(torch.fx.Interpreter):
             acc.order = kernel_to_channel_major(xf.shape[1], k)
             add_gram(acc, lambda idx: xl.index_select(0, _patch_rows(xf, kernel, stride, padding, dilation, idx))
                      .view(len(idx), -1), conv_out_positions(xf, kernel, stride, padding, dilation), xf.shape[1] * k,
-                     self.batch)
+                     self.batch, rows_per_dim=-(-GRAM_ROWS_PER_DIM // self.n_batches))
         else:
             flat = xf.movedim(axis, -1).reshape(-1, xf.shape[axis])
-            add_gram(acc, lambda idx: flat.index_select(0, idx), flat.shape[0], flat.shape[1],
-                     self.batch)
+            add_gram(acc, lambda idx: flat.index_select(0, idx), flat.shape[0], flat.shape[1], self.batch, rows_per_dim=0)
 
     def finish(self) -> None:
         for acc in self.grams.values():
@@ -381,7 +384,7 @@ def collect_stats(
     if not todo:
         return out
     gm = program.module()
-    rec = _Recorder(gm, todo)
+    rec = _Recorder(gm, todo, len(calib) if isinstance(calib, Sized) else 1)
     with torch.no_grad():
         for i, batch in enumerate(calib):
             rec.batch = i

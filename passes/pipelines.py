@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from graphprune.analysis.importance import CRITERIA
 from graphprune.errors import OptionError
 
 __all__ = ["RECONSTRUCT", "default_pipeline"]
@@ -24,17 +25,20 @@ def default_pipeline(
 ) -> str:
     """``couple,score,allocate,rewrite,verify`` then the chosen reconstruction passes.
 
-    verify runs BEFORE reconstruction so the masked-original oracle stays exact.
+    verify runs BEFORE reconstruction so the masked-original oracle stays exact. With ``lsq`` and a
+    criterion that reads activations, ``score`` also takes the Gram matrices (one calibration pass).
     """
     unknown = [r for r in reconstruct if r not in RECONSTRUCT]
     if unknown:
         raise OptionError(f"reconstruct={unknown[0]!r} is unknown; choose from {', '.join(RECONSTRUCT)}")
     tail = "".join(f",{p}" for name, p in RECONSTRUCT.items() if name in reconstruct)
+    crit = CRITERIA.get(criterion)
+    gram = ",gram=true" if "lsq" in reconstruct and crit is not None and crit.needs == "activations" else ""
     extra = f",runtime={runtime},threads={threads}" if metric.startswith("latency") else ""
     extra += ",depth=true" if depth else ""
     extra += ",uniform-layers=true" if uniform_layers else ""
     return (
-        f"couple,score{{criterion={criterion}}},"
+        f"couple,score{{criterion={criterion}{gram}}},"
         f"allocate{{{metric.replace('_', '-')}={fraction!r},policy={policy},round-to={round_to or 'auto'}{extra}}},"
         f"rewrite,verify{{strict={str(strict).lower()}}}{tail}"
     )

@@ -4,7 +4,9 @@ loss-based criterion, also kept comparable across groups for the knapsack: ``ctx
 The criterion declares what it needs (``graphprune.analysis.importance``): weights only, activation
 statistics (one streamed pass over ``ctx.calib``), or loss gradients (backward passes over
 ``ctx.calib`` with ``ctx.loss`` or the default output probe). A data-aware criterion without
-calibration data is an error naming the criterion and the ``calib=`` option.
+calibration data is an error naming the criterion and the ``calib=`` option. ``gram=true`` (set by
+the default pipeline when ``reconstruct-lsq`` follows) takes the Gram matrices in the same streamed
+pass, so the calibration data runs through the model once instead of twice.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def ensure_stats(ctx: PassContext, gram_for: frozenset[str] = frozenset(), who: 
 class Score:
     name: ClassVar[str] = "score"
     criterion: str = "l2"
+    gram: bool = False  # also take the Gram matrices reconstruct-lsq needs, in the same pass over calib
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if ctx.coupling is None:
@@ -65,7 +68,11 @@ class Score:
             raise OptionError(f"unknown criterion {self.criterion!r}; available: {', '.join(sorted(CRITERIA))}")
         inputs = CriterionInputs(ctx.coupling, weights_of(graph, ctx), seed=ctx.seed)
         if crit.needs == "activations":
-            ensure_stats(ctx, who=f"criterion {self.criterion!r}")
+            if ctx.sites is None:
+                ctx.sites = reader_sites(ctx.coupling)
+            want = frozenset(s.node for s in ctx.sites if s.linear_like or s.op in ("matmul", "addmm")) if self.gram \
+                else frozenset()
+            ensure_stats(ctx, want, who=f"criterion {self.criterion!r}")
             inputs = CriterionInputs(ctx.coupling, inputs.weights, ctx.sites or [], ctx.stats, seed=ctx.seed)
         elif crit.needs == "gradients":
             if ctx.calib is None:

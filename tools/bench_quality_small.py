@@ -5,7 +5,8 @@ cnn  digits CNN: test accuracy at ``--cnn-flops`` (default 0.7) of the FLOPs; ca
 lm   byte-level LLaMA-style LM: perplexity on the held-out last 10% of the text at ``--lm-flops``
      (default 0.8); calibration = 64 training windows of 64 bytes
 
-Every criterion, with and without reconstruction (cnn: lsq,bias,bn; lm: lsq,bias).
+Every criterion, with and without reconstruction (cnn: lsq,bias,bn; lm: lsq,bias); ``default`` is
+``prune(model, x, flops=F, calib=calib)`` with nothing else set.
 
     python tools/bench_quality_small.py --json docs/bench/quality_small.json
 """
@@ -28,7 +29,8 @@ from quality_models import LM_SEQ, load_cnn, load_lm  # noqa: E402
 
 import graphprune as gp  # noqa: E402
 
-CRITERIA = ("l1", "l2", "random", "bn_scale", "wanda", "flap", "taylor", "fisher")
+# "default": prune(model, x, flops=F, calib=calib) with nothing else set (the calibrated default recipe)
+CRITERIA = ("default", "l1", "l2", "random", "bn_scale", "wanda", "flap", "taylor", "fisher")
 
 
 @torch.no_grad()
@@ -50,7 +52,7 @@ def perplexity(model: nn.Module, text: torch.Tensor, batch: int = 16) -> float:
     return math.exp(total / count)
 
 
-def run(kind: str, flops: float, criteria: list[str]) -> list[dict[str, object]]:
+def run(kind: str, flops: float, criteria: list[str], allocation: str | None = None) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     if kind == "cnn":
         model, (xtr, ytr, xte, yte) = load_cnn()
@@ -79,11 +81,18 @@ def run(kind: str, flops: float, criteria: list[str]) -> list[dict[str, object]]
     print(f"{kind}: dense {name} {dense:.4f}", flush=True)
     rows.append({"model": kind, "flops": 1.0, "criterion": "dense", "reconstruct": "-", name: round(dense, 4)})
     for crit in criteria:
-        for recon in recons:
+        for recon in ("",) if crit == "default" else recons:
             t0 = time.perf_counter()
-            res = gp.prune(model, calib[0], flops=flops, criterion=crit, calib=calib, reconstruct=recon)
+            if crit == "default":
+                res = gp.prune(model, calib[0], flops=flops, calib=calib)
+                recon = ",".join(r.removeprefix("reconstruct-") for r in res.report["reconstruction"])
+            else:
+                res = gp.prune(model, calib[0], flops=flops, criterion=crit, calib=calib, reconstruct=recon,
+                               allocation=allocation)
             value = metric(res.model)
-            row = {"model": kind, "flops": flops, "criterion": crit, "reconstruct": recon or "-", name: round(value, 4),
+            row = {"model": kind, "flops": flops, "criterion": crit if crit != "default" else
+                   f"default ({res.report['criterion']}, {res.report['allocation']})", "reconstruct": recon or "-",
+                   name: round(value, 4),
                    "achieved": round(res.report["achieved"]["flops"], 4), "seconds": round(time.perf_counter() - t0, 1)}
             rows.append(row)
             print(f"{kind} {flops} {crit:8s} {row['reconstruct']:12s} {name} {value:.4f} "
@@ -97,12 +106,13 @@ def main() -> None:
     p.add_argument("--cnn-flops", type=float, default=0.7)
     p.add_argument("--lm-flops", type=float, default=0.8)
     p.add_argument("--criteria", nargs="+", default=list(CRITERIA))
+    p.add_argument("--allocation", choices=["uniform", "global", "greedy"], help="for the named criteria")
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(1)
     rows: list[dict[str, object]] = []
     for kind in args.models:
-        rows += run(kind, args.cnn_flops if kind == "cnn" else args.lm_flops, args.criteria)
+        rows += run(kind, args.cnn_flops if kind == "cnn" else args.lm_flops, args.criteria, args.allocation)
     print("\n| model | FLOPs | criterion | reconstruct | accuracy / perplexity | achieved |\n|---|---|---|---|---|---|")
     for r in rows:
         v = r.get("accuracy", r.get("perplexity"))

@@ -17,9 +17,14 @@ conv is a linear map ``Y = Z W^T`` and the same least-squares algebra applies.
 Batches may differ in size along the dims the capture kept symbolic (batch; sequence for token
 inputs): the sums are per channel over all rows, so they equal the sums over the concatenation
 of the batches whatever their sizes. The exported program's module runs under a :class:`torch.fx.Interpreter` that, at each site
-node, reads the activation argument and adds this batch's sums into float64 accumulators. The
-interpreter frees every intermediate after its last use, so memory holds one batch's live
-activations plus O(C) per site (O(d^2) per Gram site), never the activation set.
+node, reads the activation argument and adds this batch's sums into float64 accumulators
+(channel sums reduced in float64 without copying the activation; Gram chunks multiplied in
+float32 by BLAS, ``GRAM_CHUNK_ROWS`` rows at a time, and summed in float64). Sites that read the
+same tensor the same way (q/k/v projections of one hidden state; two convs with one input and one
+kernel geometry) share one Gram accumulator. A conv's patch rows are gathered only at the sampled
+output positions (at most ``GRAM_ROWS_PER_DIM * d`` over the calibration set, weighted ``n / m``), never unfolded
+whole. The interpreter frees every intermediate after its last use, so memory holds one batch's
+live activations plus O(C) per site and O(d^2) per distinct Gram input, never the activation set.
 """
 
 from __future__ import annotations
@@ -40,7 +45,10 @@ from ..frontends.inputs import ExampleInputs, as_args_kwargs
 from ..ir import Value
 from .coupling import Coupling
 
-__all__ = ["ChannelStats", "Site", "collect_stats", "reader_sites", "run_program"]
+__all__ = [
+    "GRAM_ROWS_PER_DIM", "ChannelStats", "GramAcc", "Site", "add_gram", "channel_sums", "collect_stats", "conv_patches",
+    "gram_key", "reader_sites", "run_program",
+]
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +159,145 @@ def _conv_params(fx_node: torch.fx.Node) -> tuple[Any, Any, Any] | None:
     return stride, padding, dilation
 
 
-def _rows(x: torch.Tensor, axis: int) -> torch.Tensor:
-    return x.detach().movedim(axis, -1).reshape(-1, x.shape[axis]).double()
+# Gram rows: a conv site sees batch x output-positions patch rows, often hundreds of times more
+# than the Gram's side d = C*kh*kw, and the Gram costs rows * d^2. Over the whole calibration set
+# a conv site uses at most GRAM_ROWS_PER_DIM * d rows (spread evenly over the batches), drawn
+# uniformly without replacement (fixed seed per batch) and weighted by n / m, so G, gsum and gn stay
+# unbiased estimates of the full sums. This is an approximation (docs/QUALITY.md "Reconstruction
+# speed"); linear/matmul sites (rows = tokens) always use every row.
+GRAM_ROWS_PER_DIM = 16
+GRAM_CHUNK_ELEMENTS = 1 << 23  # entries of Z materialized at once (float32 product, float64 running sum)
+
+
+@dataclass
+class GramAcc:
+    """Gram sums for one distinct consumer input (shared by every site that reads it the same way)."""
+
+    gram: torch.Tensor | None = None  # float64 [d, d]
+    gsum: torch.Tensor | None = None  # float64 [d]
+    gn: int = 0
+    skipped: str = ""
+    last_batch: int = -1
+    order: torch.Tensor | None = None  # columns accumulated kernel-major: the channel-major permutation
+
+    def finish(self) -> None:
+        """Put a conv's kernel-major sums into the channel-major order of ``W.reshape(out, -1)``."""
+        if self.order is not None and self.gram is not None and self.gsum is not None:
+            p = self.order
+            self.gram = self.gram.index_select(0, p).index_select(1, p)
+            self.gsum = self.gsum.index_select(0, p)
+        self.order = None
+
+
+def _float(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach()
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def channel_sums(x: torch.Tensor, axis: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(sum_r X[r, j], sum_r X[r, j]^2, n) over every axis but ``axis``, reduced in float64."""
+    xf = _float(x)
+    dims = [d for d in range(xf.dim()) if d != axis]
+    s = xf.sum(dim=dims, dtype=torch.float64) if dims else xf.double()
+    q = xf.square().sum(dim=dims, dtype=torch.float64) if dims else xf.double().square()
+    return s.numpy(), q.numpy(), xf.numel() // max(xf.shape[axis], 1)
+
+
+def conv_patches(
+    x: torch.Tensor, kernel: tuple[int, ...], stride: Any, padding: Any, dilation: Any, index: torch.Tensor,
+    channel_major: bool = True,
+) -> torch.Tensor:
+    """Rows ``index`` (flat over batch x out_h x out_w) of the unfolded patches of a 2-d conv input:
+    ``[len(index), C * kh * kw]``, channel-major like ``F.unfold(...).transpose(1, 2)`` (or
+    kernel-major, ``[m, kh * kw * C]``, with ``channel_major=False``: one gather, no transpose),
+    without materializing the other rows."""
+    xl = F.pad(x, _pads(padding)).permute(0, 2, 3, 1).contiguous()  # [B, Hp, Wp, C]
+    z = xl.view(-1, x.shape[1]).index_select(0, _patch_rows(x, kernel, stride, padding, dilation, index))
+    z = z.view(len(index), kernel[0] * kernel[1], x.shape[1])
+    return (z.transpose(1, 2) if channel_major else z).reshape(len(index), -1)
+
+
+def _pads(padding: Any) -> tuple[int, int, int, int]:
+    ph, pw = _pair(padding)
+    return (pw, pw, ph, ph)
+
+
+def _patch_rows(x: torch.Tensor, kernel: tuple[int, ...], stride: Any, padding: Any, dilation: Any,
+                index: torch.Tensor) -> torch.Tensor:
+    """Row numbers in the padded channels-last input of every (output position, kernel offset)."""
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    kh, kw = kernel
+    hp, wp = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
+    oh, ow = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+    bi = torch.div(index, oh * ow, rounding_mode="floor")
+    rest = index - bi * (oh * ow)
+    base = (bi * hp + torch.div(rest, ow, rounding_mode="floor") * sh) * wp + (rest % ow) * sw
+    offs = torch.tensor([ky * dh * wp + kx * dw for ky in range(kh) for kx in range(kw)], dtype=base.dtype)
+    return (base[:, None] + offs[None, :]).reshape(-1)
+
+
+def kernel_to_channel_major(c: int, k: int) -> torch.Tensor:
+    """Permutation p with ``Z_cm = Z_km[:, p]`` (column c*k + j of Z_cm is column j*C + c of Z_km)."""
+    return (torch.arange(k)[None, :] * c + torch.arange(c)[:, None]).reshape(-1)
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        return (int(v[0]), int(v[-1]))
+    return (int(v), int(v))
+
+
+def conv_out_positions(x: torch.Tensor, kernel: tuple[int, ...], stride: Any, padding: Any, dilation: Any) -> int:
+    """batch x out_h x out_w of a 2-d conv on ``x``."""
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    oh = (x.shape[2] + 2 * ph - dh * (kernel[0] - 1) - 1) // sh + 1
+    ow = (x.shape[3] + 2 * pw - dw * (kernel[1] - 1) - 1) // sw + 1
+    return x.shape[0] * oh * ow
+
+
+def add_gram(acc: GramAcc, rows: Callable[[torch.Tensor], torch.Tensor], n: int, d: int, batch: int,
+             rows_per_dim: int = GRAM_ROWS_PER_DIM, chunk: int = 0) -> None:
+    """Add one batch's ``Z^T Z`` and ``sum Z`` to ``acc``; ``rows(index) -> Z[index]`` ([m, d]).
+
+    At most ``rows_per_dim * d`` of the ``n`` rows are used (every row when ``rows_per_dim`` is 0;
+    otherwise uniform without replacement, weight n / m); Z is built ``chunk`` rows at a time, each
+    chunk's product taken in float32 (BLAS) and summed into float64 accumulators."""
+    cap = rows_per_dim * d if rows_per_dim > 0 else n  # 0: every row
+    if n > max(cap, 1):
+        gen = torch.Generator().manual_seed(1_000_003 * (batch + 1))
+        index = torch.randperm(n, generator=gen)[:cap].sort().values
+        weight = n / cap
+    else:
+        index = torch.arange(n)
+        weight = 1.0
+    chunk = chunk or max(256, GRAM_CHUNK_ELEMENTS // max(d, 1))
+    g = torch.zeros(d, d, dtype=torch.float64) if acc.gram is None else acc.gram
+    gs = torch.zeros(d, dtype=torch.float64) if acc.gsum is None else acc.gsum
+    for start in range(0, len(index), chunk):
+        z = rows(index[start:start + chunk])
+        if z.dtype != torch.float64:
+            z = z.float()
+        g.add_(torch.mm(z.T, z).double(), alpha=weight)
+        gs.add_(z.sum(0, dtype=torch.float64), alpha=weight)
+    acc.gram, acc.gsum, acc.gn, acc.last_batch = g, gs, acc.gn + n, batch
+
+
+def gram_key(site: Site, fx_node: torch.fx.Node) -> tuple[Any, ...]:
+    """Sites with equal keys read the same Z (same tensor, same patch geometry): one Gram for all."""
+    if site.op == "conv":
+        return ("conv", site.act.name, tuple(site.weight.shape[2:]), repr(_conv_params(fx_node)))
+    return ("rows", site.act.name, site.a_axis)
 
 
 class _Recorder(torch.fx.Interpreter):
-    def __init__(self, gm: torch.fx.GraphModule, sites: dict[str, list[tuple[Site, ChannelStats]]]) -> None:
+    def __init__(self, gm: torch.fx.GraphModule, sites: dict[str, list[tuple[Site, ChannelStats]]],
+                 n_batches: int = 1) -> None:
         super().__init__(gm)
         self.sites = sites
+        self.n_batches = max(1, n_batches)
+        self.grams: dict[tuple[Any, ...], GramAcc] = {}
+        self.gram_of: dict[int, GramAcc] = {}  # id(ChannelStats) -> its shared accumulator
+        self.batch = 0
 
     def run_node(self, n: torch.fx.Node) -> Any:
         todo = self.sites.get(n.name)
@@ -167,35 +306,51 @@ class _Recorder(torch.fx.Interpreter):
             for site, st in todo:
                 x = args[site.act_index]
                 if isinstance(x, torch.Tensor):
-                    _accumulate(site, st, x, n)
+                    self._accumulate(site, st, x, n)
         return super().run_node(n)
 
-
-def _accumulate(site: Site, st: ChannelStats, x: torch.Tensor, fx_node: torch.fx.Node) -> None:
-    axis = site.a_axis % x.dim()
-    rows = _rows(x, axis)
-    s, q = rows.sum(0).numpy(), (rows * rows).sum(0).numpy()
-    st.sum = s if st.sum is None else st.sum + s
-    st.sumsq = q if st.sumsq is None else st.sumsq + q
-    st.n += rows.shape[0]
-    if not st.want_gram or st.skipped:
-        return
-    if site.op == "conv":
-        params = _conv_params(fx_node)
-        w = site.weight
-        if params is None or x.dim() != 4:
-            st.skipped = "only 2-d convolutions with numeric padding are refit"
+    def _accumulate(self, site: Site, st: ChannelStats, x: torch.Tensor, fx_node: torch.fx.Node) -> None:
+        axis = site.a_axis % x.dim()
+        s, q, n = channel_sums(x, axis)
+        st.sum = s if st.sum is None else st.sum + s
+        st.sumsq = q if st.sumsq is None else st.sumsq + q
+        st.n += n
+        if not st.want_gram or st.skipped:
             return
-        stride, padding, dilation = params
-        z = F.unfold(x.detach().double(), tuple(w.shape[2:]), dilation=dilation, padding=padding, stride=stride)
-        z = z.transpose(1, 2).reshape(-1, z.shape[1])
-    else:
-        z = rows
-    g = z.T @ z
-    st.gram = g if st.gram is None else st.gram + g
-    gs = z.sum(0)
-    st.gsum = gs if st.gsum is None else st.gsum + gs
-    st.gn += z.shape[0]
+        acc = self.gram_of.get(id(st))
+        if acc is None:
+            acc = self.grams.setdefault(gram_key(site, fx_node), GramAcc())
+            self.gram_of[id(st)] = acc
+        if acc.skipped or acc.last_batch == self.batch:  # another site already added this batch
+            return
+        xf = _float(x)
+        if site.op == "conv":
+            params = _conv_params(fx_node)
+            if params is None or x.dim() != 4:
+                acc.skipped = "only 2-d convolutions with numeric padding are refit"
+                return
+            stride, padding, dilation = params
+            kernel = tuple(int(k) for k in site.weight.shape[2:])
+            xl = F.pad(xf, _pads(padding)).permute(0, 2, 3, 1).contiguous().view(-1, xf.shape[1])
+            k = kernel[0] * kernel[1]
+            acc.order = kernel_to_channel_major(xf.shape[1], k)
+            add_gram(acc, lambda idx: xl.index_select(0, _patch_rows(xf, kernel, stride, padding, dilation, idx))
+                     .view(len(idx), -1), conv_out_positions(xf, kernel, stride, padding, dilation), xf.shape[1] * k,
+                     self.batch, rows_per_dim=-(-GRAM_ROWS_PER_DIM // self.n_batches))
+        else:
+            flat = xf.movedim(axis, -1).reshape(-1, xf.shape[axis])
+            add_gram(acc, lambda idx: flat.index_select(0, idx), flat.shape[0], flat.shape[1], self.batch, rows_per_dim=0)
+
+    def finish(self) -> None:
+        for acc in self.grams.values():
+            acc.finish()
+        for pairs in self.sites.values():
+            for _, st in pairs:
+                acc = self.gram_of.get(id(st))
+                if acc is None:
+                    continue
+                st.gram, st.gsum, st.gn = acc.gram, acc.gsum, acc.gn
+                st.skipped = st.skipped or acc.skipped
 
 
 def run_program(program: Any, batch: ExampleInputs, interp: torch.fx.Interpreter | None = None) -> Any:
@@ -233,11 +388,12 @@ def collect_stats(
     if not todo:
         return out
     gm = program.module()
-    rec = _Recorder(gm, todo)
+    rec = _Recorder(gm, todo, len(calib) if isinstance(calib, Sized) else 1)
     total = len(calib) if isinstance(calib, Sized) else 0
     with torch.no_grad():
         for i, batch in enumerate(calib):
             check_program_batch(program, batch, i)
+            rec.batch = i
             try:
                 run_program(program, batch, rec)
             except Exception as exc:  # a batch the captured graph cannot run
@@ -248,6 +404,7 @@ def collect_stats(
                 ) from exc
             if progress is not None:
                 progress(i + 1, total)
+    rec.finish()
     for name, pairs in todo.items():
         for _, st in pairs:
             if st.skipped:

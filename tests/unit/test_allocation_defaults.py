@@ -67,3 +67,19 @@ def test_default_allocation() -> None:
     assert default_allocation(True, "wanda") == "uniform"
     assert default_allocation(False, "taylor") == "uniform"
     assert default_allocation(False, "l2") == "uniform"
+
+
+def test_default_allocation_follows_the_calibrated_recipe() -> None:
+    from graphprune.api import default_recipe
+
+    # calib= and nothing chosen: the recipe's global ranking, for FLOPs and latency budgets alike
+    recipe = default_recipe(None, None, None, calibrated=True)
+    assert recipe.allocation == "global"
+    # a criterion chosen by the user: default_allocation decides, as before
+    chosen = default_recipe("taylor", None, None, calibrated=True)
+    assert chosen.allocation is None and default_allocation(True, chosen.criterion) == "greedy"
+    # an allocation chosen by the user always wins
+    assert default_recipe(None, None, "uniform", calibrated=True).allocation == "uniform"
+    # no calibration data: l2, and default_allocation's uniform
+    plain = default_recipe(None, None, None, calibrated=False)
+    assert plain.allocation is None and default_allocation(False, plain.criterion) == "uniform"

@@ -60,7 +60,7 @@ def _boom(source: str) -> None:
 
 def test_internal_error_is_one_line_exit_1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(graphprune.sources, "load_source", _boom)
+    monkeypatch.setattr(graphprune.sources, "load", _boom)
     assert main(["prune", "convnet", "--flops", "0.5", "-o", str(tmp_path / "m.pt")]) == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [

@@ -267,7 +267,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         )
         progress(f"write {out}")
         saved = res.save(out)
-        quality = _quality(src, res.model, x, args.threads, progress) if src.evaluate is not None else None
+        quality = _quality(src, res.model, x, args, progress) if src.evaluate is not None else None
         rep = dict(res.report)
         rep["saved"] = {"path": str(out), **saved}
         rep["options"] = _options(args)
@@ -344,26 +344,20 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
             if k not in skip and v is not None and v is not False and v != [] and v != ""}
 
 
-def _quality(src: Any, pruned: Any, x: Any, threads: int, progress: Any) -> dict[str, Any]:
-    """The source's evaluation of the dense and pruned models, and their torch CPU latency."""
-    import torch
-
-    from graphprune.cost.timing import time_interleaved
-    from graphprune.frontends.inputs import as_args_kwargs
+def _quality(src: Any, pruned: Any, x: Any, args: argparse.Namespace, progress: Any) -> dict[str, Any]:
+    """The source's evaluation of the dense and pruned models, and their latency on the target
+    runtime as deployed (``--runtime``, default onnxruntime at its own thread count; ``--threads`` pins)."""
+    from graphprune.cost.profile import measure_models
+    from graphprune.cost.runtimes import make_runtime
 
     progress("evaluating the dense and pruned models")
     dense, after = src.evaluate(src.model), src.evaluate(pruned)
-    args, kwargs = as_args_kwargs(x)
-    old = torch.get_num_threads()
-    threads = threads or old
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            before_s, after_s = time_interleaved([lambda: src.model(*args, **kwargs), lambda: pruned(*args, **kwargs)])
-    finally:
-        torch.set_num_threads(old)
+    runtime = make_runtime(args.runtime, args.threads)
+    progress(f"timing the dense and pruned models on {runtime.name}")
+    before_s, after_s = measure_models([src.model, pruned], x, runtime)
     return {"about": src.about, "dense": dense, "pruned": after,
-            "latency_ms": {"runtime": "torch", "threads": threads, "before": before_s * 1e3, "after": after_s * 1e3}}
+            "latency_ms": {"runtime": runtime.name, "threads": runtime.threads_used, "before": before_s * 1e3,
+                           "after": after_s * 1e3}}
 
 
 def _print_prune(rep: dict[str, Any]) -> None:

@@ -42,3 +42,21 @@ def sort_mlp() -> tuple[nn.Module, torch.Tensor]:
 def convnet() -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     return ConvNet().eval(), torch.randn(2, 3, 8, 8)
+
+
+def evaluated_mlp():  # type: ignore[no-untyped-def]
+    """A Source with its own calibration batches and an evaluation (cosine to the dense outputs)."""
+    from graphprune.sources import Source
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+    held_out = torch.randn(32, 16)
+    with torch.no_grad():
+        ref = model(held_out)
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
+            return {"cosine": float(torch.nn.functional.cosine_similarity(m(held_out), ref).mean())}
+
+    return Source(model, (torch.randn(4, 16),), calib=[(torch.randn(4, 16),) for _ in range(4)], evaluate=evaluate,
+                  about="output cosine to the dense model on 32 held-out rows")

@@ -79,12 +79,13 @@ def run(n: int, seed: int, onnx: bool, max_blocks: int) -> dict[str, Any]:
                 state["generated"] += 1
             try:
                 out = check(spec, budget, onnx_route=onnx)
-                fails, notes, route = out.failures, out.notes, out.route
+                fails, notes, info = out.failures, out.notes, {"route": out.route, "groups": out.groups,
+                                                               "units_removed": out.units_removed}
             except Exception as exc:  # a crash in graphprune is a failure like any other
-                fails, notes, route = [("crash", f"{type(exc).__name__}: {str(exc)[:200]}")], [], ""
+                fails, notes, info = [("crash", f"{type(exc).__name__}: {str(exc)[:200]}")], [], {"route": ""}
             hit = False
             if state["shrinking"] is None:
-                rows.append({"spec": spec, "budget": budget, "failures": fails, "notes": notes, "route": route})
+                rows.append({"spec": spec, "budget": budget, "failures": fails, "notes": notes, **info})
                 new = [f for f in fails if kind(*f) not in shrunk]
                 if new:
                     state["shrinking"], hit = kind(*new[0]), True
@@ -150,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         "n": args.n, "seed": args.seed, "onnx_route": not args.no_onnx, "graphs_tried": len(rows),
         "graphs_failed": failed, "failures_by_property": by_prop, "notes_by_kind": notes,
         "routes": {k: sum(r["route"] == k for r in rows) for k in sorted({r["route"] for r in rows})},
+        "graphs_pruned": sum(r.get("units_removed", 0) > 0 for r in rows),
+        "blocks": {op: sum(op in {b[0] for b in r["spec"]["blocks"]} for r in rows)
+                   for op in sorted({b[0] for r in rows for b in r["spec"]["blocks"]})},
         "seconds": round(time.perf_counter() - t0, 1),
         "regressions": [str(p) for p in paths],
         "failing": [r for r in rows if r["failures"]],
@@ -157,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "fuzz.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str))
     print(f"{'graphs tried':<28}{len(rows)}")
+    print(f"{'graphs pruned (units > 0)':<28}{summary['graphs_pruned']}")
     print(f"{'graphs failed':<28}{failed}")
     for p, c in sorted(by_prop.items()):
         print(f"  failed {p:<19}{c}")

@@ -7,6 +7,8 @@ reported, not failed (see ``NOTE_ONLY``):
 
 - ``oracle``: the pruned module equals the masked original (example inputs + 2 random inputs);
   output shapes are the original's (``compare_outputs`` checks shapes first).
+- ``pinned``: verify did not have to pin any group after a failed check (a wrong rule that the
+  repair hid is still a bug).
 - ``batch2``: on the module route the pruned model runs at batch size 3 and still equals the
   masked original there (fx-route failures at a second batch size are notes: another engineer owns
   the fx route's dynamic batch).
@@ -103,6 +105,8 @@ def check(spec: dict[str, Any], budget: float, seed: int = 0, onnx_route: bool =
         return out
     out.route, out.groups, out.units_removed = res.report["route"], res.report["groups"], res.report["units_removed"]
     assert res.coupling is not None and res.removed is not None
+    for pin in res.report["pinned_after_check"]:  # verify repaired a wrong rule: still a rule bug
+        out.fail("pinned", f"group {pin['group']} pinned after the check, suspect op {pin['suspect_op']}: {pin['reason']}")
     masked = masked_original(model, res.coupling, res.removed)
     v = verify_pruned(model, res.model, res.coupling, res.removed, x, random_trials=2, masked=masked)
     if not v.ok:

@@ -18,7 +18,7 @@ from propcheck import check
 
 import graphprune as gp
 
-SAMPLE = settings(max_examples=30, deadline=None, database=None, derandomize=True,
+SAMPLE = settings(max_examples=24, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
 
 

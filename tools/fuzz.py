@@ -61,6 +61,39 @@ def kind(prop: str, detail: str) -> str:
     return f"{prop}:{head}" if head.isidentifier() and head.endswith(("Error", "Exception")) else prop
 
 
+def _campaign(state: dict[str, Any], rows: list[dict[str, Any]], shrunk: dict[str, dict[str, Any]],
+              derived_seed: int, left: int, onnx: bool, max_blocks: int) -> Any:
+    """One hypothesis run over at most ``left`` specs; raises NewFailure at the first new kind of
+    failure, after hypothesis has shrunk it (``state["last"]`` is then the shrunk example)."""
+
+    @hyp_seed(derived_seed)
+    @settings(max_examples=left, deadline=None, database=None, report_multiple_bugs=False,
+              suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink])
+    @given(specs(max_blocks=max_blocks), st.sampled_from(BUDGETS))
+    def one(spec: dict[str, Any], budget: float) -> None:
+        if state["shrinking"] is None:
+            state["generated"] += 1
+        try:
+            out = check(spec, budget, onnx_route=onnx)
+            fails, notes, info = out.failures, out.notes, {"route": out.route, "groups": out.groups,
+                                                           "units_removed": out.units_removed}
+        except Exception as exc:  # a crash in graphprune is a failure like any other
+            fails, notes, info = [("crash", f"{type(exc).__name__}: {str(exc)[:200]}")], [], {"route": ""}
+        hit = False
+        if state["shrinking"] is None:
+            rows.append({"spec": spec, "budget": budget, "failures": fails, "notes": notes, **info})
+            new = [f for f in fails if kind(*f) not in shrunk]
+            if new:
+                state["shrinking"], hit = kind(*new[0]), True
+        else:
+            hit = any(kind(*f) == state["shrinking"] for f in fails)
+        if hit:  # one raise site: hypothesis shrinks toward smaller specs failing the same way
+            state["last"] = (spec, budget, fails)
+            raise NewFailure(state["shrinking"])
+
+    return one
+
+
 def run(n: int, seed: int, onnx: bool, max_blocks: int) -> dict[str, Any]:
     """Generate ``n`` specs; shrink each new kind of failure (hypothesis re-runs the test after a
     raise, so the generation restarts with the remaining count and a derived seed)."""
@@ -69,32 +102,7 @@ def run(n: int, seed: int, onnx: bool, max_blocks: int) -> dict[str, Any]:
     left, attempt = n, 0
     while left > 0:
         state: dict[str, Any] = {"generated": 0, "shrinking": None, "last": None}
-
-        @hyp_seed(seed * 1000 + attempt)
-        @settings(max_examples=left, deadline=None, database=None, report_multiple_bugs=False,
-                  suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink])
-        @given(specs(max_blocks=max_blocks), st.sampled_from(BUDGETS))
-        def one(spec: dict[str, Any], budget: float) -> None:
-            if state["shrinking"] is None:
-                state["generated"] += 1
-            try:
-                out = check(spec, budget, onnx_route=onnx)
-                fails, notes, info = out.failures, out.notes, {"route": out.route, "groups": out.groups,
-                                                               "units_removed": out.units_removed}
-            except Exception as exc:  # a crash in graphprune is a failure like any other
-                fails, notes, info = [("crash", f"{type(exc).__name__}: {str(exc)[:200]}")], [], {"route": ""}
-            hit = False
-            if state["shrinking"] is None:
-                rows.append({"spec": spec, "budget": budget, "failures": fails, "notes": notes, **info})
-                new = [f for f in fails if kind(*f) not in shrunk]
-                if new:
-                    state["shrinking"], hit = kind(*new[0]), True
-            else:
-                hit = any(kind(*f) == state["shrinking"] for f in fails)
-            if hit:  # one raise site: hypothesis shrinks toward smaller specs failing the same way
-                state["last"] = (spec, budget, fails)
-                raise NewFailure(state["shrinking"])
-
+        one = _campaign(state, rows, shrunk, seed * 1000 + attempt, left, onnx, max_blocks)
         try:
             one()
             left = 0
@@ -112,7 +120,7 @@ def run(n: int, seed: int, onnx: bool, max_blocks: int) -> dict[str, Any]:
 def save_regressions(shrunk: dict[str, dict[str, Any]], seed: int, where: Path) -> list[Path]:
     where.mkdir(parents=True, exist_ok=True)
     paths = []
-    for k, item in sorted(shrunk.items()):
+    for _kind, item in sorted(shrunk.items()):
         digest = hashlib.sha1(spec_json(item["spec"]).encode()).hexdigest()[:8]
         name = f"{item['failure'][0]}_{digest}"
         path = where / f"test_{name}.py"

@@ -34,6 +34,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from archgen import (  # tests/property is on sys.path (pytest rootdir import, tools/fuzz.py)
+    build,
+    example_inputs,
+)
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import graphprune as gp
@@ -41,8 +45,6 @@ from graphprune.analysis.allocation import ShapeTable
 from graphprune.cost import count
 from graphprune.errors import GraphpruneError
 from graphprune.verification import masked_original, verify_pruned
-
-from archgen import build, example_inputs  # tests/property is on sys.path (pytest rootdir import, tools/fuzz.py)
 
 __all__ = ["MATMUL_OPS", "NOTE_ONLY", "Outcome", "check"]
 

@@ -2,7 +2,8 @@
 
 batch/instance norm: y[:, c] = (x[:, c] - mu[c]) / sigma[c] * w[c] + b[c]; every per-channel
 tensor (weight, bias, running mean/var) ties to the channel axis 1. A batch_norm without running
-statistics (or in training mode) computes mu/sigma over every axis but 1, so those axes are
+statistics (or in training mode) computes mu/sigma over every axis but 1, and instance norm over
+the axes after 1, so those axes are
 pinned: this is the weight standardization of StdConv2d/ScaledStdConv2d (NFNets, BiT), whose
 statistics run over each filter's input channels -- the conv's input channels stay whole and its
 output channels are free.
@@ -36,6 +37,11 @@ def couple_channel_norm(node: Node, b: CouplingBuilder) -> None:
         # mean/var are taken over every axis but 1: removing elements there changes them, so
         # only the channel axis passes through (the rest is pinned by the builder)
         pass_through(b, x, y, skip=[ax for ax in range(x.rank) if ax != 1])
+    elif node.op == "instance_norm":
+        # statistics over the axes after the channel axis: pinned (spatial axes never carry
+        # channels, but GroupNorm exported to ONNX is Reshape -> InstanceNormalization, which
+        # merges the channels of a group into that axis)
+        pass_through(b, x, y, skip=range(2, x.rank))
     else:
         pass_through(b, x, y)
     for t in node.inputs[1:]:

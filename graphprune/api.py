@@ -672,6 +672,7 @@ def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[s
         "route": ctx.route,
         "route_reason": ctx.route_reason,
         "verification": ctx.verification.as_dict() if ctx.verification is not None else None,
+        "pinned_after_check": list(ctx.pinned_after_check),
         "widths": widths,
         "timings": {k: round(v, 4) for k, v in ctx.timings.items()},
         "reconstruction": list(ctx.reconstructed),

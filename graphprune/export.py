@@ -101,7 +101,8 @@ def save_model(model: Any, path: str | os.PathLike[str], example_inputs: Example
         if suffix == ".onnx":
             info = _export_onnx(model, tmp, example_inputs, opset)
         else:
-            torch.save(model, tmp)
+            with open(tmp, "wb") as fh:  # a file object: the zip's record prefix is "archive", not the temp name
+                torch.save(model, fh)
             info = {"format": "pt"}
         os.replace(tmp, target)
         return info

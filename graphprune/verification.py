@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +24,8 @@ from .analysis.coupling import Coupling
 from .frontends.inputs import ExampleInputs, as_args_kwargs
 
 __all__ = [
-    "VerifyResult", "compare_outputs", "masked_original", "merge_results", "random_like_inputs", "verify_pruned",
-    "verify_structure",
+    "VerifyResult", "compare_outputs", "find_culprits", "group_ops", "masked_original", "merge_results",
+    "random_like_inputs", "suspect_op", "verify_pruned", "verify_structure",
 ]
 
 
@@ -155,3 +156,69 @@ def verify_structure(
         if r.shape != g.shape:
             return VerifyResult(False, math.inf, 0.0, 0.0, 1, f"output {i} has shape {tuple(g.shape)}, expected {tuple(r.shape)}")
     return VerifyResult(True, 0.0, 0.0, 0.0, 1, "structure only (weights were reconstructed)")
+
+
+def find_culprits(coupling: Coupling, removed: np.ndarray, fails: Callable[[np.ndarray], VerifyResult | None],
+                  max_checks: int = 64) -> list[tuple[int, VerifyResult | None]]:
+    """The removed groups responsible for a failed check, by bisection (delta debugging).
+
+    ``fails(mask)`` rewrites and checks the model with only the units of ``mask`` removed and
+    returns the failed result (None when it passes). A set known to fail is halved; a half that
+    fails alone is searched further; when neither half fails alone (only together), the whole set
+    is blamed. Returns ``(group id, failed result)`` pairs; at most ``max_checks`` rewrites.
+    """
+    budget = [max_checks]
+
+    def only(gids: list[int]) -> np.ndarray:
+        rem = np.zeros_like(removed)
+        for gid in gids:
+            u = coupling.groups[gid].units
+            rem[u] = removed[u]
+        return rem
+
+    def check(gids: list[int]) -> VerifyResult | None:
+        budget[0] -= 1
+        return fails(only(gids))
+
+    found: list[tuple[int, VerifyResult | None]] = []
+
+    def search(gids: list[int], res: VerifyResult | None) -> None:
+        if len(gids) == 1 or budget[0] < 2:
+            found.extend((g, res) for g in gids)
+            return
+        half = len(gids) // 2
+        a, b = gids[:half], gids[half:]
+        ra = check(a)
+        rb = check(b)
+        if ra is not None:
+            search(a, ra)
+        if rb is not None:
+            search(b, rb)
+        if ra is None and rb is None:
+            found.extend((g, res) for g in gids)
+
+    gids = [g.id for g in coupling.groups if removed[g.units].any()]
+    if gids:
+        search(gids, None)
+    return found
+
+
+def group_ops(coupling: Coupling, gid: int) -> list[tuple[str, str]]:
+    """(op, node name) of every node that reads or writes a space of group ``gid``, in graph order."""
+    graph = coupling.graph
+    names: set[str] = set()
+    for vname, _ax in coupling.groups[gid].spaces:
+        v = graph.value(vname)
+        if v.producer is not None:
+            names.add(v.producer.name)
+        names.update(u.name for u in v.users)
+    return [(n.op, n.name) for n in graph.nodes if n.name in names]
+
+
+def suspect_op(coupling: Coupling, ops: list[tuple[str, str]]) -> str:
+    """The op most likely to have the wrong rule among a failing group's ops: the rarest in the
+    graph (an op the rest of the model exercises many times without failing is less suspect)."""
+    freq: dict[str, int] = {}
+    for n in coupling.graph.nodes:
+        freq[n.op] = freq.get(n.op, 0) + 1
+    return min((op for op, _ in ops), key=lambda op: (freq.get(op, 0), op)) if ops else ""

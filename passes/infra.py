@@ -60,6 +60,7 @@ class PassContext:
     stats: dict[str, Any] = field(default_factory=dict)  # site node -> ChannelStats
     reconstructed: list[str] = field(default_factory=list)  # reconstruction passes that changed weights
     refit: set[str] = field(default_factory=set)  # consumer nodes refit by reconstruct-lsq
+    pinned_after_check: list[dict[str, Any]] = field(default_factory=list)  # groups verify pinned (report)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,12 @@
 """verify: the pruned model must equal the masked original (fails loudly unless strict=false).
 
+A failed check costs one group, not the model: with ``repair=N`` (default 3) the removed groups
+are bisected (each subset rewritten and checked against its own masked original) to find the
+group(s) whose removal breaks the oracle; those are pinned (frozen in the coupling, recorded in
+``report["pinned_after_check"]`` with the ops that touch them and the most suspect one), the
+allocation is redone to the same budget, the model rewritten and checked again, at most N rounds.
+Only when that still fails is the model refused.
+
 After a reconstruction pass has changed weights, the numbers legitimately differ from the masked
 original, so verify then checks STRUCTURE only: every pruned weight has its planned shape and
 the outputs have the masked original's shapes. Pipelines should run verify between rewrite and
@@ -8,19 +15,36 @@ reconstruction (the default does), which keeps the numeric oracle exact.
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
+
+import numpy as np
 
 from graphprune.errors import OptionError, VerificationError
 from graphprune.ir import Graph
 from graphprune.progress import step
-from graphprune.verification import masked_original, merge_results, verify_pruned, verify_structure
+from graphprune.rewrite import rewrite_fx, rewrite_module
+from graphprune.verification import (
+    VerifyResult,
+    find_culprits,
+    group_ops,
+    masked_original,
+    merge_results,
+    suspect_op,
+    verify_pruned,
+    verify_structure,
+)
 from graphprune.verification_onnx import verify_onnx, verify_onnx_dynamic
 
+from .allocate import Allocate
 from .infra import PassContext, PassResult, register_pass
-from .rewrite import rewrite_onnx_ctx
+from .rewrite import Rewrite, rewrite_onnx_ctx
 
 __all__ = ["Verify"]
+
+log = logging.getLogger(__name__)
 
 
 @register_pass
@@ -30,6 +54,7 @@ class Verify:
     strict: bool = True
     rtol: float = 1e-4
     trials: int = 1  # extra checks on random inputs of the example inputs' shapes
+    repair: int = 3  # rounds of bisect-pin-replan when the oracle fails (0: fail at once)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if ctx.pruned is None or ctx.coupling is None or ctx.allocation is None:
@@ -45,6 +70,17 @@ class Verify:
             # a numeric check made by rewrite before reconstruction stays in the record
             ctx.verification = res if ctx.verification is None else merge_results(res, ctx.verification)
             return PassResult(graph, False)
+        self._numeric(ctx)
+        for round_ in range(1, self.repair + 1):
+            if ctx.verification.ok or not self._pin_culprits(graph, ctx, round_):
+                break
+            self._replan(graph, ctx)
+            self._numeric(ctx)
+        return self._check(graph, ctx)
+
+    def _numeric(self, ctx: PassContext) -> None:
+        """The oracle on the example inputs (reusing rewrite's check) and ``trials`` random ones."""
+        removed = ctx.allocation.removed
         if ctx.masked is None:
             ctx.masked = masked_original(ctx.model, ctx.coupling, removed)
         if ctx.verification is None:
@@ -57,7 +93,59 @@ class Verify:
                 rtol=self.rtol, include_example=False, masked=ctx.masked,
             )
             ctx.verification = merge_results(ctx.verification, extra)
-        return self._check(graph, ctx)
+
+    def _pin_culprits(self, graph: Graph, ctx: PassContext, round_: int) -> bool:
+        """Bisect the removed groups for the ones that make the check fail (each subset rewritten
+        by the route that failed and checked against its own masked original), record them in
+        ``ctx.pinned_after_check`` with the ops that touch them, and freeze them in the coupling.
+        False when no subset reproduces the failure (nothing to pin)."""
+        removed, coupling, route = ctx.allocation.removed, ctx.coupling, ctx.route
+
+        def fails(mask: np.ndarray) -> VerifyResult | None:
+            try:
+                pruned = (rewrite_module(ctx.model, coupling, mask) if route == "module"
+                          else rewrite_fx(ctx.program, graph, coupling, mask))
+                res = verify_pruned(ctx.model, pruned, coupling, mask, ctx.example_inputs, random_trials=self.trials,
+                                    rtol=self.rtol)
+            except Exception as exc:  # a subset the route cannot even build counts as failing
+                return VerifyResult(False, math.inf, 0.0, 0.0, 1, f"rewrite failed: {type(exc).__name__}: {exc}"[:200])
+            return None if res.ok else res
+
+        culprits = find_culprits(coupling, removed, fails)
+        if not culprits:
+            return False
+        for gid, res in culprits:
+            g = coupling.groups[gid]
+            ops = group_ops(coupling, gid)
+            why = (res.detail or f"max abs error {res.max_abs_err:.3g} > {res.tolerance:.3g}") if res is not None else \
+                "fails only together with the other groups of this round"
+            entry = {
+                "round": round_, "group": gid, "units_removed": int(removed[g.units].sum()),
+                "spaces": [f"{n}[{a}]" for n, a in g.spaces],
+                "weights": [f"{graph.value(n).source}[{a}]" for n, a in g.spaces if graph.value(n).is_weight],
+                "ops": [f"{op} ({name})" for op, name in ops], "suspect_op": suspect_op(coupling, ops),
+                "reason": f"removing this group alone, the pruned model differs from the masked original: {why}",
+            }
+            ctx.pinned_after_check.append(entry)
+            log.warning("verify: pinned group %d (%s) of %s: the rule of %r looks wrong; re-planning to the same budget",
+                        gid, ", ".join(entry["weights"] or entry["spaces"]), graph.name, entry["suspect_op"])
+        ctx.coupling, kept = coupling.pin_groups([gid for gid, _ in culprits])
+        if ctx.scores is not None:
+            ctx.scores = ctx.scores[kept]
+        if ctx.loss_scores is not None:
+            ctx.loss_scores = ctx.loss_scores[kept]
+        ctx.notes.append(f"verification failed; pinned {len(culprits)} group(s) and re-planned (round {round_})")
+        return True
+
+    @staticmethod
+    def _replan(graph: Graph, ctx: PassContext) -> None:
+        """Allocate to the same budget (policy, rounding, latency runtime) and rewrite again."""
+        metric, frac = next(iter(ctx.target.items()))
+        opts: dict[str, Any] = {metric: frac, "policy": ctx.allocation.policy, "round_to": ctx.round_to}
+        if ctx.latency is not None:
+            opts.update(runtime=ctx.latency.runtime.name, threads=ctx.latency.runtime.threads)
+        Allocate(**opts).run(graph, ctx)
+        Rewrite().run(graph, ctx)
 
     def _verify_onnx(self, graph: Graph, ctx: PassContext) -> None:
         """Exact oracle at the bound shapes; a model with symbolic dims kept is also checked against

@@ -19,6 +19,7 @@ pruned, never correctness.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -293,6 +294,26 @@ class Coupling:
             factors=dict(b.factors),
             fired=list(b.fired),
         )
+
+    def pin_groups(self, group_ids: Sequence[int]) -> tuple[Coupling, np.ndarray]:
+        """A new Coupling in which the units of ``group_ids`` are frozen (as if a rule had pinned
+        them), and the old unit ids kept, in order (index per-unit arrays such as scores with it).
+        Groups and units are renumbered; ``self`` is unchanged."""
+        drop = np.zeros(self.n_units, dtype=bool)
+        for gid in group_ids:
+            drop[self.groups[gid].units] = True
+        kept_units = np.flatnonzero(~drop)
+        new_id = np.full(self.n_units, -1, dtype=np.int64)
+        new_id[kept_units] = np.arange(len(kept_units))
+        unit_of_comp = np.where(self.unit_of_comp >= 0, new_id[np.maximum(self.unit_of_comp, 0)], -1)
+        groups = [g for g in self.groups if not drop[g.units].any()]
+        groups = [Group(i, new_id[g.units], g.spaces, g.width) for i, g in enumerate(groups)]
+        unit_group = np.zeros(len(kept_units), dtype=np.int64)
+        for g in groups:
+            unit_group[g.units] = g.id
+        pinned = dataclasses.replace(self, unit_of_comp=unit_of_comp, n_units=len(kept_units), groups=groups,
+                                     unit_group=unit_group)
+        return pinned, kept_units
 
     # -- queries ---------------------------------------------------------------------------------
     def ids(self, v: Value, axis: int) -> np.ndarray:

@@ -1,7 +1,12 @@
 """Normalizations.
 
 batch/instance norm: y[:, c] = (x[:, c] - mu[c]) / sigma[c] * w[c] + b[c]; every per-channel
-tensor (weight, bias, running mean/var) ties to the channel axis 1.
+tensor (weight, bias, running mean/var) ties to the channel axis 1. A batch_norm without running
+statistics (or in training mode) computes mu/sigma over every axis but 1, and instance norm over
+the axes after 1, so those axes are
+pinned: this is the weight standardization of StdConv2d/ScaledStdConv2d (NFNets, BiT), whose
+statistics run over each filter's input channels -- the conv's input channels stay whole and its
+output channels are free.
 group norm: statistics are shared inside a group of C/G channels, so a unit is a whole group
 (removing part of a group would change the statistics of the rest).
 layer/RMS norm: statistics over the trailing normalized axes; those axes are pinned so the
@@ -28,10 +33,29 @@ __all__: list[str] = []
 def couple_channel_norm(node: Node, b: CouplingBuilder) -> None:
     x, y = node.inputs[0], node.output
     assert x is not None
-    pass_through(b, x, y)
+    if node.op == "batch_norm" and batch_statistics(node):
+        # mean/var are taken over every axis but 1: removing elements there changes them, so
+        # only the channel axis passes through (the rest is pinned by the builder)
+        pass_through(b, x, y, skip=[ax for ax in range(x.rank) if ax != 1])
+    elif node.op == "instance_norm":
+        # statistics over the axes after the channel axis: pinned (spatial axes never carry
+        # channels, but GroupNorm exported to ONNX is Reshape -> InstanceNormalization, which
+        # merges the channels of a group into that axis)
+        pass_through(b, x, y, skip=range(2, x.rank))
+    else:
+        pass_through(b, x, y)
     for t in node.inputs[1:]:
         if t is not None and t.rank == 1 and x.rank >= 2 and t.shape[0] == y.shape[1]:
             b.same(t, 0, y, 1)
+
+
+def batch_statistics(node: Node) -> bool:
+    """A batch_norm normalizing with statistics of its own input (training mode or no running
+    stats), as weight-standardized convs do on their weight (timm's StdConv2d / ScaledStdConv2d:
+    ``batch_norm(w.reshape(1, Cout, -1), None, None, training=True)``, statistics over each
+    filter's Cin * k * k weights)."""
+    running_mean = node.input(3)
+    return bool(node.attrs.get("training", False)) or running_mean is None
 
 
 @register_coupling("group_norm")

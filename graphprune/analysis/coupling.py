@@ -382,7 +382,11 @@ class _Trace:
             edge = np.arange(len(self.src), dtype=np.int64) + 1
             both_src = np.concatenate([self.src, self.dst])
             both_dst = np.concatenate([self.dst, self.src])
-            self._adj = csr_matrix((np.concatenate([edge, edge]), (both_src, both_dst)), shape=(n, n))
+            # a tie declared twice (``x + x``, or two rules on one pair) must keep one edge id: the
+            # sparse matrix would sum the duplicates' ids into an id past the end (IndexError on Olmo2)
+            _, first = np.unique(both_src * n + both_dst, return_index=True)
+            self._adj = csr_matrix((np.concatenate([edge, edge])[first], (both_src[first], both_dst[first])),
+                                   shape=(n, n))
         prev: dict[int, tuple[int, int]] = {start: (-1, -1)}
         queue = deque([start])
         found = -1

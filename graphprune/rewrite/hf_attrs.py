@@ -8,10 +8,11 @@ module only when ``transformers`` is already imported (a transformers model impl
 Updaters (derived from the current weights, idempotent):
 
 - ``Conv1D`` (GPT-2): weight is ``[nx, nf]`` (transposed vs nn.Linear): ``nx, nf = weight.shape``.
-- attention with separate q/k/v projections (LLaMA, Qwen2, Mistral, Gemma, ViT, BERT): the head
-  count attributes the module holds (``num_heads``, ``num_attention_heads``, ``num_key_value_heads``,
+- attention with separate q/k/v projections (LLaMA, Qwen2, Qwen3, Mistral, Gemma, OLMo, Granite,
+  Starcoder2, Phi, StableLM, OPT, ViT, BERT): the head count attributes the module holds (``num_heads``, ``num_attention_heads``, ``num_key_value_heads``,
   ``num_key_value_groups``, ``all_head_size``) follow ``q/k_proj.out_features // head_dim``; head_dim
-  never changes (a unit is a whole head / KV group).
+  never changes (a unit is a whole head / KV group). StableLM and OPT reshape with
+  ``self.num_heads`` (OPT without an error: the sequence axis absorbs the difference), so they need it.
 - Phi-3 (fused ``qkv_proj``): its forward slices ``qkv`` at ``config.num_attention_heads * head_dim``,
   so a layer whose head counts differ from the shared config gets its own shallow config copy.
 - GPT-2 attention (fused ``c_attn``): ``split_size = c_attn.nf // 3``, ``num_heads`` follows.
@@ -20,9 +21,9 @@ Config mapping (:data:`SPECS`, keyed by ``model_type``): which config field each
 width is, read from the pruned modules. :func:`layer_widths` lists them per layer;
 :func:`update_config` writes them into the shared config when every layer of a kind agrees (so
 stock ``save_pretrained`` + ``from_pretrained`` rebuilds the same shapes) and otherwise records the
-per-layer widths in ``config.graphprune``. Widths a stock config cannot express (GPT-2 and BERT
-derive head_dim from ``hidden_size // num_heads``) are listed by :func:`stock_fixed`; ``uniform=True``
-keeps them unpruned.
+per-layer widths in ``config.graphprune``. Widths a stock config cannot express (GPT-2, BERT,
+RoBERTa, ELECTRA, ALBERT, DistilBERT, GPT-NeoX, OPT and StableLM derive head_dim from
+``hidden_size // num_heads``) are listed by :func:`stock_fixed`; ``uniform=True`` keeps them unpruned.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def _set_heads(m: nn.Module, q_heads: int, kv_heads: int) -> None:
 
 
 @_register(*(f"transformers.models.{t}.modeling_{t}.{c}Attention" for t, c in
-             (("llama", "Llama"), ("qwen2", "Qwen2"), ("mistral", "Mistral"), ("gemma", "Gemma"), ("vit", "ViT"))))
+             (("llama", "Llama"), ("qwen2", "Qwen2"), ("mistral", "Mistral"), ("gemma", "Gemma"), ("vit", "ViT"),
+              ("qwen3", "Qwen3"), ("olmo", "Olmo"), ("granite", "Granite"), ("starcoder2", "Starcoder2"),
+              ("phi", "Phi"), ("stablelm", "StableLm"), ("opt", "OPT"))))
 def _qkv_attention(m: nn.Module) -> None:
     name = type(m).__name__
     _set_heads(m, _heads(m.q_proj.out_features, m.head_dim, f"{name}.q_proj"),
@@ -159,11 +162,41 @@ SPECS: dict[str, ModelSpec] = {
          Field("num_attention_heads", "ViTAttention", lambda m: m.q_proj.out_features // m.head_dim)),
         write_head_dim="ViTAttention",
     ),
-    # head_dim = hidden_size // num_heads in these two: pruned heads cannot be written in the config
+    "qwen3": _llama_like("Qwen3"),
+    "olmo": _llama_like("Olmo"),
+    "granite": _llama_like("Granite"),
+    "starcoder2": ModelSpec(
+        (Field("intermediate_size", "Starcoder2MLP", lambda m: int(m.c_fc.weight.shape[0])),
+         *_llama_like("Starcoder2").fields[1:]),
+        write_head_dim="Starcoder2Attention",
+    ),
+    "phi": ModelSpec(
+        (Field("intermediate_size", "PhiMLP", lambda m: int(m.fc1.weight.shape[0])),
+         *_llama_like("Phi").fields[1:]),
+        write_head_dim="PhiAttention",
+    ),
+    "t5": ModelSpec(  # d_kv is explicit in the config: heads can be written
+        (Field("d_ff", "T5DenseActDense", lambda m: int(m.wi.weight.shape[0])),
+         Field("num_heads", "T5Attention", lambda m: m.q.out_features // m.key_value_proj_dim)),
+    ),
+    # head_dim = hidden_size // num_heads in these: pruned heads cannot be written in the config
     "gpt2": ModelSpec((Field("n_inner", "GPT2MLP", lambda m: int(m.c_fc.weight.shape[1])),),
                       fixed=(("GPT2Attention", "c_attn.weight", 1, lambda c: 3 * c.hidden_size),)),
     "bert": ModelSpec((Field("intermediate_size", "BertIntermediate", lambda m: int(m.dense.weight.shape[0])),),
                       fixed=(("BertSelfAttention", "query.weight", 0, lambda c: c.hidden_size),)),
+    **{t: ModelSpec((Field("intermediate_size", f"{c}Intermediate", lambda m: int(m.dense.weight.shape[0])),),
+                    fixed=((f"{c}SelfAttention", "query.weight", 0, lambda c: c.hidden_size),))
+       for t, c in (("roberta", "Roberta"), ("electra", "Electra"))},
+    "distilbert": ModelSpec((Field("hidden_dim", "FFN", lambda m: int(m.lin1.weight.shape[0])),),
+                            fixed=(("DistilBertSelfAttention", "q_lin.weight", 0, lambda c: c.dim),)),
+    "albert": ModelSpec((Field("intermediate_size", "AlbertLayer", lambda m: int(m.ffn.weight.shape[0])),),
+                        fixed=(("AlbertAttention", "query.weight", 0, lambda c: c.hidden_size),)),
+    "gpt_neox": ModelSpec((Field("intermediate_size", "GPTNeoXMLP", lambda m: int(m.dense_h_to_4h.weight.shape[0])),),
+                          fixed=(("GPTNeoXAttention", "query_key_value.weight", 0, lambda c: 3 * c.hidden_size),)),
+    "opt": ModelSpec((Field("ffn_dim", "OPTDecoderLayer", lambda m: int(m.fc1.weight.shape[0])),),
+                     fixed=(("OPTAttention", "q_proj.weight", 0, lambda c: c.hidden_size),)),
+    "stablelm": ModelSpec((Field("intermediate_size", "StableLmMLP", _mlp()),),
+                          fixed=(("StableLmAttention", "q_proj.weight", 0, lambda c: c.hidden_size),)),
 }
 
 

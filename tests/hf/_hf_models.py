@@ -61,6 +61,35 @@ HF_MODELS: dict[str, HFCase] = {c.name: c for c in (
     HFCase("vit", "ViTConfig", "ViTModel",
            dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=96, image_size=16,
                 patch_size=4, num_channels=3), False, _pixels),
+    # the transformers classes tools/zoo.py builds beyond the eight above (issue #9)
+    HFCase("phi", "PhiConfig", "PhiForCausalLM", {**_GQA, "num_key_value_heads": 4}, True, _decoder_ids),
+    HFCase("qwen3", "Qwen3Config", "Qwen3ForCausalLM", {**_GQA, "head_dim": 16}, True, _decoder_ids),
+    HFCase("olmo", "OlmoConfig", "OlmoForCausalLM", dict(_GQA), True, _decoder_ids),
+    HFCase("stablelm", "StableLmConfig", "StableLmForCausalLM", dict(_GQA), True, _decoder_ids),
+    HFCase("starcoder2", "Starcoder2Config", "Starcoder2ForCausalLM", {**_GQA, "sliding_window": None}, True,
+           _decoder_ids),
+    HFCase("gpt_neox", "GPTNeoXConfig", "GPTNeoXForCausalLM",
+           dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=96, vocab_size=VOCAB,
+                max_position_embeddings=64, bos_token_id=1, eos_token_id=2), True, _decoder_ids),
+    HFCase("opt", "OPTConfig", "OPTForCausalLM",
+           dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, ffn_dim=96, vocab_size=VOCAB,
+                max_position_embeddings=64, word_embed_proj_dim=64, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+           True, _decoder_ids),
+    HFCase("granite", "GraniteConfig", "GraniteForCausalLM", dict(_GQA), True, _decoder_ids),
+    HFCase("distilbert", "DistilBertConfig", "DistilBertModel",
+           dict(dim=64, n_heads=4, n_layers=2, hidden_dim=96, vocab_size=VOCAB, max_position_embeddings=64), False,
+           _ids),
+    HFCase("roberta", "RobertaConfig", "RobertaModel",
+           dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=96, vocab_size=VOCAB,
+                max_position_embeddings=64), False, _ids),
+    HFCase("albert", "AlbertConfig", "AlbertModel",
+           dict(hidden_size=64, embedding_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=96,
+                vocab_size=VOCAB, max_position_embeddings=64), False, _ids),
+    HFCase("electra", "ElectraConfig", "ElectraModel",
+           dict(hidden_size=64, embedding_size=32, num_attention_heads=4, num_hidden_layers=2, intermediate_size=96,
+                vocab_size=VOCAB, max_position_embeddings=64), False, _ids),
+    HFCase("t5_encoder", "T5Config", "T5EncoderModel",
+           dict(d_model=64, d_kv=16, d_ff=96, num_heads=4, num_layers=2, vocab_size=VOCAB), False, _ids),
 )}
 
 DECODERS = [n for n, c in HF_MODELS.items() if c.decoder]
@@ -72,6 +101,16 @@ _MLP_READER = {
     "gpt2": ("h.0.mlp.c_proj.weight", 0),
     "bert": ("layer.0.output.dense.weight", 1),
     "vit": ("layers.0.mlp.fc2.weight", 1),
+    **{n: ("layers.0.mlp.down_proj.weight", 1) for n in ("qwen3", "olmo", "stablelm", "granite")},
+    "phi": ("layers.0.mlp.fc2.weight", 1),
+    "starcoder2": ("layers.0.mlp.c_proj.weight", 1),
+    "gpt_neox": ("layers.0.mlp.dense_4h_to_h.weight", 1),
+    "opt": ("layers.0.fc2.weight", 1),
+    "distilbert": ("layer.0.ffn.lin2.weight", 1),
+    "roberta": ("layer.0.output.dense.weight", 1),
+    "albert": ("albert_layers.0.ffn_output.weight", 1),  # one layer group shared by every layer
+    "electra": ("layer.0.output.dense.weight", 1),
+    "t5_encoder": ("block.0.layer.1.DenseReluDense.wo.weight", 1),
 }
 
 

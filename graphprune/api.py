@@ -559,7 +559,7 @@ def barrier_why(graph: Graph, coupling: Coupling, budget: int = 200) -> dict[str
     freezes: the first weight (output axis, channel 0) whose chain ends at one of the op's nodes;
     else the chain of the first barrier node's first input. ``budget`` caps the explain calls."""
     out: dict[str, list[str]] = {}
-    weights = [v for v in graph.weights() if v.rank >= 1]
+    weights = [v for v in graph.weights() if v.rank >= 1 and v.shape[0] > 0]
     for op, names in coupling.barriers.items():
         marks = tuple(repr(n) for n in names)
         found: list[str] | None = None
@@ -575,7 +575,7 @@ def barrier_why(graph: Graph, coupling: Coupling, budget: int = 200) -> dict[str
                 break
         if found is None:
             node = next(n for n in graph.nodes if n.name == names[0])
-            v = next((x for x in [*node.inputs, *node.outputs] if x is not None and x.rank >= 1), None)
+            v = next((x for x in [*node.inputs, *node.outputs] if x is not None and x.rank >= 1 and x.shape[-1] > 0), None)
             found = coupling.explain(v, v.rank - 1, 0) if v is not None else [f"{op} node {names[0]!r} has no rule"]
         out[op] = found
     return out

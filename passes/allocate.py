@@ -93,6 +93,7 @@ class Allocate:
         ctx.route = ctx.route_reason = ""
         metric, frac = self._budget()
         fixed = self._fixed_round_to()
+        ctx.round_to_auto = fixed is None
         if self.policy not in POLICIES:
             raise OptionError(f"allocation policy {self.policy!r} is unknown; use one of: {', '.join(POLICIES)}")
         if self.uniform_layers and self.policy != "uniform":

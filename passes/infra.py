@@ -43,6 +43,7 @@ class PassContext:
     allocation: Any = None  # graphprune.analysis.allocation.Allocation
     target: dict[str, float] = field(default_factory=dict)
     round_to: int = 1
+    round_to_auto: bool = False  # round_to was the runtime's step (allocate round-to=auto), not the user's number
     pruned: Any = None  # nn.Module, or onnx.ModelProto for ONNX input
     route: str = ""
     route_reason: str = ""

@@ -141,7 +141,7 @@ class Verify:
     def _replan(graph: Graph, ctx: PassContext) -> None:
         """Allocate to the same budget (policy, rounding, latency runtime) and rewrite again."""
         metric, frac = next(iter(ctx.target.items()))
-        opts: dict[str, Any] = {metric: frac, "policy": ctx.allocation.policy, "round_to": ctx.round_to}
+        opts: dict[str, Any] = {metric: frac, "policy": ctx.allocation.policy, "round_to": "auto" if ctx.round_to_auto else ctx.round_to}
         if ctx.latency is not None:
             opts.update(runtime=ctx.latency.runtime.name, threads=ctx.latency.runtime.threads)
         Allocate(**opts).run(graph, ctx)

@@ -133,7 +133,7 @@ ROWS: tuple[Row, ...] = (
     Row("two_budgets", "budgets", "--flops and --params together", (*P, "--flops", "0.5", "--params", "0.5", *OUT),
         "not allowed with argument"),
     Row("no_budget", "budgets", "no budget at all", (*P, *OUT),
-        "one of the arguments --flops --params --latency --speedup --latency-ms is required"),
+        "one of the arguments --flops --macs --params --latency --speedup --latency-ms is required"),
     Row("speedup_below_one", "budgets", "--speedup 0.5", (*P, "--speedup", "0.5", *OUT), "must be > 1"),
     Row("latency_ms_negative", "budgets", "--latency-ms -1", (*P, "--latency-ms", "-1", *OUT), "must be > 0"),
     # -- options -----------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ ROWS: tuple[Row, ...] = (
     Row("reconstruct_unknown", "options", "--reconstruct that does not exist",
         (*P, "--flops", "0.5", "--reconstruct", "nope", *OUT), "reconstruct='nope' is unknown"),
     Row("steps_zero", "options", "--steps 0", (*P, "--flops", "0.5", "--steps", "0", *OUT), "steps=0 must be an integer >= 1"),
-    Row("round_to_zero", "options", "--round-to 0", (*P, "--flops", "0.5", "--round-to", "0", *OUT), "round_to=0 must be >= 1"),
+    Row("round_to_zero", "options", "--round-to 0", (*P, "--flops", "0.5", "--round-to", "0", *OUT), "--round-to: 0 must be an integer >= 1"),
     Row("threads_zero", "options", "--threads 0", (*P, "--speedup", "2", "--threads", "0", *OUT), "0 must be >= 1"),
     Row("runtime_unknown", "options", "--runtime that does not exist", (*P, "--speedup", "2", "--runtime", "tpu", *OUT),
         "invalid choice: 'tpu'"),

@@ -42,16 +42,18 @@ def _session(path: str, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def _timed(paths: dict[str, str], feeds: dict[str, Any], threads: int, runs: int) -> dict[str, float]:
+def _timed(paths: dict[str, str], arrays: list[Any], threads: int, runs: int) -> dict[str, float]:
     sessions = {tag: _session(p, threads) for tag, p in paths.items()}
-    for s in sessions.values():
+    # the exporters name inputs differently (input.1, x, images): feed by position
+    feeds = {tag: {i.name: a for i, a in zip(s.get_inputs(), arrays, strict=False)} for tag, s in sessions.items()}
+    for tag, s in sessions.items():
         for _ in range(5):
-            s.run(None, feeds)
+            s.run(None, feeds[tag])
     times: dict[str, list[float]] = {t: [] for t in sessions}
     for _ in range(runs):
         for tag, s in sessions.items():
             t0 = time.perf_counter()
-            s.run(None, feeds)
+            s.run(None, feeds[tag])
             times[tag].append((time.perf_counter() - t0) * 1e3)
     return {t: statistics.median(v) for t, v in times.items()}
 
@@ -69,8 +71,8 @@ def bench(name: str, speedup: float, runs: int) -> dict[str, Any]:
                                   "met": lat["met"], "flops_kept": round(res.report["achieved"]["flops"], 4)}
             paths[f"pruned@{label}"] = f"{tmp}/{label.replace(' ', '_')}.onnx"
             res.save(paths[f"pruned@{label}"])
-        feeds = {i.name: t.numpy() for i, t in zip(_session(paths["dense"], 1).get_inputs(), x, strict=False)}
-        row["deployed_ms"] = {label: _timed(paths, feeds, threads, runs) for label, threads in SETTINGS.items()}
+        arrays = [t.numpy() for t in x]
+        row["deployed_ms"] = {label: _timed(paths, arrays, threads, runs) for label, threads in SETTINGS.items()}
     row["deployed_speedup"] = {
         label: {tag: round(ms["dense"] / ms[tag], 3) for tag in ms if tag != "dense"}
         for label, ms in row["deployed_ms"].items()

@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_flatten
 
 from .errors import ExportError
 from .frontends.inputs import ExampleInputs, as_args_kwargs
+from .quiet import quiet_loggers
 
 __all__ = ["check_onnx", "default_file_mode", "fx_dynamic", "mutates_in_place", "save_model", "write_atomic"]
 
@@ -266,18 +267,9 @@ def _silenced_fds() -> Iterator[None]:
             os.close(fd)
 
 
-@contextlib.contextmanager
-def _quiet_onnx_logs() -> Iterator[None]:
+def _quiet_onnx_logs() -> contextlib.AbstractContextManager[None]:
     """The exporters log registry chatter at WARNING; keep the user's terminal clean."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, lvl in zip(loggers, levels, strict=True):
-            lg.setLevel(lvl)
+    return quiet_loggers("torch.onnx", "torch.export", "onnxscript")
 
 
 def check_onnx(path: Path, model: nn.Module, example_inputs: ExampleInputs, rtol: float = 1e-3) -> float:

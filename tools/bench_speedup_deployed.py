@@ -25,11 +25,11 @@ from typing import Any
 
 import onnxruntime as ort
 import torch
+from graphprune.models import build
 
 import graphprune as gp
 from graphprune.cost.runtimes import physical_cores
 from graphprune.export import save_model
-from graphprune.models import build
 
 MODELS = "resnet50_w025,resnet18_w050,mobilenet_v2,vit_tiny,unet"
 SETTINGS = {"default": 0, "1 thread": 1}

@@ -23,7 +23,6 @@ import contextlib
 import logging
 import operator
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +35,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import CaptureError
 from ..ir import Graph, Node, Value
+from ..quiet import quiet_loggers
 from .aten_table import lower_args
 from .inputs import ExampleInputs, as_args_kwargs
 
@@ -132,18 +132,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-@contextlib.contextmanager
-def _quiet_export_logs() -> Iterator[None]:
+def _quiet_export_logs() -> contextlib.AbstractContextManager[None]:
     """torch.export warns at WARNING for every dim it specializes; that is expected here."""
-    loggers = [logging.getLogger(n) for n in ("torch._export", "torch.export", "torch.fx.experimental.symbolic_shapes")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, lvl in zip(loggers, levels, strict=True):
-            lg.setLevel(lvl)
+    return quiet_loggers("torch._export", "torch.export", "torch.fx.experimental.symbolic_shapes")
 
 
 def is_symbolic(size: Any) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from graphprune.models import build
 from torch import nn
 
 import graphprune as gp
@@ -14,7 +15,6 @@ from graphprune.cli import main
 from graphprune.cost.runtimes import make_runtime
 from graphprune.errors import OptionError
 from graphprune.frontends import capture
-from graphprune.models import build
 
 
 class _Wide(nn.Module):

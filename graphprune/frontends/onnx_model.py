@@ -179,12 +179,7 @@ def prepare(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None 
             log.info("symbolic dims at %s: %s; trying smaller sizes", sizes, exc)
     log.info("symbolic input dims analyzed at %s", ", ".join(f"{k}={v}" for k, v in sizes.items()))
     prep = PreparedOnnx(work, shapes, dtypes, bound, _opset(work), symbolic=sizes)
-    original = ModelProto()
-    original.CopyFrom(model)
-    inits = {t.name for t in original.graph.initializer}
-    keep_inputs = [i for i in original.graph.input if i.name not in inits]
-    del original.graph.input[:]
-    original.graph.input.extend(keep_inputs)
+    original = _without_initializer_inputs(model)
     names = sorted({p for axes in dims.values() for p in axes.values()})
     small = {p: 3 + 2 * k for k, p in enumerate(names)}
     prep.dynamic = OnnxDynamic(dims, original, bound, _alt_binding(bound, dims),
@@ -223,15 +218,21 @@ def _with_sizes(model: ModelProto, given: Mapping[str, Sequence[int]] | None, di
     return out
 
 
-def _prepare_once(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None, note: str | None = None
-                  ) -> tuple[ModelProto, dict[str, tuple[int, ...]], dict[str, int], dict[str, tuple[int, ...]]]:
+def _without_initializer_inputs(model: ModelProto) -> ModelProto:
+    """A copy of ``model`` without the initializers that older exporters also list as graph inputs
+    (they are constants, not inputs)."""
     work = ModelProto()
     work.CopyFrom(model)
-    # initializers also listed as graph inputs (older exporters) are constants, not inputs
     inits = {t.name for t in work.graph.initializer}
     keep_inputs = [i for i in work.graph.input if i.name not in inits]
     del work.graph.input[:]
     work.graph.input.extend(keep_inputs)
+    return work
+
+
+def _prepare_once(model: ModelProto, input_shapes: Mapping[str, Sequence[int]] | None, note: str | None = None
+                  ) -> tuple[ModelProto, dict[str, tuple[int, ...]], dict[str, int], dict[str, tuple[int, ...]]]:
+    work = _without_initializer_inputs(model)
     bound = _bind_inputs(work, input_shapes)
     declared = {vi.name: vi for vi in work.graph.value_info}  # custom ops' output shapes, if the file has them
     del work.graph.value_info[:]

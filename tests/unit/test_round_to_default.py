@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _cli_models import convnet
 from graphprune.models import build
 from torch import nn
 
@@ -72,22 +73,11 @@ def test_round_to_one_keeps_any_width_and_bad_values_name_the_option() -> None:
     assert exit_info.value.code == 2
 
 
-class _TwoConvs(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
-        self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean(dim=(2, 3)))
-
-
 def test_steps_too_coarse_for_the_budget_are_halved() -> None:
     """Two 32-channel layers move 8 channels at a time on the runtime's step: 0.58 of the FLOPs at
     best for a 0.5 budget; the default rounds finer instead of missing the target."""
     torch.manual_seed(0)
-    model, x = _TwoConvs().eval(), torch.randn(2, 3, 8, 8)
+    model, x = convnet()  # two 32-channel convs
     coarse = gp.prune(model, x, flops=0.5, round_to=8)
     assert coarse.report["achieved"]["flops"] > 0.55
     res = gp.prune(model, x, flops=0.5)

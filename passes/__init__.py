@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (registration)
     reconstruct_bias,
     reconstruct_bn,
     reconstruct_lsq,
+    replay,
     rewrite,
     score,
     verify,

@@ -35,8 +35,8 @@ from .ir import Graph
 from .plan import GroupPlan, PruningPlan, fingerprint
 from .progress import as_progress
 from .rewrite import kept_indices
-from .rules.readers import reads
 from .rewrite.slicing import KeptIndices
+from .rules.readers import reads
 
 __all__ = ["MISS_TOLERANCE", "NO_CALIB_NOTE", "Analysis", "PruneResult", "Recipe", "analyze", "apply", "count_flops",
            "default_allocation", "default_recipe", "prune", "target_verdict"]

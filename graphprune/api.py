@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
 from .analysis import Coupling, couple
 from .cost import METRICS, count
 from .errors import BudgetError, OptionError
@@ -32,7 +31,7 @@ from .export import save_model
 from .frontends import ExampleInputs, capture
 from .frontends.calib import check_batches, materialize
 from .ir import Graph
-from .plan import GroupPlan, PruningPlan, fingerprint
+from .plan import PruningPlan
 from .progress import as_progress
 from .rewrite import kept_indices
 from .rewrite.slicing import KeptIndices
@@ -406,8 +405,12 @@ def _prune_once(
     input_shapes: dict[str, tuple[int, ...]] | None, measure: bool, iterate: int, allow_static: bool = False,
 ) -> PruneResult:
     from graphprune.passes import PassContext, parse_pipeline, run_pipeline
+    from graphprune.passes.latency_loop import LatencyLoop
 
     passes = parse_pipeline(text) if isinstance(text, str) else list(text)
+    latency_budget = any(p.name == "allocate" and (p.latency is not None or p.latency_ms is not None) for p in passes)
+    if measure and latency_budget and not any(p.name == LatencyLoop.name for p in passes):
+        passes.append(LatencyLoop(iterate=iterate))
     t0 = time.perf_counter()
     onnx_input = _is_onnx(model)
     if onnx_input:
@@ -432,17 +435,12 @@ def _prune_once(
             graph = run_pipeline(passes, cap.graph, ctx, progress)
         finally:
             model.train(was_training)
-    if ctx.pruned is None or ctx.allocation is None or ctx.coupling is None:
+    if ctx.pruned is None or ctx.plan is None or ctx.coupling is None:
         raise OptionError(f"pipeline {text!r} did not produce a model; it needs couple, allocate (or replay) and "
                           "rewrite")
-    loop = None
-    if ctx.latency is not None and measure:
-        from .latency_target import close_loop
-
-        loop = close_loop(graph, ctx, passes, iterate, progress)
     ctx.timings["total"] = time.perf_counter() - t0
-    kept = kept_indices(ctx.coupling, ctx.allocation.removed)
-    plan = _plan(graph, ctx, kept)
+    kept = kept_indices(ctx.coupling, ctx.plan.removed_mask(ctx.coupling.n_units))
+    plan: PruningPlan = ctx.plan
     report = prune_report(graph, ctx, kept)
     if onnx_input:
         report["input_shapes"] = {k: list(v) for k, v in ctx.onnx.input_shapes.items()}
@@ -455,8 +453,8 @@ def _prune_once(
 
                 refuse_static(graph.name, report)
     if ctx.latency is not None:
-        report["latency"] = latency_report(graph, ctx, loop)
-    return PruneResult(ctx.pruned, report, plan, example_inputs, ctx.coupling, ctx.allocation.removed)
+        report["latency"] = latency_report(graph, ctx, ctx.latency_loop)
+    return PruneResult(ctx.pruned, report, plan, example_inputs, ctx.coupling, plan.removed_mask(ctx.coupling.n_units))
 
 
 def _prune_steps(
@@ -487,26 +485,6 @@ def _prune_steps(
     })
     plan = dataclasses.replace(plan, target={metric: frac})
     return PruneResult(res.model, report, plan, res.example_inputs, res.coupling, res.removed)
-
-
-def _plan(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> PruningPlan:
-    coupling: Coupling = ctx.coupling
-    removed: np.ndarray = ctx.allocation.removed
-    groups = tuple(
-        GroupPlan(g.id, g.size, int((~removed[g.units]).sum()), g.width, tuple(f"{n}[{a}]" for n, a in g.spaces))
-        for g in coupling.groups
-    )
-    kept = {
-        k.value.source or k.value.name: {ax: tuple(idx.tolist()) for ax, idx in k.axes.items()}
-        for k in kept_list
-    }
-    return PruningPlan(
-        model=graph.name, target=dict(ctx.target), criterion=ctx.criterion or "l2",
-        allocation=ctx.allocation.policy, round_to=ctx.round_to, groups=groups,
-        removed_units=tuple(int(u) for u in np.flatnonzero(removed)), kept=kept,
-        provenance={"graphprune": __version__, "torch": torch.__version__},
-        graph=fingerprint(graph, "onnx" if ctx.onnx is not None else "torch"),
-    )
 
 
 def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:
@@ -551,7 +529,7 @@ def latency_report(graph: Graph, ctx: Any, loop: dict[str, Any] | None) -> dict[
     from .cost import predict
 
     setup = ctx.latency
-    shapes = ShapeTable(ctx.coupling).shapes(ctx.allocation.removed)
+    shapes = ShapeTable(ctx.coupling).shapes(ctx.plan.removed_mask(ctx.coupling.n_units))
     pred_before = predict(setup.model, graph).total
     pred_after = predict(setup.model, graph, shapes).total
     out: dict[str, Any] = {
@@ -656,7 +634,8 @@ def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[s
     from .analysis.allocation import ShapeTable
 
     coupling: Coupling = ctx.coupling
-    removed: np.ndarray = ctx.allocation.removed
+    plan: PruningPlan = ctx.plan
+    removed: np.ndarray = plan.removed_mask(coupling.n_units)
     shapes = ShapeTable(coupling).shapes(removed)
     before = count(graph)
     after = count(graph, shapes)
@@ -666,7 +645,7 @@ def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[s
         ]}
         for k in kept_list
     }
-    metric, frac = next(iter(ctx.target.items()))
+    metric, frac = next(iter(plan.target.items()))
     kept = {
         "flops": after.flops / before.flops if before.flops else 1.0,
         "macs": after.macs / before.macs if before.macs else 1.0,
@@ -684,7 +663,7 @@ def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[s
         latency_nodes = (predict(lm, graph).per_node, predict(lm, graph, shapes).per_node, lm.calibration.scale)
     return {
         "model": graph.name,
-        "target": dict(ctx.target),
+        "target": dict(plan.target),
         "achieved": {metric: achieved},
         "kept": kept,
         "budget": {"metric": budget, "counts": METRICS.get(budget, "measured latency on the target runtime")},
@@ -698,7 +677,7 @@ def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[s
         "layers": layer_rows(graph, before, after, shapes, latency_nodes),
         "criterion": ctx.criterion,
         "allocation": ctx.allocation.policy,
-        "round_to": ctx.round_to,
+        "round_to": plan.round_to,
         "units": coupling.n_units,
         "units_removed": int(removed.sum()),
         "groups": len(coupling.groups),

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .analysis.coupling import Coupling
     from .ir import Graph, Value
 
-__all__ = ["GroupPlan", "PruningPlan", "bind", "fingerprint", "weight_key"]
+__all__ = ["GroupPlan", "PruningPlan", "bind", "contraction_weights", "fingerprint", "make_plan", "weight_key"]
 
 _USE = re.compile(r"__use\d+$")
 
@@ -88,6 +88,13 @@ class PruningPlan:
             provenance={**later.provenance, "steps": str(steps)}, graph=dict(self.graph),
         )
 
+    def removed_mask(self, n_units: int) -> np.ndarray:
+        """The removed units as a boolean mask over the coupling the plan was made on."""
+        mask = np.zeros(n_units, dtype=bool)
+        if self.removed_units:
+            mask[np.asarray(self.removed_units, dtype=np.int64)] = True
+        return mask
+
     def to_json(self) -> str:
         d = asdict(self)
         d["kept"] = {k: {str(ax): list(ix) for ax, ix in v.items()} for k, v in self.kept.items()}
@@ -126,6 +133,29 @@ class PruningPlan:
         except (ValueError, KeyError, TypeError) as exc:
             raise PlanError(f"plan {p}: not a graphprune plan ({type(exc).__name__}: {str(exc)[:120]}); give the "
                             "plan.json that graphprune prune --plan-out wrote") from None
+
+
+def make_plan(coupling: Coupling, removed: np.ndarray, *, target: dict[str, float], criterion: str, allocation: str,
+              round_to: int, route: str) -> PruningPlan:
+    """The plan of one decision: ``removed`` (bool per unit of ``coupling``), with its groups, the
+    kept indices of every weight axis that shrinks and the fingerprint of the graph."""
+    import torch
+
+    from . import __version__
+    from .rewrite.slicing import kept_indices
+
+    graph = coupling.graph
+    groups = tuple(
+        GroupPlan(g.id, g.size, int((~removed[g.units]).sum()), g.width, tuple(f"{n}[{a}]" for n, a in g.spaces))
+        for g in coupling.groups
+    )
+    kept = {weight_key(k.value): {ax: tuple(idx.tolist()) for ax, idx in k.axes.items()}
+            for k in kept_indices(coupling, removed)}
+    return PruningPlan(
+        model=graph.name, target=dict(target), criterion=criterion or "l2", allocation=allocation, round_to=round_to,
+        groups=groups, removed_units=tuple(int(u) for u in np.flatnonzero(removed)), kept=kept,
+        provenance={"graphprune": __version__, "torch": torch.__version__}, graph=fingerprint(graph, route),
+    )
 
 
 def weight_key(v: Value) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import (  # noqa: F401  (registration)
     allocate,
     couple,
+    latency_loop,
     lint,
     reconstruct_bias,
     reconstruct_bn,

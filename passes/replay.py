@@ -17,6 +17,7 @@ from graphprune.errors import OptionError
 from graphprune.ir import Graph
 from graphprune.plan import PruningPlan, bind
 
+from .allocate import decide
 from .infra import PassContext, PassResult, register_pass
 
 __all__ = ["Replay"]
@@ -40,10 +41,9 @@ class Replay:
         removed, folded = bind(plan, ctx.coupling, f"model {graph.name!r}")
         before = count(graph).flops
         after = count(graph, ShapeTable(ctx.coupling).shapes(removed)).flops
-        ctx.allocation = Allocation(removed, before, after, after, True, "replay")
-        ctx.target = dict(plan.target) or {"flops": after / before if before else 1.0}
-        ctx.round_to = plan.round_to
-        ctx.criterion = f"replay of a {plan.criterion} plan"
+        ctx.criterion = plan.criterion
+        decide(ctx, Allocation(removed, before, after, after, True, "replay"),
+               dict(plan.target) or {"flops": after / before if before else 1.0}, plan.round_to)
         ctx.notes.append(f"replayed a plan made for {plan.model!r} ({plan.graph.get('route', 'unknown')} route, "
                          f"graph {plan.graph.get('hash', 'unrecorded')})")
         if folded:

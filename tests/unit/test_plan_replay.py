@@ -19,13 +19,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from graphprune.models import build
 from torch import nn
 
 import graphprune as gp
 from graphprune.cli import main
 from graphprune.errors import PlanError
 from graphprune.ir import Node, Value
-from graphprune.models import build
 from graphprune.plan import PruningPlan
 from graphprune.rules import reads
 

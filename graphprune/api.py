@@ -327,7 +327,7 @@ def apply(
                       allow_static=allow_static)
     res.report["plan"] = {"model": the_plan.model, "target": dict(the_plan.target), "criterion": the_plan.criterion,
                           "allocation": the_plan.allocation, "graph": {k: v for k, v in the_plan.graph.items()
-                                                                       if k != "weights"}}
+                                                                       if k not in ("weights", "readers")}}
     return res
 
 

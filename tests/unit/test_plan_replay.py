@@ -183,3 +183,22 @@ def test_reader_axes_table() -> None:
     assert r is not None and (r.lhs, r.rhs, r.rhs_out) == ((0, 1), (1, 1), 0)
     assert reads(Node("v", "matmul", [Value("u", (8,)), b], [Value("o", (6,))])) is None
     assert reads(Node("r", "relu", [a], [Value("q", (4, 3, 8))])) is None
+
+
+def test_latency_loop_needs_a_latency_budget() -> None:
+    """The closed loop is a pass; in a pipeline without a latency budget it says what it needs."""
+    model, x = convbn()
+    with pytest.raises(gp.GraphpruneError) as exc:
+        gp.prune(model, x, pipeline="couple,score,allocate{flops=0.5},rewrite,latency-loop")
+    assert str(exc.value) == ("pass 'latency-loop' needs allocate with a latency budget (latency= or latency-ms=) "
+                              "and rewrite to run first")
+
+
+def test_replay_pass_in_a_pipeline_string(tmp_path: Path) -> None:
+    """replay{plan=PATH} is a pass like any other: the same model replays to the same channels."""
+    model, x = convbn()
+    res = gp.prune(model, x, flops=0.5, round_to=1)
+    res.plan.save(tmp_path / "plan.json")
+    again = gp.prune(model, x, pipeline=f"couple,replay{{plan={tmp_path / 'plan.json'}}},rewrite,verify")
+    assert again.plan.kept == res.plan.kept and again.plan.graph == res.plan.graph
+    assert again.report["verification"]["ok"]

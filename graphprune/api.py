@@ -5,6 +5,9 @@
     res = gp.prune(model, example_inputs, speedup=2.0) # half the measured onnxruntime latency
     res = gp.prune("model.onnx", speedup=2.0)          # ONNX in, ONNX out (onnxruntime only)
     res.model; res.report; res.plan; res.save("small.pt"); res.save("small.onnx")
+    res.plan.save("plan.json")
+    gp.apply("model.onnx", "plan.json")                # the same decision on the ONNX export
+    gp.apply(other_checkpoint, res.plan, example_inputs)  # or on another checkpoint
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
 from .analysis import Coupling, couple
 from .cost import METRICS, count
 from .errors import BudgetError, OptionError
@@ -29,12 +31,13 @@ from .export import save_model
 from .frontends import ExampleInputs, capture
 from .frontends.calib import check_batches, materialize
 from .ir import Graph
-from .plan import GroupPlan, PruningPlan
+from .plan import PruningPlan
 from .progress import as_progress
 from .rewrite import kept_indices
 from .rewrite.slicing import KeptIndices
+from .rules.readers import reads
 
-__all__ = ["MISS_TOLERANCE", "NO_CALIB_NOTE", "Analysis", "PruneResult", "Recipe", "analyze", "count_flops",
+__all__ = ["MISS_TOLERANCE", "NO_CALIB_NOTE", "Analysis", "PruneResult", "Recipe", "analyze", "apply", "count_flops",
            "default_allocation", "default_recipe", "prune", "target_verdict"]
 
 
@@ -294,6 +297,40 @@ def prune(
     return res
 
 
+def apply(
+    model: nn.Module | str | os.PathLike[str],
+    plan: PruningPlan | str | os.PathLike[str],
+    example_inputs: ExampleInputs = None,
+    *,
+    verify: bool = True,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    allow_static: bool = False,
+    progress: Callable[..., None] | None = None,
+) -> PruneResult:
+    """Apply a saved decision: the channels ``plan`` keeps (a :class:`PruningPlan` or the path of
+    its JSON, ``res.plan.save(path)`` / ``graphprune prune --plan-out``) are kept in ``model`` — the
+    model the plan was made on, its ONNX export (path or ModelProto; ``example_inputs`` optional as
+    in :func:`prune`), or another checkpoint of the same architecture. Nothing is scored or
+    allocated, so no calibration data is needed. The result is rewritten and verified against the
+    masked original as :func:`prune` does (``verify=False`` keeps a model that fails the check).
+    A plan made for a different graph raises :class:`~graphprune.errors.PlanError` naming the
+    first weight that differs; ``report["plan"]`` says what the plan was made for."""
+    from graphprune.passes import parse_pipeline
+    from graphprune.passes.replay import Replay
+
+    the_plan = plan if isinstance(plan, PruningPlan) else PruningPlan.load(plan)
+    if not _is_onnx(model):
+        _check_model(model, example_inputs)
+    passes = [*parse_pipeline("couple"), Replay(plan=the_plan), *parse_pipeline(
+        f"rewrite,verify{{strict={str(verify).lower()},repair=0}}")]
+    res = _prune_once(model, example_inputs, passes, None, None, 0, as_progress(progress), input_shapes, False, 0,
+                      allow_static=allow_static)
+    res.report["plan"] = {"model": the_plan.model, "target": dict(the_plan.target), "criterion": the_plan.criterion,
+                          "allocation": the_plan.allocation, "graph": {k: v for k, v in the_plan.graph.items()
+                                                                       if k not in ("weights", "readers")}}
+    return res
+
+
 # how far above its target a result may land and still count as met (relative excess)
 MISS_TOLERANCE: dict[str, float] = {"flops": 0.01, "macs": 0.01, "params": 0.01, "latency": 0.05}
 
@@ -363,13 +400,17 @@ def default_allocation(latency_budget: bool, criterion: str) -> str:
 
 
 def _prune_once(
-    model: Any, example_inputs: ExampleInputs, text: str, calib: list[Any] | None,
+    model: Any, example_inputs: ExampleInputs, text: str | list[Any], calib: list[Any] | None,
     loss: Callable[[Any, ExampleInputs], torch.Tensor] | None, seed: int, progress: Callable[[str], None] | None,
     input_shapes: dict[str, tuple[int, ...]] | None, measure: bool, iterate: int, allow_static: bool = False,
 ) -> PruneResult:
     from graphprune.passes import PassContext, parse_pipeline, run_pipeline
+    from graphprune.passes.latency_loop import LatencyLoop
 
-    passes = parse_pipeline(text)
+    passes = parse_pipeline(text) if isinstance(text, str) else list(text)
+    latency_budget = any(p.name == "allocate" and (p.latency is not None or p.latency_ms is not None) for p in passes)
+    if measure and latency_budget and not any(p.name == LatencyLoop.name for p in passes):
+        passes.append(LatencyLoop(iterate=iterate))
     t0 = time.perf_counter()
     onnx_input = _is_onnx(model)
     if onnx_input:
@@ -394,16 +435,12 @@ def _prune_once(
             graph = run_pipeline(passes, cap.graph, ctx, progress)
         finally:
             model.train(was_training)
-    if ctx.pruned is None or ctx.allocation is None or ctx.coupling is None:
-        raise OptionError(f"pipeline {text!r} did not produce a model; it needs couple, allocate and rewrite")
-    loop = None
-    if ctx.latency is not None and measure:
-        from .latency_target import close_loop
-
-        loop = close_loop(graph, ctx, passes, iterate, progress)
+    if ctx.pruned is None or ctx.plan is None or ctx.coupling is None:
+        raise OptionError(f"pipeline {text!r} did not produce a model; it needs couple, allocate (or replay) and "
+                          "rewrite")
     ctx.timings["total"] = time.perf_counter() - t0
-    kept = kept_indices(ctx.coupling, ctx.allocation.removed)
-    plan = _plan(graph, ctx, kept)
+    kept = kept_indices(ctx.coupling, ctx.plan.removed_mask(ctx.coupling.n_units))
+    plan: PruningPlan = ctx.plan
     report = prune_report(graph, ctx, kept)
     if onnx_input:
         report["input_shapes"] = {k: list(v) for k, v in ctx.onnx.input_shapes.items()}
@@ -416,8 +453,8 @@ def _prune_once(
 
                 refuse_static(graph.name, report)
     if ctx.latency is not None:
-        report["latency"] = latency_report(graph, ctx, loop)
-    return PruneResult(ctx.pruned, report, plan, example_inputs, ctx.coupling, ctx.allocation.removed)
+        report["latency"] = latency_report(graph, ctx, ctx.latency_loop)
+    return PruneResult(ctx.pruned, report, plan, example_inputs, ctx.coupling, plan.removed_mask(ctx.coupling.n_units))
 
 
 def _prune_steps(
@@ -450,25 +487,6 @@ def _prune_steps(
     return PruneResult(res.model, report, plan, res.example_inputs, res.coupling, res.removed)
 
 
-def _plan(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> PruningPlan:
-    coupling: Coupling = ctx.coupling
-    removed: np.ndarray = ctx.allocation.removed
-    groups = tuple(
-        GroupPlan(g.id, g.size, int((~removed[g.units]).sum()), g.width, tuple(f"{n}[{a}]" for n, a in g.spaces))
-        for g in coupling.groups
-    )
-    kept = {
-        k.value.source or k.value.name: {ax: tuple(idx.tolist()) for ax, idx in k.axes.items()}
-        for k in kept_list
-    }
-    return PruningPlan(
-        model=graph.name, target=dict(ctx.target), criterion=ctx.criterion or "l2",
-        allocation=ctx.allocation.policy, round_to=ctx.round_to, groups=groups,
-        removed_units=tuple(int(u) for u in np.flatnonzero(removed)), kept=kept,
-        provenance={"graphprune": __version__, "torch": torch.__version__},
-    )
-
-
 def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:
     from .analysis.depth import depth_eligible
 
@@ -477,7 +495,7 @@ def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:
     layers = []
     for node in graph.nodes:
         w = [v for v in node.inputs if v is not None and v.kind == "param"]
-        if node.op in ("conv", "linear", "embedding", "matmul", "sdpa") or w:
+        if reads(node) is not None or node.op in ("embedding", "sdpa") or w:
             layers.append({
                 "node": node.name, "op": node.op, "scope": node.scope,
                 "weight": w[0].source if w else None, "shape": list(w[0].shape) if w else list(node.output.shape),
@@ -511,7 +529,7 @@ def latency_report(graph: Graph, ctx: Any, loop: dict[str, Any] | None) -> dict[
     from .cost import predict
 
     setup = ctx.latency
-    shapes = ShapeTable(ctx.coupling).shapes(ctx.allocation.removed)
+    shapes = ShapeTable(ctx.coupling).shapes(ctx.plan.removed_mask(ctx.coupling.n_units))
     pred_before = predict(setup.model, graph).total
     pred_after = predict(setup.model, graph, shapes).total
     out: dict[str, Any] = {
@@ -593,7 +611,8 @@ def layer_rows(graph: Graph, before: Any, after: Any, shape: Any,
         if not fb and w is None:
             continue
         out = node.output
-        width_ax = 1 if node.op == "conv" and out.rank >= 2 else -1
+        r = reads(node)
+        width_ax = r.y_axis if r is not None and r.y_axis < out.rank else -1
         row: dict[str, Any] = {
             "node": node.name, "op": node.op, "scope": node.scope, "block": block_of(node.scope) if node.scope else "(top level)",
             "module": module_path(node.scope),
@@ -615,7 +634,8 @@ def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[s
     from .analysis.allocation import ShapeTable
 
     coupling: Coupling = ctx.coupling
-    removed: np.ndarray = ctx.allocation.removed
+    plan: PruningPlan = ctx.plan
+    removed: np.ndarray = plan.removed_mask(coupling.n_units)
     shapes = ShapeTable(coupling).shapes(removed)
     before = count(graph)
     after = count(graph, shapes)
@@ -625,7 +645,7 @@ def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[s
         ]}
         for k in kept_list
     }
-    metric, frac = next(iter(ctx.target.items()))
+    metric, frac = next(iter(plan.target.items()))
     kept = {
         "flops": after.flops / before.flops if before.flops else 1.0,
         "macs": after.macs / before.macs if before.macs else 1.0,
@@ -643,7 +663,7 @@ def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[s
         latency_nodes = (predict(lm, graph).per_node, predict(lm, graph, shapes).per_node, lm.calibration.scale)
     return {
         "model": graph.name,
-        "target": dict(ctx.target),
+        "target": dict(plan.target),
         "achieved": {metric: achieved},
         "kept": kept,
         "budget": {"metric": budget, "counts": METRICS.get(budget, "measured latency on the target runtime")},
@@ -657,7 +677,7 @@ def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[s
         "layers": layer_rows(graph, before, after, shapes, latency_nodes),
         "criterion": ctx.criterion,
         "allocation": ctx.allocation.policy,
-        "round_to": ctx.round_to,
+        "round_to": plan.round_to,
         "units": coupling.n_units,
         "units_removed": int(removed.sum()),
         "groups": len(coupling.groups),

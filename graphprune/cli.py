@@ -3,6 +3,9 @@
     graphprune prune SOURCE --flops 0.5 -o out.pt|out.onnx [--report r.json] [--report r.html] [--plots DIR]
       (SOURCE may be model.onnx; --macs 0.5 budgets MACs of conv/linear/matmul/attention only)
     graphprune report r.json -o r.html [--plots DIR]      (rebuild the HTML page from a JSON report)
+    graphprune prune SOURCE --flops 0.5 -o out.pt --plan-out plan.json   (also write the decision)
+    graphprune apply SOURCE plan.json -o out.pt|out.onnx [--report r.json]   (replay it: the ONNX
+      export, another checkpoint of the same architecture; no calibration data needed)
     graphprune prune SOURCE --speedup 2 -o out.onnx [--runtime RUNTIME] [--threads N]   (ONNX SOURCE: onnxruntime*)
     graphprune profile SOURCE [--runtime RUNTIME] [--threads N]
       (RUNTIME: onnxruntime, onnxruntime-cuda, onnxruntime-tensorrt, torch, torch-cuda)
@@ -124,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--report", action="append", default=[], metavar="FILE.json|FILE.html",
                     help="write the report here: .json (data) or .html (one self-contained page); repeatable")
     pr.add_argument("--plots", metavar="DIR", help="also write the report's figures as PNG files here (needs matplotlib)")
+    pr.add_argument("--plan-out", metavar="PLAN.json",
+                    help="also write the pruning plan (the decision) here, for graphprune apply")
     pr.add_argument("--allow-miss", action="store_true", help="exit 0 even when the target is missed (see exit status)")
     pr.add_argument("--layer-latency", action="store_true",
                     help="also profile the original and the pruned model per layer on --runtime and put predicted and "
@@ -151,6 +156,19 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--allow-static", action="store_true",
                     help="ONNX: write the model with fixed input shapes when its symbolic dims cannot stay symbolic")
     pr.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                    help="ONNX: bind an input's symbolic dims (repeatable); default 1 for each symbolic dim")
+    ap = sub.add_parser("apply", help="apply a saved plan (graphprune prune --plan-out) to a model and write it",
+                        epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("source", help="built-in model name, package.module:factory, or model.onnx (e.g. the export of "
+                                   "the model the plan was made on, or another checkpoint of its architecture)")
+    ap.add_argument("plan", help="plan.json written by graphprune prune --plan-out")
+    ap.add_argument("-o", "--output", required=True, help="output file: .pt or .onnx")
+    ap.add_argument("--report", action="append", default=[], metavar="FILE.json|FILE.html",
+                    help="write the report here: .json (data) or .html (one self-contained page); repeatable")
+    ap.add_argument("--no-verify", action="store_true", help="write the model even if verification fails")
+    ap.add_argument("--allow-static", action="store_true",
+                    help="ONNX: write the model with fixed input shapes when its symbolic dims cannot stay symbolic")
+    ap.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
                     help="ONNX: bind an input's symbolic dims (repeatable); default 1 for each symbolic dim")
     an = sub.add_parser("analyze", help="print groups, barriers and per-layer FLOPs/params")
     an.add_argument("source")
@@ -234,11 +252,7 @@ def _input_shapes(items: list[str]) -> dict[str, tuple[int, ...]] | None:
     return shapes or None
 
 
-def _cmd_prune(args: argparse.Namespace) -> int:
-    import graphprune as gp
-    from graphprune.frontends.calib import load_calib_file
-    from graphprune.sources import load
-
+def _check_output(args: argparse.Namespace) -> Path:
     out = Path(args.output)
     if out.suffix.lower() not in (".pt", ".pth", ".onnx"):
         raise OptionError(f"-o {args.output}: use a .pt or .onnx file name")
@@ -246,6 +260,40 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         raise OptionError(f"-o {args.output}: an ONNX model is written as .onnx")
     for path in args.report:  # before any work: a bad name costs nothing
         _report_kind(path)
+    return out
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    import graphprune as gp
+    from graphprune.plan import PruningPlan
+    from graphprune.sources import load
+
+    out = _check_output(args)
+    plan = PruningPlan.load(args.plan)  # a bad plan file costs nothing
+    with PhaseProgress(err_console) as progress:
+        progress("load")
+        src = load(args.source)
+        res = gp.apply(src.model, plan, src.example_inputs, verify=not args.no_verify,
+                       input_shapes=_input_shapes(args.input_shape), allow_static=args.allow_static, progress=progress)
+        progress(f"write {out}")
+        saved = res.save(out)
+        rep = dict(res.report)
+        rep["saved"] = {"path": str(out), **saved}
+        rep["options"] = _options(args)
+        progress("write reports")
+        _write_reports(args.report, rep, None)
+    _print_prune(rep)
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    import graphprune as gp
+    from graphprune.frontends.calib import load_calib_file
+    from graphprune.sources import load
+
+    out = _check_output(args)
+    if args.plan_out and Path(args.plan_out).suffix.lower() != ".json":
+        raise OptionError(f"--plan-out {args.plan_out}: use a .json file name")
     if args.layer_latency and args.source.lower().endswith(".onnx"):
         raise OptionError("--layer-latency profiles PyTorch models for now; for an .onnx source use "
                           "graphprune analyze SOURCE --latency on the original and the pruned file")
@@ -279,6 +327,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             _layer_latency(args, model, x, res, rep, progress)
         progress("write reports")
         _write_reports(args.report, rep, args.plots)
+        if args.plan_out:
+            res.plan.save(args.plan_out)
     _print_prune(rep)
     if not rep.get("target_met", True):
         err_console.print(
@@ -615,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cmds = {"prune": _cmd_prune, "analyze": _cmd_analyze, "models": _cmd_models, "profile": _cmd_profile,
+        cmds = {"prune": _cmd_prune, "apply": _cmd_apply, "analyze": _cmd_analyze, "models": _cmd_models, "profile": _cmd_profile,
                 "report": _cmd_report}
         return cmds[args.cmd](args)
     except GraphpruneError as exc:

@@ -12,6 +12,7 @@ __all__ = [
     "ExportError",
     "GraphpruneError",
     "OptionError",
+    "PlanError",
     "SourceError",
     "VerificationError",
 ]
@@ -35,6 +36,10 @@ class CalibrationError(GraphpruneError):
 
 class OptionError(GraphpruneError):
     """An option or pipeline string is invalid."""
+
+
+class PlanError(GraphpruneError):
+    """A pruning plan cannot be read, or was made for a different graph than the one it is applied to."""
 
 
 class BudgetError(GraphpruneError):

@@ -7,6 +7,7 @@ an ONNX file: whole-model timing goes through a :class:`~.latency_source.ModelTi
 the unpruned model and a few random pruned variants (cached per device fingerprint and graph),
 so ``T(unpruned)`` matches the measured latency and budgets given as a fraction of the measured
 latency become absolute targets: ``T* = latency * T_meas(original)`` or ``T* = latency_ms / 1000``.
+Closing the loop (measure, re-allocate, keep the best plan) is a pass: ``passes/latency_loop.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from .errors import BudgetError
 from .ir import Graph
 from .latency_source import ModelTimer
 
-__all__ = ["LatencySetup", "budget_fraction", "close_loop", "measure_pair", "setup_latency"]
+__all__ = ["LatencySetup", "budget_fraction", "measure_pair", "setup_latency"]
 
 log = logging.getLogger(__name__)
 
@@ -106,56 +107,3 @@ def budget_fraction(latency: float | None, speedup: float | None, latency_ms: fl
     if v <= 0.0:
         raise BudgetError(f"latency_ms={v} must be > 0 (the target latency in milliseconds)")
     return "latency_ms", v
-
-
-_SNAPSHOT = ("allocation", "pruned", "route", "route_reason", "verification")
-
-
-def close_loop(
-    graph: Graph, ctx: Any, passes: list[Any], iterate: int = 2,
-    progress: Callable[[str], None] | None = None, tolerance: float = 0.05,
-) -> dict[str, Any]:
-    """Measure the pruned model against the original side by side; while the measured latency
-    misses the target by more than ``tolerance``, re-run allocate (with its budget scaled by
-    ``target / measured``) and the passes after it, up to ``iterate`` times. Keeps the result
-    closest to the target and returns the measurements (``report["latency"]`` keys)."""
-    import dataclasses
-
-    from graphprune.passes import run_pipeline
-
-    setup: LatencySetup = ctx.latency
-    metric, value = next(iter(ctx.target.items()))
-    idx = next(i for i, p in enumerate(passes) if p.name == "allocate")
-    alloc, tail = passes[idx], passes[idx + 1 :]
-    frac = value if metric == "latency" else value / 1e3 / setup.base_measured
-    history: list[dict[str, float]] = []
-    originals = [setup.base_measured]  # the original never changes: judge against the median of its runs
-    best: tuple[float, dict[str, Any], dict[str, float]] | None = None
-    for it in range(iterate + 1):
-        if progress is not None:
-            progress("measure")
-        orig_now, pruned_s = measure_pair(setup, ctx.pruned)
-        originals.append(orig_now)
-        orig_s = float(np.median(originals))
-        target_s = value * orig_s if metric == "latency" else value / 1e3
-        miss = (pruned_s - target_s) / target_s
-        row = {"iteration": it, "allocate_fraction": frac, "original_ms": orig_s * 1e3, "measured_ms": pruned_s * 1e3,
-               "target_ms": target_s * 1e3, "miss": miss}
-        history.append(row)
-        log.info("latency loop %d: measured %.4g ms, target %.4g ms (%+.1f%%)", it, pruned_s * 1e3, target_s * 1e3, 100 * miss)
-        if best is None or abs(miss) < abs(best[0]):
-            best = (miss, {k: getattr(ctx, k) for k in _SNAPSHOT}, row)
-        if abs(miss) <= tolerance or it == iterate:
-            break
-        frac = min(1.0, frac * target_s / pruned_s)
-        run_pipeline([dataclasses.replace(alloc, latency=frac, latency_ms=None), *tail], graph, ctx, progress)
-    assert best is not None
-    for k, v in best[1].items():
-        setattr(ctx, k, v)
-    ctx.target = {metric: value}
-    row = best[2]
-    return {
-        "original_ms": row["original_ms"], "measured_ms": row["measured_ms"], "target_ms": row["target_ms"],
-        "measured_speedup": row["original_ms"] / row["measured_ms"], "miss": row["miss"],
-        "met": abs(row["miss"]) <= tolerance, "iterations": history,
-    }

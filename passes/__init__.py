@@ -5,10 +5,12 @@ from __future__ import annotations
 from . import (  # noqa: F401  (registration)
     allocate,
     couple,
+    latency_loop,
     lint,
     reconstruct_bias,
     reconstruct_bn,
     reconstruct_lsq,
+    replay,
     rewrite,
     score,
     verify,

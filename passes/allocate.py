@@ -48,7 +48,7 @@ from .infra import PassContext, PassResult, register_pass
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Allocate"]
+__all__ = ["Allocate", "decide"]
 
 POLICIES = ("uniform", "global", "greedy")
 AUTO_TOLERANCE = 0.01  # round-to=auto gives up the runtime's step only to land a count budget this close
@@ -93,7 +93,6 @@ class Allocate:
         ctx.route = ctx.route_reason = ""
         metric, frac = self._budget()
         fixed = self._fixed_round_to()
-        ctx.round_to_auto = fixed is None
         if self.policy not in POLICIES:
             raise OptionError(f"allocation policy {self.policy!r} is unknown; use one of: {', '.join(POLICIES)}")
         if self.uniform_layers and self.policy != "uniform":
@@ -108,12 +107,11 @@ class Allocate:
             return self._latency(graph, ctx, metric, frac, scores, depth, fixed, tie, frozen)
         ties = (tie, frozen)
         if fixed is not None:
-            ctx.allocation = self._count_budget(graph, ctx, metric, frac, scores, depth, fixed, ties)
-            ctx.round_to = fixed
+            alloc, round_to = self._count_budget(graph, ctx, metric, frac, scores, depth, fixed, ties), fixed
         else:
-            ctx.allocation, ctx.round_to = self._auto_rounded(graph, ctx, metric, frac, scores, depth, ties)
-        ctx.target = {metric: frac}
-        return PassResult(graph, bool(ctx.allocation.removed.any()))
+            alloc, round_to = self._auto_rounded(graph, ctx, metric, frac, scores, depth, ties)
+        decide(ctx, alloc, {metric: frac}, round_to)
+        return PassResult(graph, bool(alloc.removed.any()))
 
     def _auto_rounded(self, graph: Graph, ctx: PassContext, metric: str, frac: float, scores: np.ndarray,
                       depth: frozenset[int], ties: tuple[list[list[int]], frozenset[int]]) -> tuple[Allocation, int]:
@@ -218,12 +216,23 @@ class Allocate:
                          else runtime_round_to(ctx.coupling, setup.runtime.step))
         if self.policy == "greedy":
             cal = lm.calibration
-            ctx.allocation = allocate_greedy(ctx.coupling, scores, lm.node_latency, target, step=step,
-                                             scale=cal.scale, offset=cal.offset, depth=depth)
+            alloc = allocate_greedy(ctx.coupling, scores, lm.node_latency, target, step=step,
+                                    scale=cal.scale, offset=cal.offset, depth=depth)
         else:
             base_pred = predict(lm, graph).total
-            ctx.allocation = allocate(ctx.coupling, scores, lambda shape: predict(lm, graph, shape).total,
-                                      target / base_pred, self.policy, step, tie, frozen)
-        ctx.target = {metric: value}
-        ctx.round_to = max(fixed or 1, setup.runtime.step)
-        return PassResult(graph, bool(ctx.allocation.removed.any()))
+            alloc = allocate(ctx.coupling, scores, lambda shape: predict(lm, graph, shape).total,
+                             target / base_pred, self.policy, step, tie, frozen)
+        decide(ctx, alloc, {metric: value}, max(fixed or 1, setup.runtime.step))
+        return PassResult(graph, bool(alloc.removed.any()))
+
+
+def decide(ctx: PassContext, alloc: Allocation, target: dict[str, float], round_to: int,
+           criterion: str | None = None) -> None:
+    """Record a decision: ``ctx.allocation`` (its costs) and ``ctx.plan``, the
+    :class:`~graphprune.plan.PruningPlan` the later passes read."""
+    from graphprune.plan import make_plan
+
+    assert ctx.coupling is not None
+    ctx.allocation = alloc
+    ctx.plan = make_plan(ctx.coupling, alloc.removed, target=target, criterion=criterion or ctx.criterion,
+                         allocation=alloc.policy, round_to=round_to, route="onnx" if ctx.onnx is not None else "torch")

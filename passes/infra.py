@@ -2,8 +2,10 @@
 string parser (``couple,score{criterion=l2},allocate{flops=0.5,round-to=8},rewrite,verify``).
 
 A pass is a frozen dataclass whose fields are its options; ``run(graph, ctx)`` returns a
-``PassResult``. Per-run state (captured program, coupling, scores, allocation, pruned model)
-lives in the :class:`PassContext`, never in a pass or a global.
+``PassResult``. Per-run state (captured program, coupling, scores, the plan, pruned model) lives in the
+:class:`PassContext`, never in a pass or a global. The hinge is ``ctx.plan``
+(:class:`graphprune.plan.PruningPlan`): allocate (or replay) writes it; rewrite, verify,
+reconstruction and the latency loop read the decision from it (:func:`removed_units`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from graphprune.errors import OptionError
 from graphprune.ir import Graph
 from graphprune.progress import as_progress
 
-__all__ = ["PASSES", "Pass", "PassContext", "PassResult", "parse_pipeline", "register_pass", "run_pipeline"]
+__all__ = ["PASSES", "Pass", "PassContext", "PassResult", "parse_pipeline", "register_pass", "removed_units",
+           "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +43,16 @@ class PassContext:
     scores: np.ndarray | None = None  # normalized per group
     loss_scores: np.ndarray | None = None  # loss-based criteria: comparable across groups (the knapsack's)
     criterion: str = ""
-    allocation: Any = None  # graphprune.analysis.allocation.Allocation
-    target: dict[str, float] = field(default_factory=dict)
-    round_to: int = 1
-    round_to_auto: bool = False  # round_to was the runtime's step (allocate round-to=auto), not the user's number
+    allocation: Any = None  # graphprune.analysis.allocation.Allocation: the allocator's costs (report)
+    plan: Any = None  # graphprune.plan.PruningPlan: the decision (target, rounding, removed units, kept indices)
     pruned: Any = None  # nn.Module, or onnx.ModelProto for ONNX input
     route: str = ""
     route_reason: str = ""
     verification: Any = None
     masked: Any = None  # the masked original, built once per run for the oracle
     latency: Any = None  # graphprune.latency_target.LatencySetup, built by allocate{latency=...}
+    latency_loop: dict[str, Any] | None = None  # latency-loop's measurements (report["latency"])
+    pipeline: tuple[Any, ...] = ()  # the passes run_pipeline is running (latency-loop re-runs some)
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     progress: Any = None  # graphprune.progress protocol: progress(name, done=None, total=None); None = silent
@@ -62,6 +65,13 @@ class PassContext:
     reconstructed: list[str] = field(default_factory=list)  # reconstruction passes that changed weights
     refit: set[str] = field(default_factory=set)  # consumer nodes refit by reconstruct-lsq
     pinned_after_check: list[dict[str, Any]] = field(default_factory=list)  # groups verify pinned (report)
+
+
+def removed_units(ctx: PassContext) -> np.ndarray:
+    """The plan's removed units as a mask over ``ctx.coupling`` (what the rewriters cut)."""
+    if ctx.plan is None or ctx.coupling is None:
+        raise OptionError("this pass needs 'couple' and 'allocate' (or 'replay') to run first")
+    return ctx.plan.removed_mask(ctx.coupling.n_units)
 
 
 @dataclass(frozen=True)
@@ -147,6 +157,7 @@ def run_pipeline(passes: list[Any], graph: Graph, ctx: PassContext, progress: An
     progress = as_progress(progress)
     if ctx.progress is None:
         ctx.progress = progress
+    ctx.pipeline = tuple(passes)
     for p in passes:
         t0 = time.perf_counter()
         if progress is not None:

@@ -16,7 +16,7 @@ from graphprune.errors import OptionError
 from graphprune.ir import Graph
 from graphprune.rewrite.reconstruct import bias_delta, current_bias, set_bias, shrunk_sites
 
-from .infra import PassContext, PassResult, register_pass
+from .infra import PassContext, PassResult, register_pass, removed_units
 from .score import ensure_stats, weights_of
 
 __all__ = ["ReconstructBias"]
@@ -30,10 +30,10 @@ class ReconstructBias:
     name: ClassVar[str] = "reconstruct-bias"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        if ctx.pruned is None or ctx.allocation is None or ctx.coupling is None or ctx.model is None:
+        if ctx.pruned is None or ctx.plan is None or ctx.coupling is None or ctx.model is None:
             raise OptionError(f"pass {self.name!r} needs 'rewrite' to run first")
         ensure_stats(ctx, who=f"pass {self.name!r}")
-        removed = ctx.allocation.removed
+        removed = removed_units(ctx)
         dense = weights_of(graph, ctx)
         done = skipped = 0
         for site in shrunk_sites(ctx.sites or [], ctx.coupling, removed):

@@ -31,7 +31,7 @@ from graphprune.rewrite.reconstruct import (
     shrunk_sites,
 )
 
-from .infra import PassContext, PassResult, register_pass
+from .infra import PassContext, PassResult, register_pass, removed_units
 from .score import ensure_stats, weights_of
 
 __all__ = ["ReconstructLsq"]
@@ -47,13 +47,13 @@ class ReconstructLsq:
     rounds: int = 0  # correction rounds on the pruned model's own inputs against the dense outputs
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        if ctx.pruned is None or ctx.allocation is None or ctx.coupling is None or ctx.model is None:
+        if ctx.pruned is None or ctx.plan is None or ctx.coupling is None or ctx.model is None:
             raise OptionError(f"pass {self.name!r} needs 'rewrite' to run first")
         if self.rounds < 0:
             raise OptionError(f"pass {self.name!r} option rounds={self.rounds} must be >= 0")
         if self.ridge < 0:
             raise OptionError(f"pass {self.name!r} option ridge={self.ridge} must be >= 0")
-        removed = ctx.allocation.removed
+        removed = removed_units(ctx)
         if ctx.sites is None:
             ensure_stats(ctx, who=f"pass {self.name!r}")
         dense = weights_of(graph, ctx)

@@ -18,7 +18,7 @@ from graphprune.ir import Graph
 from graphprune.rewrite import NotDynamic, NotRewritable, rewrite_fx, rewrite_module, rewrite_onnx
 from graphprune.verification import masked_original, verify_pruned
 
-from .infra import PassContext, PassResult, register_pass
+from .infra import PassContext, PassResult, register_pass, removed_units
 
 __all__ = ["Rewrite", "fx_route", "rewrite_onnx_ctx"]
 
@@ -32,8 +32,8 @@ class Rewrite:
     route: str = "auto"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        if ctx.coupling is None or ctx.allocation is None:
-            raise OptionError("pass 'rewrite' needs 'couple' and 'allocate' to run first")
+        if ctx.coupling is None or ctx.plan is None:
+            raise OptionError("pass 'rewrite' needs 'couple' and 'allocate' (or 'replay') to run first")
         if ctx.onnx is not None:
             rewrite_onnx_ctx(graph, ctx, dynamic=True)
             ctx.route, ctx.verification = "onnx", None
@@ -41,7 +41,7 @@ class Rewrite:
         assert ctx.model is not None
         if self.route not in ("auto", "module", "fx"):
             raise OptionError(f"rewrite route {self.route!r} is unknown; use auto, module or fx")
-        removed = ctx.allocation.removed
+        removed = removed_units(ctx)
         if self.route in ("auto", "module"):
             try:
                 pruned = rewrite_module(ctx.model, ctx.coupling, removed)
@@ -73,7 +73,7 @@ def fx_route(graph: Graph, ctx: PassContext) -> Any:
     """The fx GraphModule, keeping the capture's symbolic dims when it matches the masked original
     at a second size of each (else rewritten static, with the reason in ``ctx.notes``);
     ``pruned.meta["graphprune_dynamic"]`` records which."""
-    removed = ctx.allocation.removed
+    removed = removed_units(ctx)
     dims = dynamic_dims(ctx.program)
     pruned = rewrite_fx(ctx.program, graph, ctx.coupling, removed)
     if not dims:
@@ -106,7 +106,7 @@ def rewrite_onnx_ctx(graph: Graph, ctx: PassContext, dynamic: bool, reason: str 
     """Set ``ctx.pruned`` to the rewritten ONNX model and ``ctx.onnx_dynamic`` to what became of the
     symbolic input dims: kept symbolic when ``dynamic`` and the rewriter can express every shape,
     else bound (static, as analyzed) with the reason."""
-    prep, removed = ctx.onnx, ctx.allocation.removed
+    prep, removed = ctx.onnx, removed_units(ctx)
     dyn = prep.dynamic if dynamic else None
     if dyn is not None:
         try:

@@ -39,7 +39,7 @@ from graphprune.verification import (
 from graphprune.verification_onnx import verify_onnx, verify_onnx_dynamic
 
 from .allocate import Allocate
-from .infra import PassContext, PassResult, register_pass
+from .infra import PassContext, PassResult, register_pass, removed_units
 from .rewrite import Rewrite, rewrite_onnx_ctx
 
 __all__ = ["Verify"]
@@ -57,9 +57,9 @@ class Verify:
     repair: int = 3  # rounds of bisect-pin-replan when the oracle fails (0: fail at once)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        if ctx.pruned is None or ctx.coupling is None or ctx.allocation is None:
+        if ctx.pruned is None or ctx.coupling is None or ctx.plan is None:
             raise OptionError("pass 'verify' needs 'rewrite' to run first")
-        removed = ctx.allocation.removed
+        removed = removed_units(ctx)
         if ctx.onnx is not None:
             self._verify_onnx(graph, ctx)
             return self._check(graph, ctx)
@@ -80,7 +80,7 @@ class Verify:
 
     def _numeric(self, ctx: PassContext) -> None:
         """The oracle on the example inputs (reusing rewrite's check) and ``trials`` random ones."""
-        removed = ctx.allocation.removed
+        removed = removed_units(ctx)
         if ctx.masked is None:
             ctx.masked = masked_original(ctx.model, ctx.coupling, removed)
         if ctx.verification is None:
@@ -99,7 +99,7 @@ class Verify:
         by the route that failed and checked against its own masked original), record them in
         ``ctx.pinned_after_check`` with the ops that touch them, and freeze them in the coupling.
         False when no subset reproduces the failure (nothing to pin)."""
-        removed, coupling, route = ctx.allocation.removed, ctx.coupling, ctx.route
+        removed, coupling, route = removed_units(ctx), ctx.coupling, ctx.route
 
         def fails(mask: np.ndarray) -> VerifyResult | None:
             try:
@@ -139,19 +139,23 @@ class Verify:
 
     @staticmethod
     def _replan(graph: Graph, ctx: PassContext) -> None:
-        """Allocate to the same budget (policy, rounding, latency runtime) and rewrite again."""
-        metric, frac = next(iter(ctx.target.items()))
-        opts: dict[str, Any] = {metric: frac, "policy": ctx.allocation.policy, "round_to": "auto" if ctx.round_to_auto else ctx.round_to}
-        if ctx.latency is not None:
-            opts.update(runtime=ctx.latency.runtime.name, threads=ctx.latency.runtime.threads)
-        Allocate(**opts).run(graph, ctx)
+        """Allocate again with the pipeline's allocate pass (same budget and options) on the
+        pinned coupling, and rewrite again; without one (a replayed plan), the plan's budget."""
+        alloc = next((p for p in ctx.pipeline if p.name == Allocate.name), None)
+        if alloc is None:
+            metric, frac = next(iter(ctx.plan.target.items()))
+            opts: dict[str, Any] = {metric: frac, "policy": ctx.allocation.policy, "round_to": ctx.plan.round_to}
+            if ctx.latency is not None:
+                opts.update(runtime=ctx.latency.runtime.name, threads=ctx.latency.runtime.threads)
+            alloc = Allocate(**opts)
+        alloc.run(graph, ctx)
         Rewrite().run(graph, ctx)
 
     def _verify_onnx(self, graph: Graph, ctx: PassContext) -> None:
         """Exact oracle at the bound shapes; a model with symbolic dims kept is also checked against
         the masked original graph at several input sizes. If either fails, the model is rewritten
         with static shapes, checked again, and the report says why."""
-        prep, removed = ctx.onnx, ctx.allocation.removed
+        prep, removed = ctx.onnx, removed_units(ctx)
         ctx.verification = verify_onnx(prep.model, ctx.pruned, ctx.coupling, removed, prep.input_shapes,
                                        feeds=ctx.example_inputs, trials=max(1, self.trials), rtol=self.rtol)
         if not ctx.onnx_dynamic.get("kept"):

@@ -43,6 +43,7 @@ from ..errors import CalibrationError
 from ..frontends.calib import check_program_batch
 from ..frontends.inputs import ExampleInputs, as_args_kwargs
 from ..ir import Value
+from ..rules.readers import reads
 from .coupling import Coupling
 
 __all__ = [
@@ -67,6 +68,7 @@ class Site:
     bias: Value | None
     groups: int = 1
     transposed: bool = False
+    out_axis: int | None = None  # the weight's output-channel axis (None: W @ X, rows are not channels)
 
     @property
     def linear_like(self) -> bool:
@@ -104,23 +106,20 @@ class ChannelStats:
         return np.sqrt(self.sumsq / max(self.n, 1))
 
 
-def _act_of(node: Any, w: Value, ax: int) -> tuple[int, int] | None:
-    """(input index of the activation, its channel axis) for a consumer reading ``w`` at ``ax``."""
-    ins = node.inputs
-    if node.op == "linear" and ins[1] is w and ax == 1 and ins[0] is not None:
-        return 0, ins[0].rank - 1
-    if node.op == "conv" and ins[1] is w and ins[0] is not None:
-        transposed = bool(node.attrs.get("transposed", False))
-        if ax == (0 if transposed else 1) and int(node.attrs.get("groups", 1)) == 1:
-            return 0, 1
-    if node.op == "matmul":
-        a, c = ins[0], ins[1]
-        if c is w and a is not None and ax == c.rank - 2 and not a.is_weight:
-            return 0, a.rank - 1
-        if a is w and c is not None and ax == a.rank - 1 and not c.is_weight:
-            return 1, c.rank - 2
-    if node.op == "addmm" and ins[2] is w and ax == 0 and ins[1] is not None:
-        return 1, ins[1].rank - 1
+def _act_of(node: Any, w: Value, ax: int) -> tuple[int, int, int | None] | None:
+    """(input index of the activation, its channel axis, the weight's output axis or None) for a
+    consumer reading ``w`` at ``ax``, from the reader-axes table (:data:`graphprune.rules.READERS`)."""
+    r = reads(node)
+    if r is None or not r.dense:
+        return None
+    (li, la), (ri, ra) = r.lhs, r.rhs
+    lhs, rhs = node.inputs[li], node.inputs[ri]
+    if lhs is None or rhs is None:
+        return None
+    if rhs is w and ax == ra % w.rank and (not r.either or not lhs.is_weight):
+        return li, la % lhs.rank, r.rhs_out % w.rank
+    if r.either and lhs is w and ax == la % w.rank and not rhs.is_weight:
+        return ri, ra % rhs.rank, None  # W @ X: W's rows index Y's rows, not channels
     return None
 
 
@@ -135,12 +134,13 @@ def reader_sites(coupling: Coupling, prunable_only: bool = True) -> list[Site]:
             got = _act_of(node, w, ax)
             if got is None:
                 continue
-            idx, a_axis = got
+            idx, a_axis, out_axis = got
             act = node.inputs[idx]
             assert act is not None
-            bias = node.input(2) if node.op in ("linear", "conv") else (node.inputs[0] if node.op == "addmm" else None)
+            r = reads(node)
+            bias = node.input(r.bias) if r is not None and r.bias is not None else None
             sites.append(Site(node.name, node.op, w, ax, act, idx, a_axis, bias,
-                              int(node.attrs.get("groups", 1)), bool(node.attrs.get("transposed", False))))
+                              int(node.attrs.get("groups", 1)), bool(node.attrs.get("transposed", False)), out_axis))
     return sites
 
 

@@ -41,6 +41,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..ir import Node, Value
+from ..rules.readers import reads
 from .coupling import Coupling, Group
 
 __all__ = ["bypassed", "depth_eligible", "exit_bias", "exit_contraction", "removed_whole"]
@@ -48,40 +49,27 @@ __all__ = ["bypassed", "depth_eligible", "exit_bias", "exit_contraction", "remov
 log = logging.getLogger(__name__)
 
 def exit_contraction(node: Node) -> list[tuple[Value, int]]:
-    """The (operand, axis) pairs a linear exit contracts over (normalized to non-negative axes);
-    empty for a node that is not a linear exit (a grouped conv, an activation-activation matmul,
-    any other op)."""
-    op = node.op
-    if op == "conv":
-        x, w = node.inputs[0], node.inputs[1]
-        if x is None or w is None or int(node.attrs.get("groups", 1)) != 1:
-            return []
-        return [(x, 1), (w, 0 if node.attrs.get("transposed", False) else 1)]
-    if op == "linear":
-        x, w = node.inputs[0], node.inputs[1]
-        if x is None or w is None:
-            return []
-        return [(x, x.rank - 1), (w, 1)]
-    if op in ("matmul", "addmm"):
-        a, c = (node.inputs[0], node.inputs[1]) if op == "matmul" else (node.inputs[1], node.inputs[2])
-        if a is None or c is None or a.rank < 2 or c.rank < 2 or not (a.is_weight or c.is_weight):
-            return []
-        return [(a, a.rank - 1), (c, c.rank - 2)]
-    if op == "gemm":
-        a, w = node.inputs[0], node.inputs[1]
-        if a is None or w is None or not (a.is_weight or w.is_weight) or node.attrs.get("trans_a", 0):
-            return []
-        return [(a, 1), (w, 1 if int(node.attrs.get("trans_b", 0)) else 0)]
-    return []
+    """The (operand, axis) pairs a linear exit contracts over (normalized to non-negative axes),
+    from the reader-axes table (:data:`graphprune.rules.READERS`); empty for a node that is not a
+    linear exit (a grouped conv, an activation-activation matmul, a Gemm with trans_a, any other op)."""
+    r = reads(node)
+    if r is None or not r.dense:
+        return []
+    pairs = r.operands(node)
+    if len(pairs) != 2:
+        return []
+    (a, _), (c, _) = pairs
+    if r.needs_weight and not (a.is_weight or c.is_weight):
+        return []
+    if node.op == "gemm" and node.attrs.get("trans_a", 0):
+        return []  # the ONNX rewriter replaces exits of the plain A @ B form only
+    return [(v, ax % v.rank) for v, ax in pairs]
 
 
 def exit_bias(node: Node) -> Value | None:
     """The bias a linear exit adds (its output when the contraction is empty), or None."""
-    if node.op == "addmm":
-        return node.inputs[0]
-    if node.op in ("conv", "linear", "gemm"):
-        return node.input(2)
-    return None
+    r = reads(node)
+    return node.input(r.bias) if r is not None and r.bias is not None else None
 
 
 def _user_ok(u: Node, v: Value, ax: int, mine: set[tuple[str, int]], readers: frozenset[tuple[int, int]]) -> bool:

@@ -64,9 +64,9 @@ def get_tensor(root: nn.Module, fqn: str) -> torch.Tensor | None:
 
 
 def _out_axis(site: Site) -> int:
-    if site.op == "conv":
-        return 1 if site.transposed else 0
-    return 0 if site.op == "linear" else site.weight.rank - 1
+    """The weight's output-channel axis (the reader-axes table's, kept on the site); a ``W @ X``
+    site has none, and its contracted axis stands in (the callers then skip it, as ax == out)."""
+    return site.out_axis if site.out_axis is not None else site.w_axis
 
 
 def as_matrix(site: Site, w: torch.Tensor) -> torch.Tensor | None:

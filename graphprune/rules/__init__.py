@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import attention, concat_split, conv, elementwise, linear, norm, pooling, reshape  # noqa: F401
+from .readers import READERS, Reads, reads
 from .registry import COST, COUPLING, MACS, register_cost, register_coupling, register_macs
 
-__all__ = ["COST", "COUPLING", "MACS", "register_cost", "register_coupling", "register_macs"]
+__all__ = ["COST", "COUPLING", "MACS", "READERS", "Reads", "reads", "register_cost", "register_coupling", "register_macs"]

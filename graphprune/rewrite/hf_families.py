@@ -23,7 +23,17 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .hf_attrs import SPECS, Field, ModelSpec, _heads, _llama_like, _mlp, _qkv_attention, _register, _set_heads
+from .hf_attrs import (
+    SPECS,
+    Field,
+    ModelSpec,
+    _heads,
+    _llama_like,
+    _mlp,
+    _qkv_attention,
+    _register,
+    _set_heads,
+)
 
 __all__ = ["MOE_FAMILIES", "experts_width"]
 

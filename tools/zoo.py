@@ -164,7 +164,8 @@ def _hf_whisper_encoder() -> Factory:
 
         torch.manual_seed(0)
         cfg = transformers.WhisperConfig(d_model=128, encoder_attention_heads=4, encoder_layers=2, encoder_ffn_dim=256,
-                                         num_mel_bins=16, max_source_positions=32, vocab_size=1000)
+                                         decoder_attention_heads=4, decoder_layers=1, decoder_ffn_dim=256,
+                                         num_mel_bins=16, max_source_positions=32)
         cfg._attn_implementation = HF_ATTN
         hf = transformers.WhisperModel(cfg).encoder
         return HFFeatureOutput(hf, "input_features").eval(), _image((1, 16, 64))
@@ -323,15 +324,17 @@ ZOO: dict[str, Factory] = {
                                                       n_positions=256)),
     "codegen": _hf("CodeGenConfig", "CodeGenForCausalLM",
                    dict(n_embd=128, n_head=4, n_layer=2, vocab_size=1000, rotary_dim=16, n_positions=256, n_ctx=256)),
-    "mpt": _hf("MptConfig", "MptForCausalLM", dict(d_model=128, n_heads=4, n_layers=2, vocab_size=1000, max_seq_len=256)),
+    "mpt": _hf("MptConfig", "MptForCausalLM", dict(d_model=128, n_heads=4, n_layers=2, vocab_size=1000, max_seq_len=256),
+               attn="eager"),
     "cohere": _hf("CohereConfig", "CohereForCausalLM", TINY_GQA),
-    "gemma2": _hf("Gemma2Config", "Gemma2ForCausalLM", {**TINY_GQA, "head_dim": 32}),
+    "gemma2": _hf("Gemma2Config", "Gemma2ForCausalLM", {**TINY_GQA, "head_dim": 32}, attn="eager"),
     "gemma3": _hf("Gemma3TextConfig", "Gemma3ForCausalLM", {**TINY_GQA, "head_dim": 32}),
     "mamba": _hf("MambaConfig", "MambaForCausalLM",
-                 dict(hidden_size=128, num_hidden_layers=2, vocab_size=1000, state_size=8, intermediate_size=256)),
+                 dict(hidden_size=128, num_hidden_layers=2, vocab_size=1000, state_size=8, intermediate_size=256),
+                 attn="eager"),
     "deberta_v2": _hf("DebertaV2Config", "DebertaV2Model",
                       dict(hidden_size=128, num_attention_heads=4, num_hidden_layers=2, intermediate_size=256,
-                           vocab_size=1000, max_position_embeddings=256)),
+                           vocab_size=1000, max_position_embeddings=256), attn="eager"),
     "whisper_encoder": _hf_whisper_encoder(),
     "clip_vision": _hf_clip_vision(),
     # deep graphs, for timing graph capture/analysis on many nodes

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .analysis import Coupling, couple
+from .boundary import own_errors
 from .cost import METRICS, count
 from .errors import BudgetError, OptionError
 from .export import save_model
@@ -123,6 +124,7 @@ def _check_model(model: Any, example_inputs: Any) -> None:
         raise OptionError("example_inputs is required for a PyTorch model (a tensor, a tuple, or a dict)")
 
 
+@own_errors("graphprune.analyze")
 def analyze(model: nn.Module | str | os.PathLike[str], example_inputs: ExampleInputs = None,
             *, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Analysis:
     """Coupling analysis of an nn.Module (with example inputs) or an ONNX model (path/ModelProto)."""
@@ -157,6 +159,7 @@ def count_flops(model: nn.Module | str | os.PathLike[str], example_inputs: Examp
     return int(rep.flops), rep.params
 
 
+@own_errors("graphprune.prune")
 def prune(
     model: nn.Module | str | os.PathLike[str],
     example_inputs: ExampleInputs = None,

@@ -30,7 +30,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .errors import GraphpruneError, OptionError
+from .errors import GraphpruneError, InternalError, OptionError
 
 __all__ = ["EXIT_MISSED", "EXIT_STATUS", "main"]
 
@@ -668,6 +668,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmds = {"prune": _cmd_prune, "apply": _cmd_apply, "analyze": _cmd_analyze, "models": _cmd_models, "profile": _cmd_profile,
                 "report": _cmd_report}
         return cmds[args.cmd](args)
+    except InternalError as exc:  # a foreign exception caught at the API boundary: a bug, exit 1
+        if args.verbose:
+            err_console.print("".join(traceback.format_exception(exc)), highlight=False, markup=False, soft_wrap=True)
+        err_console.print(f"graphprune: error: internal error in {args.cmd}: {exc}", highlight=False, markup=False,
+                          soft_wrap=True)
+        return 1
     except GraphpruneError as exc:
         err_console.print(f"graphprune: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2

@@ -11,6 +11,7 @@ __all__ = [
     "CaptureError",
     "ExportError",
     "GraphpruneError",
+    "InternalError",
     "OptionError",
     "PlanError",
     "SourceError",
@@ -52,3 +53,9 @@ class VerificationError(GraphpruneError):
 
 class ExportError(GraphpruneError):
     """Writing the pruned model (``.pt`` / ``.onnx``) failed."""
+
+
+class InternalError(GraphpruneError):
+    """Something failed inside graphprune (an op it mishandles, a model forward that broke after
+    rewriting): the original exception is the ``__cause__``; the message names where it happened.
+    The CLI exits 1 for it (a bug to report), not 2 (bad input)."""

@@ -282,9 +282,12 @@ def check_onnx(path: Path, model: nn.Module, example_inputs: ExampleInputs, rtol
     args, kwargs = as_args_kwargs(example_inputs)
     flat, _ = tree_flatten((args, kwargs))
     tensors = [t for t in flat if isinstance(t, torch.Tensor)]
-    feeds = {}
-    for inp, t in zip(sess.get_inputs(), tensors, strict=False):
-        feeds[inp.name] = t.detach().cpu().numpy()
+    names = [inp.name for inp in sess.get_inputs()]
+    if len(names) != len(tensors):
+        # the TorchScript exporter turns an int keyword default into an input (BLOOM: logits_to_keep)
+        raise ExportError(f"the .onnx asks for inputs {names} but the model was called with {len(tensors)} tensors: "
+                          f"{', '.join(names[len(tensors):]) or 'too few inputs'} would have no value")
+    feeds = {name: t.detach().cpu().numpy() for name, t in zip(names, tensors, strict=True)}
     got = sess.run(None, feeds)
     with torch.no_grad():
         ref_out = model(*args, **kwargs)

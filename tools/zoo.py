@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["DEEP", "ZOO", "HFTensorOutput", "check_entry", "get"]
+__all__ = ["DEEP", "ZOO", "HFFeatureOutput", "HFTensorOutput", "check_entry", "get"]
 
 Inputs = tuple[torch.Tensor, ...]
 Factory = Callable[[], tuple[nn.Module, Inputs]]
@@ -130,18 +130,64 @@ TINY_GQA = dict(
 )
 
 
-def _hf(config_cls: str, model_cls: str, config: dict[str, Any]) -> Factory:
+def _hf(config_cls: str, model_cls: str, config: dict[str, Any], attn: str = HF_ATTN) -> Factory:
     def factory() -> tuple[nn.Module, Inputs]:
         import transformers
 
         torch.manual_seed(0)
         cfg = getattr(transformers, config_cls)(**config)
-        cfg._attn_implementation = HF_ATTN
+        cfg._attn_implementation = attn
         hf = getattr(transformers, model_cls)(cfg)
         return HFTensorOutput(hf).eval(), _ids(cfg.vocab_size)
 
     factory.__name__ = f"hf_{model_cls}"
     factory.__doc__ = f"transformers.{model_cls}({config_cls}({config})) on input_ids 1x{SEQ_LEN}"
+    return factory
+
+
+class HFFeatureOutput(nn.Module):
+    """A transformers encoder that takes features (Whisper's log-mel ``input_features``, CLIP's
+    ``pixel_values``) as a tensor-in, tensor-out module returning ``last_hidden_state``."""
+
+    def __init__(self, hf: nn.Module, key: str) -> None:
+        super().__init__()
+        self.hf = hf
+        self.key = key
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.hf(**{self.key: features}, return_dict=False)[0]
+
+
+def _hf_whisper_encoder() -> Factory:
+    def factory() -> tuple[nn.Module, Inputs]:
+        import transformers
+
+        torch.manual_seed(0)
+        cfg = transformers.WhisperConfig(d_model=128, encoder_attention_heads=4, encoder_layers=2, encoder_ffn_dim=256,
+                                         decoder_attention_heads=4, decoder_layers=1, decoder_ffn_dim=256,
+                                         num_mel_bins=16, max_source_positions=32)
+        cfg._attn_implementation = HF_ATTN
+        hf = transformers.WhisperModel(cfg).encoder
+        return HFFeatureOutput(hf, "input_features").eval(), _image((1, 16, 64))
+
+    factory.__name__ = "hf_WhisperEncoder"
+    factory.__doc__ = "transformers.WhisperModel(WhisperConfig(d_model=128, 2 layers)).encoder on 1x16x64 features"
+    return factory
+
+
+def _hf_clip_vision() -> Factory:
+    def factory() -> tuple[nn.Module, Inputs]:
+        import transformers
+
+        torch.manual_seed(0)
+        cfg = transformers.CLIPVisionConfig(hidden_size=128, intermediate_size=256, num_attention_heads=4,
+                                            num_hidden_layers=2, image_size=32, patch_size=8)
+        cfg._attn_implementation = HF_ATTN
+        hf = transformers.CLIPVisionModel(cfg)
+        return HFFeatureOutput(hf, "pixel_values").eval(), _image((1, 3, 32, 32))
+
+    factory.__name__ = "hf_CLIPVisionModel"
+    factory.__doc__ = "transformers.CLIPVisionModel(CLIPVisionConfig(hidden 128, 2 layers)) on 1x3x32x32"
     return factory
 
 
@@ -253,6 +299,44 @@ ZOO: dict[str, Factory] = {
                         intermediate_size=256, vocab_size=1000, max_position_embeddings=256)),
     "t5_encoder": _hf("T5Config", "T5EncoderModel",
                       dict(d_model=128, d_kv=32, d_ff=256, num_heads=4, num_layers=2, vocab_size=1000)),
+    # -- issue #12 item 5: more transformers families, mixture-of-experts included (tiny configs) ------
+    "falcon": _hf("FalconConfig", "FalconForCausalLM",
+                  dict(hidden_size=128, num_attention_heads=4, num_kv_heads=2, new_decoder_architecture=True,
+                       num_hidden_layers=2, vocab_size=1000)),
+    "bloom": _hf("BloomConfig", "BloomForCausalLM", dict(hidden_size=128, n_head=4, n_layer=2, vocab_size=1000),
+                 attn="eager"),  # BLOOM has no sdpa path
+    "mixtral": _hf("MixtralConfig", "MixtralForCausalLM", {**TINY_GQA, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen2_moe": _hf("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                     {**TINY_GQA, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128,
+                      "shared_expert_intermediate_size": 256}),
+    "qwen3_moe": _hf("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                     {**TINY_GQA, "head_dim": 32, "num_experts": 4, "num_experts_per_tok": 2,
+                      "moe_intermediate_size": 128}),
+    "olmoe": _hf("OlmoeConfig", "OlmoeForCausalLM", {**TINY_GQA, "num_experts": 4, "num_experts_per_tok": 2,
+                                                     "eos_token_id": 2, "pad_token_id": 1}),
+    "phimoe": _hf("PhimoeConfig", "PhimoeForCausalLM", {**TINY_GQA, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "deepseek_v2": _hf("DeepseekV2Config", "DeepseekV2ForCausalLM",
+                       {**TINY_GQA, "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128,
+                        "n_shared_experts": 1, "first_k_dense_replace": 1, "kv_lora_rank": 32, "q_lora_rank": None,
+                        "qk_rope_head_dim": 16, "qk_nope_head_dim": 16, "v_head_dim": 32, "n_group": 1,
+                        "topk_group": 1}),
+    "gptj": _hf("GPTJConfig", "GPTJForCausalLM", dict(n_embd=128, n_head=4, n_layer=2, vocab_size=1000, rotary_dim=16,
+                                                      n_positions=256)),
+    "codegen": _hf("CodeGenConfig", "CodeGenForCausalLM",
+                   dict(n_embd=128, n_head=4, n_layer=2, vocab_size=1000, rotary_dim=16, n_positions=256, n_ctx=256)),
+    "mpt": _hf("MptConfig", "MptForCausalLM", dict(d_model=128, n_heads=4, n_layers=2, vocab_size=1000, max_seq_len=256),
+               attn="eager"),
+    "cohere": _hf("CohereConfig", "CohereForCausalLM", TINY_GQA),
+    "gemma2": _hf("Gemma2Config", "Gemma2ForCausalLM", {**TINY_GQA, "head_dim": 32}, attn="eager"),
+    "gemma3": _hf("Gemma3TextConfig", "Gemma3ForCausalLM", {**TINY_GQA, "head_dim": 32}),
+    "mamba": _hf("MambaConfig", "MambaForCausalLM",
+                 dict(hidden_size=128, num_hidden_layers=2, vocab_size=1000, state_size=8, intermediate_size=256),
+                 attn="eager"),
+    "deberta_v2": _hf("DebertaV2Config", "DebertaV2Model",
+                      dict(hidden_size=128, num_attention_heads=4, num_hidden_layers=2, intermediate_size=256,
+                           vocab_size=1000, max_position_embeddings=256), attn="eager"),
+    "whisper_encoder": _hf_whisper_encoder(),
+    "clip_vision": _hf_clip_vision(),
     # deep graphs, for timing graph capture/analysis on many nodes
     "resnet152": _tv("resnet152"),
     "densenet201": _tv("densenet201"),

@@ -3,6 +3,7 @@
 Run in an environment with torchvision/timm/transformers (see README, "Trying other models"):
 
     python tools/zoo_check.py --flops 0.5 --json docs/zoo_check.json [--models resnet50 swin_t]
+    python tools/zoo_check.py --flops 0.5 --set families --json docs/zoo_check_families.json
 
 Per model: capture+prune seconds, achieved FLOPs, output shape kept, oracle result, rewrite
 route, barriers, and whether the .onnx export runs in onnxruntime and matches. One model failing
@@ -36,6 +37,14 @@ def _first(out: object) -> torch.Tensor:
     if isinstance(out, dict):
         return next(iter(out.values()))
     return out[0]  # type: ignore[index]
+
+
+# named sets of zoo entries: `--set families` runs issue #12 item 5's transformers families
+SETS: dict[str, list[str]] = {
+    "families": ["falcon", "bloom", "t5_encoder", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "phimoe", "deepseek_v2",
+                 "gptj", "codegen", "mpt", "cohere", "gemma2", "gemma3", "mamba", "opt", "deberta_v2",
+                 "clip_vision", "whisper_encoder"],
+}
 
 
 def check(name: str, flops: float, onnx: bool) -> dict:
@@ -77,10 +86,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flops", type=float, default=0.5)
     ap.add_argument("--models", nargs="*", default=None)
+    ap.add_argument("--set", choices=sorted(SETS), default=None, help="a named set of entries instead of --models")
     ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    names = args.models or [n for n in ZOO]
+    names = args.models or (SETS[args.set] if args.set else [n for n in ZOO])
     rows = []
     print(f"{'model':26s} {'sec':>6s} {'achieved':>8s} {'±3%':>4s} {'shape':>5s} {'oracle':>6s} {'route':>6s} {'onnx':>8s}  barriers / error")
     for name in names:

@@ -74,6 +74,11 @@ def _einsum(a, k, s):
     return "einsum", list(a[1]), {"equation": str(a[0]).replace(" ", "")}
 
 
+@_reg("_grouped_mm", "transformers.grouped_mm_fallback")  # MoE experts: x [S, K] @ w [E, K, N] by offsets
+def _grouped_mm(a, k, s):
+    return "grouped_mm", [a[0], a[1], _arg(a, k, 2, "offs")], {}
+
+
 @_reg("embedding")
 def _embedding(a, k, s):
     return "embedding", [a[0], a[1]], {}
@@ -192,9 +197,16 @@ def _transpose(a, k, s):
     return "permute", [a[0]], {"perm": perm}
 
 
-@_reg("t")
+@_reg("t", "numpy_T")  # numpy_T: ``weight.T`` (Falcon's FalconLinear), all dims reversed
 def _t(a, k, s):
     return "permute", [a[0]], {"perm": list(reversed(range(len(s))))}
+
+
+@_reg("mT", "adjoint")  # ``x.mT``: the last two dims swapped
+def _m_t(a, k, s):
+    perm = list(range(len(s)))
+    perm[-2:] = perm[-1], perm[-2]
+    return "permute", [a[0]], {"perm": perm}
 
 
 @_reg("movedim")

@@ -306,16 +306,18 @@ def _lower_call(graph: Graph, node: torch.fx.Node, values: dict[str, list[Value 
         return  # shape arithmetic, asserts: nothing to lower
     packet = getattr(target, "_overloadpacket", None)
     aten_name = packet.__name__ if packet is not None else getattr(target, "__name__", str(target))
+    namespace = _namespace(packet)
+    key = aten_name if namespace == "aten" else f"{namespace}.{aten_name}"  # mylib::linear is not aten's
     first = node.args[0] if node.args else None
     first_meta = _tensor_meta(first) if isinstance(first, torch.fx.Node) else []
     in_shape = _shape(first_meta[0], node.name) if first_meta and first_meta[0] is not None else ()
     lowered = None
     try:
-        lowered = lower_args(aten_name, _at_hints(node.args), _at_hints(dict(node.kwargs)), in_shape)
+        lowered = lower_args(key, _at_hints(node.args), _at_hints(dict(node.kwargs)), in_shape)
     except (TypeError, ValueError, IndexError) as exc:
         log.debug("lowering %s failed (%s); treating it as a barrier", node.name, exc)
     if lowered is None:
-        op = f"aten.{aten_name}"
+        op = f"{namespace}.{aten_name}"  # a custom op says its own library (mylib.custom_op), not aten
         tensor_args = [a for a in _flat_args(node.args, node.kwargs)]
         attrs: dict[str, Any] = {}
     else:
@@ -335,6 +337,12 @@ def _lower_call(graph: Graph, node: torch.fx.Node, values: dict[str, list[Value 
         real.append(v)
     graph.add_node(Node(node.name, op, inputs, real, attrs, target=str(target), scope=_scope(node)))
     values[node.name] = outs
+
+
+def _namespace(packet: Any) -> str:
+    """The op library of an overload packet: ``aten`` for ATen, ``mylib`` for ``torch.ops.mylib.op``."""
+    qualified = getattr(packet, "_qualified_op_name", "")
+    return qualified.split("::", 1)[0] if "::" in qualified else "aten"
 
 
 def _at_hints(a: Any) -> Any:

@@ -296,3 +296,6 @@ def _share_config(model: nn.Module, spec: ModelSpec) -> None:
             if own is not None and own is not cfg and type(own) is type(cfg) and \
                     all(getattr(own, g.key, None) == getattr(cfg, g.key, None) for g in spec.fields):
                 m.config = cfg
+
+
+from . import hf_families  # noqa: E402,F401  (Falcon, MoE: registers into NAMED_UPDATERS and SPECS)

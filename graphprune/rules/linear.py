@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..ir import Node
+from ..ir import Node, Value
 from .common import numel
 from .registry import ShapeFn, register_cost, register_coupling, register_macs
 
@@ -52,12 +52,24 @@ def couple_matmul(node: Node, b: CouplingBuilder) -> None:
                 b.same(x, ax, y, off + ax)
     b.same(a, -2, y, -2)
     b.same(c, -1, y, -1)
-    if a.is_weight or c.is_weight:
+    wa, wc = _weight_axis(a, a.rank - 1), _weight_axis(c, c.rank - 2)
+    if wa is not None or wc is not None:
         b.same(a, -1, c, -2)
-        if a.is_weight:
-            b.reader(a, -1)
-        if c.is_weight:
-            b.reader(c, -2)
+        for w in (wa, wc):
+            if w is not None:
+                b.reader(*w)
+
+
+def _weight_axis(v: Value, axis: int) -> tuple[Value, int] | None:
+    """The weight and its axis that ``v``'s ``axis`` is, when ``v`` is a weight or a transpose of
+    one (``x @ w.T``: Falcon's FalconLinear lowers to matmul(x, permute(w))); else None."""
+    while not v.is_weight:
+        p = v.producer
+        if p is None or p.op != "permute" or p.inputs[0] is None:
+            return None
+        axis = int(p.attrs["perm"][axis])
+        v = p.inputs[0]
+    return v, axis
 
 
 @register_coupling("addmm")

@@ -1,0 +1,99 @@
+"""More transformers families on the module route: Falcon and the mixture-of-experts decoders.
+
+Registered into the same tables as :mod:`graphprune.rewrite.hf_attrs` (``NAMED_UPDATERS`` by
+qualified class name, ``SPECS`` by ``model_type``); imported by it, so nothing here imports
+transformers.
+
+- ``FalconAttention`` (fused ``query_key_value``, ``x @ w.T``): the query heads are
+  ``dense.in_features // head_dim``; the KV heads are what is left of the fused projection,
+  ``(qkv_out / head_dim - q) / 2`` (new decoder architecture: KV groups; multi-query: 1; classic:
+  = q). Its forward reshapes with ``self.num_heads``, so both are set. ``head_dim`` is
+  ``hidden_size // num_attention_heads`` in the config: pruned heads are a ``fixed`` width
+  (``uniform=True`` keeps them whole; per-layer widths go to the one-line loader).
+- ``<Family>Experts`` (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, PhiMoE, DeepSeek-V2): one
+  ``[E, 2I, H]`` gate_up and one ``[E, H, I]`` down tensor (``[E, H, 2I]`` / ``[E, I, H]`` when
+  ``is_transposed``); a unit removes channel j from every expert, so ``intermediate_dim`` is one
+  number per layer; the config field is ``intermediate_size`` (Mixtral, OLMoE, PhiMoE) or
+  ``moe_intermediate_size`` (Qwen2/3-MoE, DeepSeek-V2). The router and the expert count are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from .hf_attrs import (
+    SPECS,
+    Field,
+    ModelSpec,
+    _heads,
+    _llama_like,
+    _mlp,
+    _qkv_attention,
+    _register,
+    _set_heads,
+)
+
+__all__ = ["MOE_FAMILIES", "experts_width"]
+
+# model_type -> (class prefix, config field of the experts' intermediate width)
+MOE_FAMILIES: dict[str, tuple[str, str]] = {
+    "mixtral": ("Mixtral", "intermediate_size"),
+    "qwen2_moe": ("Qwen2Moe", "moe_intermediate_size"),
+    "qwen3_moe": ("Qwen3Moe", "moe_intermediate_size"),
+    "olmoe": ("Olmoe", "intermediate_size"),
+    "phimoe": ("Phimoe", "intermediate_size"),
+    "deepseek_v2": ("DeepseekV2", "moe_intermediate_size"),
+}
+
+
+def experts_width(m: nn.Module) -> int:
+    """The per-expert intermediate width of a fused experts module (read from ``down_proj``)."""
+    return int(m.down_proj.shape[1 if getattr(m, "is_transposed", False) else 2])
+
+
+@_register(*(f"transformers.models.{t}.modeling_{t}.{c}Experts" for t, (c, _) in MOE_FAMILIES.items()))
+def _experts(m: nn.Module) -> None:
+    m.intermediate_dim = experts_width(m)
+
+
+_register(*(f"transformers.models.{t}.modeling_{t}.{c}Attention" for t, (c, _) in MOE_FAMILIES.items()
+            if t != "deepseek_v2"))(_qkv_attention)  # DeepSeek-V2's MLA has no q_proj/k_proj per head
+
+
+@_register("transformers.models.falcon.modeling_falcon.FalconAttention")
+def _falcon_attention(m: nn.Module) -> None:
+    q = _heads(m.dense.in_features, m.head_dim, "FalconAttention.dense")
+    rest = m.query_key_value.out_features - q * m.head_dim
+    kv = _heads(rest // 2, m.head_dim, "FalconAttention.query_key_value") if rest % 2 == 0 else 0
+    _set_heads(m, q, kv)
+    m.num_kv_heads = kv
+
+
+def _falcon_qkv(c: object) -> int:
+    hd = c.hidden_size // c.num_attention_heads  # type: ignore[attr-defined]
+    if c.new_decoder_architecture:  # type: ignore[attr-defined]
+        return (2 * c.num_kv_heads + c.num_attention_heads) * hd  # type: ignore[attr-defined]
+    return c.hidden_size + 2 * hd if c.multi_query else 3 * c.hidden_size  # type: ignore[attr-defined]
+
+
+def _moe_spec(model_type: str) -> ModelSpec:
+    prefix, key = MOE_FAMILIES[model_type]
+    fields: tuple[Field, ...] = (Field(key, f"{prefix}Experts", experts_width),)
+    if model_type == "deepseek_v2":
+        return ModelSpec(fields)
+    attn = _llama_like(prefix).fields[1:]  # query / KV heads, head_dim explicit
+    if model_type == "qwen2_moe":  # its shared expert is a Qwen2MoeMLP of shared_expert_intermediate_size
+        fields += (Field("shared_expert_intermediate_size", "Qwen2MoeMLP", _mlp()),)
+    return ModelSpec(fields + attn, write_head_dim=f"{prefix}Attention")
+
+
+_SPECS: dict[str, Callable[[], ModelSpec]] = {
+    **{t: (lambda t=t: _moe_spec(t)) for t in MOE_FAMILIES},
+    "falcon": lambda: ModelSpec(
+        (Field("ffn_hidden_size", "FalconMLP", lambda m: int(m.dense_h_to_4h.weight.shape[0])),),
+        fixed=(("FalconAttention", "query_key_value.weight", 0, _falcon_qkv),)),
+}
+for _t, _make in _SPECS.items():
+    SPECS.setdefault(_t, _make())

@@ -300,6 +300,7 @@ def prune(
     return res
 
 
+@own_errors("graphprune.apply")
 def apply(
     model: nn.Module | str | os.PathLike[str],
     plan: PruningPlan | str | os.PathLike[str],

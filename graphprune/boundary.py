@@ -1,4 +1,4 @@
-"""The API boundary: only graphprune's own error types leave ``prune`` and ``analyze``.
+"""The API boundary: only graphprune's own error types leave ``prune``, ``apply`` and ``analyze``.
 
 An exception that is not a :class:`~graphprune.errors.GraphpruneError` (a RuntimeError from a
 model's forward after rewriting, an op a rule mishandles) becomes an

@@ -114,7 +114,8 @@ def _load_onnx_source(model: Any, example_inputs: Any, input_shapes: Any) -> tup
 
 
 def _is_directory(model: Any) -> bool:
-    return isinstance(model, (str, os.PathLike)) and Path(model).is_dir()
+    """A directory (not one named .onnx): a transformers checkpoint directory, or one to refuse."""
+    return isinstance(model, (str, os.PathLike)) and Path(model).is_dir() and not str(model).lower().endswith(".onnx")
 
 
 def _prune_directory(model: Any, example_inputs: Any, *, latency: Any, speedup: Any, latency_ms: Any, pipeline: Any,

@@ -57,7 +57,7 @@ from torch import nn
 from .errors import CalibrationError, OptionError, SourceError, VerificationError
 
 __all__ = [
-    "DTYPES", "Checkpoint", "StreamResult", "all_reduce_stats", "is_checkpoint_dir", "open_checkpoint",
+    "DTYPES", "Checkpoint", "StreamResult", "all_reduce_stats", "is_checkpoint_dir", "load_ids_file", "open_checkpoint",
     "prune_checkpoint",
 ]
 
@@ -252,6 +252,40 @@ def _ids_batches(calib: Iterable[Any] | None, vocab: int, seed: int) -> list[tor
     if not out:
         raise CalibrationError("calib= holds no batch")
     return out
+
+
+IDS_PER_BATCH = 8  # rows per calibration batch when a file holds one [N, S] id tensor
+
+
+def load_ids_file(path: str | Path) -> list[torch.Tensor]:
+    """Calibration token ids for a checkpoint directory (``--calib``): a ``.pt`` holding a list of
+    [B, S] id tensors, one [N, S] tensor (split into batches of :data:`IDS_PER_BATCH` rows) or a dict
+    with ``input_ids``; or an ``.npz`` with one array (or ``input_ids``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CalibrationError(f"--calib {p}: no such file")
+    try:
+        if p.suffix == ".pt":
+            data: Any = torch.load(p, map_location="cpu", weights_only=True)
+        elif p.suffix == ".npz":
+            with np.load(p) as z:
+                data = torch.from_numpy(z["input_ids"] if "input_ids" in z.files else z[z.files[0]])
+        else:
+            raise CalibrationError(f"--calib {p}: use a .pt or .npz file of token ids")
+    except CalibrationError:
+        raise
+    except Exception as exc:  # torch/numpy raise many types for a corrupt file
+        raise CalibrationError(f"--calib {p}: cannot read it ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if isinstance(data, Mapping) and "input_ids" in data:
+        data = data["input_ids"]
+    if isinstance(data, torch.Tensor):
+        if data.dim() != 2:
+            raise CalibrationError(f"--calib {p}: expected [N, seq] token ids, got shape {tuple(data.shape)}")
+        return list(data.split(IDS_PER_BATCH))
+    if isinstance(data, (list, tuple)):
+        return list(data)
+    raise CalibrationError(f"--calib {p}: expected token ids (a tensor, a list of tensors or a dict with input_ids), "
+                           f"got {type(data).__name__}")
 
 
 def _set(module: nn.Module, name: str, value: torch.Tensor | None, dtype: torch.dtype | None = None) -> None:

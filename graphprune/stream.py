@@ -198,6 +198,8 @@ class StreamResult:
     report: dict[str, Any]
     plan: Any
     _owned: bool = field(default=False, repr=False)
+    coupling: Any = field(default=None, repr=False)  # the meta capture's coupling (sources are the model's FQNs)
+    removed: np.ndarray | None = field(default=None, repr=False)  # bool per coupling unit
 
     def save_pretrained(self, directory: str | Path) -> dict[str, Any]:
         """Move the written checkpoint directory to ``directory`` (replacing it)."""
@@ -650,7 +652,7 @@ def prune_checkpoint(
         timings["total"] = time.perf_counter() - t_start
         report = _report(graph, ctx, kept_list, worst, timings, recon, refit, loader, ckpt, len(batches))
         plan = _plan(graph, ctx, kept_list)
-        return StreamResult(out, report, plan, output is None)
+        return StreamResult(out, report, plan, output is None, coupling, removed)
     except BaseException:
         if output is not None and "write_to" in locals() and locals()["write_to"] != Path(output):
             shutil.rmtree(locals()["write_to"], ignore_errors=True)

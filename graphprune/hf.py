@@ -170,6 +170,9 @@ def load_pretrained(directory: str | os.PathLike[str], **kwargs: Any) -> nn.Modu
 
     with no_init_weights():
         model = cls(config)
+    dtype = _config_dtype(config)
+    if dtype is not None:  # built in the default dtype; the weights were written in the config's
+        model = model.to(dtype)
     paths = _weight_files(d)
     shapes = {}
     for path in paths:
@@ -188,6 +191,14 @@ def load_pretrained(directory: str | os.PathLike[str], **kwargs: Any) -> nn.Modu
         raise SourceError(f"{d}: the weights do not fit {cls.__name__} (missing {sorted(missing)[:3]}, unexpected "
                           f"{sorted(unexpected)[:3]}); was the directory written by res.save_pretrained?")
     return model.eval()
+
+
+def _config_dtype(config: Any) -> torch.dtype | None:
+    """The floating dtype a config records (``dtype``, formerly ``torch_dtype``), if any."""
+    dt = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dt, str):
+        dt = getattr(torch, dt, None)
+    return dt if isinstance(dt, torch.dtype) and dt.is_floating_point else None
 
 
 def _weight_files(d: Path) -> list[Path]:

@@ -40,9 +40,8 @@ def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids, use_cache=False).logits
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_streamed_equals_in_memory(tmp_path: Path, family: str) -> None:
-    model = make_checkpoint(tmp_path / "ckpt", family)
+def test_streamed_equals_in_memory(tmp_path: Path) -> None:
+    model = make_checkpoint(tmp_path / "ckpt", "llama")  # qwen2 (q/k/v biases): test_dtypes.py
     ids = calib_ids()
     res = gp.prune(tmp_path / "ckpt", flops=0.7, calib=ids)  # the default recipe: wanda + lsq,bias + global
     res.save_pretrained(tmp_path / "out")

@@ -781,25 +781,44 @@ def _write_config(pruned: nn.Module, d: Path, weight_map: dict[str, str], ckpt: 
         total += (d / fname).stat().st_size
     (d / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
                                       indent=2) + "\n")
-    pruned.config.save_pretrained(str(d))
+    invalid = _invalid_fields(pruned.config, ckpt.config)
+    pruned.config.to_json_file(str(d / "config.json"))  # save_pretrained would refuse an invalid config
     gen = ckpt.directory / "generation_config.json"
     if gen.is_file():
         shutil.copyfile(gen, d / "generation_config.json")
-    mismatched = stock_mismatches(pruned)
+    mismatched = stock_mismatches(pruned) if not invalid else {}
     stock_keys = set(pruned.state_dict())
     extra = sorted(k for k in weight_map if k not in stock_keys)
-    if not mismatched and not extra:
+    if not mismatched and not extra and not invalid:
         return "stock"
+    if invalid:  # the loader builds the original widths, then every tensor takes its written shape
+        mismatched = {k: (list(v.shape), []) for k, v in pruned.state_dict().items()}
     path = d / "config.json"
     data = json.loads(path.read_text())
     key = _layers_key(pruned.config)
     data["graphprune"] = {
-        "format": FORMAT, "loader": LOADER, "restore": {key: data[key]},
+        "format": FORMAT, "loader": LOADER, "restore": {key: data[key], **invalid},
         "layers": layer_widths(pruned), "shapes": {k: v[0] for k, v in sorted(mismatched.items())},
     }
     data[key] = POISON
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return LOADER
+
+
+def _invalid_fields(pruned: Any, original: Any) -> dict[str, Any]:
+    """The changed config fields, at their original values, when transformers' own validation
+    refuses the pruned config (LLaMA in transformers 5 wants hidden_size divisible by
+    num_attention_heads even with an explicit head_dim): empty when it validates."""
+    validate = getattr(pruned, "validate", None)
+    if validate is None:
+        return {}
+    try:
+        validate()
+        return {}
+    except Exception as exc:  # huggingface_hub's StrictDataclassClassValidationError and ValueError
+        log.info("pruned config does not validate (%s); written for graphprune.load_pretrained", exc)
+    new, old = pruned.to_dict(), original.to_dict()
+    return {k: old[k] for k, v in new.items() if isinstance(v, int) and k in old and old[k] != v}
 
 
 def _plan(graph: Any, ctx: Any, kept_list: list[Any]) -> Any:

@@ -108,6 +108,18 @@ def check_output(out: Path, stock_load: bool) -> dict[str, Any]:
             for k in sf.keys():
                 written[k] = (list(sf.get_slice(k).get_shape()), sf.get_slice(k).get_dtype())
     res: dict[str, Any] = {"stock": stock, "tensors": len(written), "dtypes": sorted({t for _, t in written.values()})}
+    if not stock:  # graphprune's loader: the written shapes must be the plan's
+        widths = json.loads((out.parent / "report.json").read_text())["widths"]
+        res["shapes_match_plan"] = all(written[k][0] == w["after"] for k, w in widths.items() if k in written)
+        if stock_load:
+            from graphprune import load_pretrained
+
+            t0 = time.perf_counter()
+            m = load_pretrained(out)
+            with torch.no_grad():
+                logits = m(input_ids=torch.tensor([[1, 2, 3, 4]]), use_cache=False).logits
+            res["load_pretrained_s"] = round(time.perf_counter() - t0, 2)
+            res["forward_finite"] = bool(torch.isfinite(logits).all())
     if stock:
         cfg = transformers.AutoConfig.from_pretrained(out)
         with init_empty_weights():
@@ -140,10 +152,13 @@ def render(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         chk = r.get("check", {})
-        ok = ("stock config + shapes match" if chk.get("config_shapes_match") else
-              ("graphprune loader" if not chk.get("stock") else "MISMATCH"))
+        if chk.get("stock"):
+            ok = "stock: config + shapes match" if chk.get("config_shapes_match") else "stock: MISMATCH"
+        else:
+            ok = "graphprune loader: shapes = plan" if chk.get("shapes_match_plan") else "graphprune loader: MISMATCH"
         if "forward_finite" in chk:
-            ok += f"; from_pretrained + forward {chk['from_pretrained_s']} s"
+            how = "from_pretrained" if chk.get("stock") else "load_pretrained"
+            ok += f"; {how} + forward {chk.get('from_pretrained_s', chk.get('load_pretrained_s'))} s"
         lines.append(
             f"| {r['shape']} | {r['layers']} | {r['recipe']} | {r['checkpoint_gb']:.2f} | {r['calib_tokens']} | "
             f"{r['kept_flops']:.3f} | {r['kept_params']:.3f} | {r['prune_s']:.0f} | {r['peak_rss_gb']:.2f} | {ok} | "

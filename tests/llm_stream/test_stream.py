@@ -88,3 +88,20 @@ def test_cli_checkpoint_directory(tmp_path: Path, capsys: pytest.CaptureFixture[
     widths = [layer.mlp.down_proj.in_features for layer in back.model.layers]
     assert widths == [rep["widths"][f"model.layers.{i}.mlp.down_proj.weight"]["after"][1] for i in range(2)]
     assert sum(widths) < 2 * 96
+
+
+def test_heads_that_do_not_divide_hidden_reload_with_graphprune_loader(tmp_path: Path) -> None:
+    """transformers 5 refuses a LLaMA config whose hidden_size the head count does not divide (7
+    heads of 8 here), even with head_dim set: the directory is written for load_pretrained (the
+    original counts restored, the tensors taking their written shapes), never a refused config."""
+    model = make_checkpoint(tmp_path / "ckpt", "llama", num_attention_heads=8, num_key_value_heads=8,
+                            num_hidden_layers=1)
+    ids = calib_ids(n=2)
+    res = gp.prune(tmp_path / "ckpt", flops=0.75, calib=ids, round_to=1, reconstruct=())
+    assert res.report["widths"]["model.layers.0.self_attn.q_proj.weight"]["after"] == [56, 64]
+    assert res.report["loader"] == "graphprune.load_pretrained"
+    res.save_pretrained(tmp_path / "out")
+    back = gp.load_pretrained(tmp_path / "out")
+    assert back.model.layers[0].self_attn.q_proj.out_features == 56
+    masked = masked_original(model, res.coupling, res.removed)
+    torch.testing.assert_close(_logits(back, ids[1]), _logits(masked, ids[1]), rtol=1e-4, atol=1e-4)

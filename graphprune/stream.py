@@ -398,19 +398,20 @@ def _site_hooks(layer: nn.Module, lpre: str, sites: list[Any], stats: dict[str, 
     return hooks
 
 
-def all_reduce_stats(stats: dict[str, Any], group: Any = None) -> None:
-    """Sum every site's streaming sums (n, sum, sumsq; Gram, gsum, gn when present) across the ranks
-    of ``group`` in place: the result equals one process's sums over all ranks' batches."""
+def all_reduce_stats(stats: dict[str, Any], group: Any = None, sums: bool = True, grams: bool = True) -> None:
+    """Sum every site's streaming sums (``sums``: n, sum, sumsq; ``grams``: Gram, gsum, gn when
+    present) across the ranks of ``group`` in place: the result equals one process's sums over all
+    ranks' batches. Every rank must hold the same sites (in any order)."""
     import torch.distributed as dist
 
     for name in sorted(stats):
         st = stats[name]
-        if st.sum is not None:
+        if sums and st.sum is not None:
             buf = torch.from_numpy(np.concatenate([st.sum, st.sumsq, [float(st.n)]]))
             dist.all_reduce(buf, group=group)
             c = len(st.sum)
             st.sum, st.sumsq, st.n = buf[:c].numpy(), buf[c:2 * c].numpy(), int(round(float(buf[-1])))
-        if st.gram is not None:
+        if grams and st.gram is not None:
             buf = torch.cat([st.gram.reshape(-1), st.gsum, torch.tensor([float(st.gn)], dtype=torch.float64)])
             dist.all_reduce(buf, group=group)
             d = st.gsum.numel()
@@ -555,7 +556,7 @@ def prune_checkpoint(
                 progress("calibration", i + 1, len(layers))
         del hs
         if dist_on:
-            all_reduce_stats(stats)
+            all_reduce_stats(stats, grams=False)
         timings["calibration"] = time.perf_counter() - t0
 
         # pass 2: score (lazy weights) and allocate
@@ -610,6 +611,8 @@ def prune_checkpoint(
                 finally:
                     for hk in hooks:
                         hk.remove()
+                if dist_on:
+                    all_reduce_stats({s.node: stats[s.node] for s in gram_sites}, sums=False)
             _mask(layer, pre, coupling, removed, dense)
             with torch.no_grad():
                 for b, h in enumerate(hs_in):

@@ -77,15 +77,19 @@ def make_checkpoint(d: Path, shape: dict[str, int], dtype: torch.dtype, seed: in
         weight_map.update({t: name for t in tensors})
         total += sum(t.numel() * t.element_size() for t in tensors.values())
 
+    # one layer's N(0, 0.02) draws, reused by every layer with its own scale and column permutation
+    # (drawing 7B normal numbers costs more than the pruning on a shared 2-core machine)
+    base = {"self_attn.q_proj.weight": rnd(heads * hd, h), "self_attn.k_proj.weight": rnd(kv * hd, h),
+            "self_attn.v_proj.weight": rnd(kv * hd, h), "self_attn.o_proj.weight": rnd(h, heads * hd),
+            "mlp.gate_proj.weight": rnd(i, h), "mlp.up_proj.weight": rnd(i, h), "mlp.down_proj.weight": rnd(h, i)}
     for li in range(n):
         p = f"model.layers.{li}."
-        write({
-            p + "self_attn.q_proj.weight": rnd(heads * hd, h), p + "self_attn.k_proj.weight": rnd(kv * hd, h),
-            p + "self_attn.v_proj.weight": rnd(kv * hd, h), p + "self_attn.o_proj.weight": rnd(h, heads * hd),
-            p + "mlp.gate_proj.weight": rnd(i, h), p + "mlp.up_proj.weight": rnd(i, h), p + "mlp.down_proj.weight": rnd(h, i),
-            p + "input_layernorm.weight": torch.ones(h, dtype=dtype),
-            p + "post_attention_layernorm.weight": torch.ones(h, dtype=dtype),
-        }, li + 1)
+        shift = (li * 7919) % h
+        layer = {p + k: (t.roll(shift, dims=1) * (1.0 + 0.01 * li)).contiguous() for k, t in base.items()}
+        layer[p + "input_layernorm.weight"] = torch.ones(h, dtype=dtype)
+        layer[p + "post_attention_layernorm.weight"] = torch.ones(h, dtype=dtype)
+        write(layer, li + 1)
+        del layer
     v = shape["vocab_size"]
     write({"model.embed_tokens.weight": rnd(v, h), "model.norm.weight": torch.ones(h, dtype=dtype),
            "lm_head.weight": rnd(v, h)}, files)

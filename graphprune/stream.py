@@ -517,6 +517,10 @@ def prune_checkpoint(
                                 reconstruct=(), uniform_layers=uniform)
         passes = {p.name: p for p in parse_pipeline(text)}
         ctx = PassContext(model=model, example_inputs=example, program=cap.program, seed=seed, progress=progress)
+        if recipe.note:
+            ctx.notes.append(recipe.note)
+        if calib is None:
+            ctx.notes.append("no calib=: each layer is verified on one batch of random token ids")
         graph = passes["couple"].run(cap.graph, ctx).graph
         coupling = ctx.coupling
         sites = reader_sites(coupling)
@@ -657,8 +661,9 @@ def prune_checkpoint(
         plan = _plan(graph, ctx, kept_list)
         return StreamResult(out, report, plan, output is None, coupling, removed)
     except BaseException:
-        if output is not None and "write_to" in locals() and locals()["write_to"] != Path(output):
-            shutil.rmtree(locals()["write_to"], ignore_errors=True)
+        partial = locals().get("write_to")  # ours: a temporary directory (renamed into place only at the end)
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
         reader.close()

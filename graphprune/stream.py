@@ -148,7 +148,11 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
 
 
 class _Reader:
-    """Reads tensors from the shards; one ``safe_open`` handle per shard, closed by :meth:`close`."""
+    """Reads tensors from the shards; one ``safe_open`` handle per shard, closed by :meth:`close`.
+
+    A handle maps its shard: every page read stays resident (and counted in the RSS) until the
+    handle is dropped, so the streamed passes close the handles after each layer (and the lazy
+    scoring after each tensor)."""
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
@@ -181,7 +185,9 @@ class LazyWeights(Mapping[str, torch.Tensor]):
         self.reader = reader
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        return self.reader.get(self.sources[key])
+        t = self.reader.get(self.sources[key]).clone()  # own memory: the shard is unmapped now
+        self.reader.close()
+        return t
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.sources)
@@ -352,6 +358,7 @@ def _layer0_inputs(model: nn.Module, layers: nn.ModuleList, lprefix: str, reader
         h.remove()
         for _, m in outside:
             _free(m)
+        reader.close()
     return caught
 
 
@@ -556,6 +563,7 @@ def prune_checkpoint(
                 for hk in hooks:
                     hk.remove()
                 _free(layer)
+                reader.close()
             if progress:
                 progress("calibration", i + 1, len(layers))
         del hs
@@ -633,6 +641,7 @@ def prune_checkpoint(
                 st.gram = st.gsum = None
             _free(layer)
             _free(player)
+            reader.close()
             del dense, tensors, hs_in
             (tmpdir / f"h{i}.pt").unlink()
             if progress:

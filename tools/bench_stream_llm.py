@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--work", default="/tmp/graphprune-bench-stream")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint and the output")
+    ap.add_argument("--reuse", action="store_true", help="reuse a checkpoint --keep left in --work (same --shape)")
     ap.add_argument("--stock-load", action="store_true", help="also from_pretrained the output (needs its size in RAM)")
     ap.add_argument("--json", default=str(ROOT / "docs" / "bench" / "stream_llm.json"))
     args = ap.parse_args(argv)
@@ -188,12 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.layers is not None:
         shape["num_hidden_layers"] = args.layers
     work = Path(args.work)
-    if work.exists():
-        shutil.rmtree(work)
     ckpt, out = work / "ckpt", work / "out"
+    reuse = args.reuse and (ckpt / "model.safetensors.index.json").is_file()
+    if work.exists() and not reuse:
+        shutil.rmtree(work)
+    shutil.rmtree(out, ignore_errors=True)
     try:
         t0 = time.perf_counter()
-        made = make_checkpoint(ckpt, shape, torch.bfloat16)
+        if reuse:
+            index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+            made = {"bytes": index["metadata"]["total_size"], "files": len(set(index["weight_map"].values()))}
+        else:
+            made = make_checkpoint(ckpt, shape, torch.bfloat16)
         make_s = time.perf_counter() - t0
         print(f"checkpoint: {made['bytes'] / 1e9:.2f} GB in {made['files']} files, {make_s:.0f} s", flush=True)
         g = torch.Generator().manual_seed(1)

@@ -62,15 +62,17 @@ def _require_hf(model: nn.Module) -> Any:
 
 
 def stock_mismatches(model: nn.Module) -> dict[str, tuple[list[int], list[int]]]:
-    """name -> (shape in ``model``, shape the stock config builds) for every tensor that differs."""
+    """name -> (shape in ``model``, shape the stock config builds) for every tensor that differs;
+    a tensor the config does not build at all (a bias that reconstruction fitted into a bias-free
+    projection) has the stock shape ``[]`` (stock loading would drop it)."""
     cfg = _require_hf(model)
     with torch.device("meta"):
         ref = type(model)(cfg)
     ref_shapes = {k: list(v.shape) for k, v in ref.state_dict().items()}
     out = {}
     for k, v in model.state_dict().items():
-        stock = ref_shapes.get(k)
-        if stock is not None and stock != list(v.shape):
+        stock = ref_shapes.get(k, [])
+        if stock != list(v.shape):
             out[k] = (list(v.shape), stock)
     return out
 

@@ -58,6 +58,10 @@ def test_streamed_equals_in_memory(tmp_path: Path) -> None:
     back = gp.load_pretrained(tmp_path / "out")  # per-layer widths and refit biases: graphprune's loader
     torch.testing.assert_close(_logits(back, ids[0]), _logits(mem.model, ids[0]), rtol=1e-5, atol=1e-5)
     assert len(list((tmp_path / "out").glob("model-*.safetensors"))) == model.config.num_hidden_layers + 1
+    # the in-memory directory keeps the refit biases too (stock from_pretrained would drop them)
+    assert mem.save_pretrained(tmp_path / "mem")["loader"] == "graphprune.load_pretrained"
+    back = gp.load_pretrained(tmp_path / "mem")
+    torch.testing.assert_close(_logits(back, ids[0]), _logits(mem.model, ids[0]), rtol=1e-5, atol=1e-5)
 
 
 def test_uniform_stock_reload_equals_masked_original(tmp_path: Path) -> None:

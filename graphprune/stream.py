@@ -535,8 +535,11 @@ def prune_checkpoint(
         for s in sites:
             src = s.weight.source or ""
             if not src.startswith(lpre):
-                raise OptionError(f"streamed pruning refits consumers inside decoder layers only; {src or s.node} "
-                                  "reads a prunable axis outside them (prune it in memory with gp.prune(model, ...))")
+                if crit.needs == "activations" or recon:
+                    raise OptionError(f"streamed pruning calibrates consumers inside decoder layers only; "
+                                      f"{src or s.node} reads a prunable axis outside them (prune it in memory "
+                                      "with gp.prune(model, ...))")
+                continue
             by_layer.setdefault(int(src[len(lpre):].split(".")[0]), []).append(s)
         stats: dict[str, ChannelStats] = {s.node: ChannelStats() for s in sites}
 
@@ -588,6 +591,11 @@ def prune_checkpoint(
         pruned = rewrite_module(model, coupling, removed)
         kept_list = kept_indices(coupling, removed)
         kept = {k.value.source: k.axes for k in kept_list if k.value.source}
+        outside = sorted(k.value.source for k in kept_list if k.value.source and not k.value.source.startswith(lpre)
+                         and any(len(idx) < k.value.shape[ax] for ax, idx in k.axes.items()))
+        if outside:  # the per-layer oracle and writer assume the residual stream is kept
+            raise OptionError(f"the plan shrinks {outside[0]}, outside the decoder layers (the residual stream); a "
+                              "checkpoint directory is pruned inside its layers only: prune the model in memory")
         timings["allocate"] = time.perf_counter() - t0
         reader.close()
 

@@ -847,9 +847,20 @@ def _invalid_fields(pruned: Any, original: Any) -> dict[str, Any]:
 
 
 def _plan(graph: Any, ctx: Any, kept_list: list[Any]) -> Any:
-    from .api import _plan as plan_of
+    """The run's PruningPlan: the one the allocate pass wrote (``ctx.plan``, once the plan refactor
+    is in), else assembled as ``api`` does."""
+    if getattr(ctx, "plan", None) is not None:
+        return ctx.plan
+    from .api import _plan as plan_of  # type: ignore[attr-defined]
 
     return plan_of(graph, ctx, kept_list)
+
+
+def _target_and_round(ctx: Any) -> tuple[dict[str, float], int]:
+    plan = getattr(ctx, "plan", None)
+    if plan is not None:
+        return dict(plan.target), int(plan.round_to)
+    return dict(ctx.target), int(ctx.round_to)
 
 
 def _report(graph: Any, ctx: Any, kept_list: list[Any], worst: dict[str, Any], timings: dict[str, float],
@@ -859,7 +870,8 @@ def _report(graph: Any, ctx: Any, kept_list: list[Any], worst: dict[str, Any], t
 
     removed = ctx.allocation.removed
     before, after = count(graph), count(graph, ShapeTable(ctx.coupling).shapes(removed))
-    metric, frac = next(iter(ctx.target.items()))
+    target, round_to = _target_and_round(ctx)
+    metric, frac = next(iter(target.items()))
     kept = {"flops": after.flops / before.flops if before.flops else 1.0,
             "macs": after.macs / before.macs if before.macs else 1.0,
             "params": after.params / before.params if before.params else 1.0}
@@ -867,10 +879,10 @@ def _report(graph: Any, ctx: Any, kept_list: list[Any], worst: dict[str, Any], t
         len(k.axes[ax]) if ax in k.axes else s for ax, s in enumerate(k.value.shape)]} for k in kept_list if k.value.source}
     return {
         "model": graph.name, "checkpoint": str(ckpt.directory), "dtype": str(ckpt.dtype).replace("torch.", ""),
-        "streamed": True, "target": dict(ctx.target), "achieved": {metric: kept[metric]}, "kept": kept,
+        "streamed": True, "target": target, "achieved": {metric: kept[metric]}, "kept": kept,
         "flops_before": before.flops, "flops_after": after.flops, "params_before": before.params,
         "params_after": after.params, "criterion": ctx.criterion, "allocation": ctx.allocation.policy,
-        "round_to": ctx.round_to, "units": ctx.coupling.n_units, "units_removed": int(removed.sum()),
+        "round_to": round_to, "units": ctx.coupling.n_units, "units_removed": int(removed.sum()),
         "verification": {"ok": bool(worst.get("ok", True)), **{k: v for k, v in worst.items() if k != "ok"},
                          "detail": "per decoder layer on its calibration inputs"},
         "reconstruction": list(recon) if refit else [], "refit": refit, "widths": widths, "loader": loader,

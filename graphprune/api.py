@@ -117,6 +117,27 @@ def _load_onnx_source(model: Any, example_inputs: Any, input_shapes: Any) -> tup
     return prep, feeds, lower_onnx(prep, name=name), name
 
 
+def _is_directory(model: Any) -> bool:
+    """A directory (not one named .onnx): a transformers checkpoint directory, or one to refuse."""
+    return isinstance(model, (str, os.PathLike)) and Path(model).is_dir() and not str(model).lower().endswith(".onnx")
+
+
+def _prune_directory(model: Any, example_inputs: Any, *, latency: Any, speedup: Any, latency_ms: Any, pipeline: Any,
+                     steps: int, depth: Any, **kw: Any) -> Any:
+    """A transformers checkpoint directory: pruned layer by layer (:mod:`graphprune.stream`)."""
+    from .stream import prune_checkpoint
+
+    given = [n for n, v in (("example_inputs", example_inputs), ("latency", latency), ("speedup", speedup),
+                            ("latency_ms", latency_ms), ("pipeline", pipeline), ("depth", depth)) if v is not None]
+    if steps != 1:
+        given.append("steps")
+    if given:
+        raise OptionError(f"a checkpoint directory ({model}) is pruned layer by layer with flops=, macs= or params=, "
+                          f"calib=, criterion=, allocation=, reconstruct=, round_to=, uniform=; {given[0]}= is not "
+                          "supported there (load the model and prune it in memory for that)")
+    return prune_checkpoint(model, **kw)
+
+
 def _check_model(model: Any, example_inputs: Any) -> None:
     if not isinstance(model, nn.Module):
         raise OptionError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -242,6 +263,11 @@ def prune(
     from .latency_target import budget_fraction
 
     progress = as_progress(progress)
+    if _is_directory(model):
+        return _prune_directory(model, example_inputs, flops=flops, params=params, macs=macs, latency=latency,
+                                speedup=speedup, latency_ms=latency_ms, criterion=criterion, allocation=allocation,
+                                round_to=round_to, verify=verify, pipeline=pipeline, progress=progress, calib=calib,
+                                reconstruct=reconstruct, steps=steps, seed=seed, depth=depth, uniform=uniform)
     onnx_input = _is_onnx(model)
     if not onnx_input:
         _check_model(model, example_inputs)

@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     pr = sub.add_parser("prune", help="prune a model to a FLOPs/MACs/params or latency budget and write it",
                         epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
-    pr.add_argument("source", help="built-in model name, package.module:factory, or model.onnx")
+    pr.add_argument("source", help="built-in model name, package.module:factory, model.onnx, or a transformers "
+                    "checkpoint directory (config.json + safetensors: pruned layer by layer)")
     budget = pr.add_mutually_exclusive_group(required=True)
     budget.add_argument("--flops", type=_fraction, help="fraction of FLOPs to keep, e.g. 0.5")
     budget.add_argument("--macs", type=_fraction,
@@ -123,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--latency-ms", type=_positive, help="target latency in milliseconds on the runtime")
     _runtime_args(pr)
     pr.add_argument("--iterate", type=int, default=2, help="re-allocations when the measured latency misses by >5%%")
-    pr.add_argument("-o", "--output", required=True, help="output file: .pt or .onnx")
+    pr.add_argument("-o", "--output", required=True, help="output file: .pt or .onnx (a directory for a checkpoint directory)")
     pr.add_argument("--report", action="append", default=[], metavar="FILE.json|FILE.html",
                     help="write the report here: .json (data) or .html (one self-contained page); repeatable")
     pr.add_argument("--plots", metavar="DIR", help="also write the report's figures as PNG files here (needs matplotlib)")
@@ -291,6 +292,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from graphprune.frontends.calib import load_calib_file
     from graphprune.sources import load
 
+    if Path(args.source).is_dir() and not args.source.lower().endswith(".onnx"):
+        return _cmd_prune_checkpoint(args)
     out = _check_output(args)
     if args.plan_out and Path(args.plan_out).suffix.lower() != ".json":
         raise OptionError(f"--plan-out {args.plan_out}: use a .json file name")
@@ -336,6 +339,51 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             + ("" if args.allow_miss else f" (exit status {EXIT_MISSED}; --allow-miss exits 0)"),
             highlight=False, markup=False, soft_wrap=True)
         return 0 if args.allow_miss else EXIT_MISSED
+    return 0
+
+
+def _cmd_prune_checkpoint(args: argparse.Namespace) -> int:
+    """``graphprune prune CKPT_DIR --flops F -o OUT_DIR``: streamed, layer by layer (graphprune.stream)."""
+    from graphprune.stream import load_ids_file, prune_checkpoint
+
+    unsupported = [f for f, on in (("--latency/--speedup/--latency-ms", any(v is not None for v in (
+        args.latency, args.speedup, args.latency_ms))), ("--pipeline", args.pipeline), ("--steps", args.steps != 1),
+        ("--depth", args.depth), ("--layer-latency", args.layer_latency), ("--plots", args.plots),
+        ("--input-shape", args.input_shape), ("--allow-static", args.allow_static)) if on]
+    if unsupported:
+        raise OptionError(f"{args.source} is a checkpoint directory, pruned layer by layer: {unsupported[0]} is not "
+                          "supported there (use --flops/--macs/--params, --calib, --criterion, --reconstruct, "
+                          "--allocation, --round-to, --uniform)")
+    if args.plan_out and Path(args.plan_out).suffix.lower() != ".json":
+        raise OptionError(f"--plan-out {args.plan_out}: use a .json file name")
+    out = Path(args.output)
+    if out.suffix.lower() in (".pt", ".pth", ".onnx") or (out.exists() and not out.is_dir()):
+        raise OptionError(f"-o {args.output}: a checkpoint directory is written as a directory; give a directory path")
+    for path in args.report:
+        if _report_kind(path) != "json":
+            raise OptionError(f"--report {path}: a checkpoint directory's report is written as .json")
+    with PhaseProgress(err_console) as progress:
+        calib = load_ids_file(args.calib) if args.calib else None
+        res = prune_checkpoint(args.source, flops=args.flops, macs=args.macs, params=args.params, calib=calib,
+                               criterion=args.criterion, allocation=args.allocation, reconstruct=args.reconstruct,
+                               round_to=args.round_to, verify=not args.no_verify, uniform=args.uniform,
+                               output=out, progress=progress)
+        rep = dict(res.report)
+        rep["saved"] = {"path": str(out), "loader": rep["loader"]}
+        rep["options"] = _options(args)
+        for path in args.report:
+            _write_json(path, rep)
+        if args.plan_out:
+            res.plan.save(args.plan_out)
+    k = rep["kept"]
+    v = rep["verification"]
+    out_console.print(
+        f"{args.source} -> {out} ({rep['dtype']}, streamed layer by layer): kept {100 * k['flops']:.1f}% of FLOPs, "
+        f"{100 * k['params']:.1f}% of params; verified per layer (max error {v['max_abs_err']:.3g}, tolerance "
+        f"{v['tolerance']:.3g}); reload with "
+        + ("transformers' from_pretrained" if rep["loader"] == "stock" else "graphprune.load_pretrained(dir)")
+        + f"; {rep['timings']['total']:.1f} s, peak RSS {rep['peak_rss_gb']:.2f} GB",
+        highlight=False, markup=False, soft_wrap=True)
     return 0
 
 

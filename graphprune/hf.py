@@ -62,15 +62,17 @@ def _require_hf(model: nn.Module) -> Any:
 
 
 def stock_mismatches(model: nn.Module) -> dict[str, tuple[list[int], list[int]]]:
-    """name -> (shape in ``model``, shape the stock config builds) for every tensor that differs."""
+    """name -> (shape in ``model``, shape the stock config builds) for every tensor that differs;
+    a tensor the config does not build at all (a bias that reconstruction fitted into a bias-free
+    projection) has the stock shape ``[]`` (stock loading would drop it)."""
     cfg = _require_hf(model)
     with torch.device("meta"):
         ref = type(model)(cfg)
     ref_shapes = {k: list(v.shape) for k, v in ref.state_dict().items()}
     out = {}
     for k, v in model.state_dict().items():
-        stock = ref_shapes.get(k)
-        if stock is not None and stock != list(v.shape):
+        stock = ref_shapes.get(k, [])
+        if stock != list(v.shape):
             out[k] = (list(v.shape), stock)
     return out
 
@@ -170,19 +172,51 @@ def load_pretrained(directory: str | os.PathLike[str], **kwargs: Any) -> nn.Modu
 
     with no_init_weights():
         model = cls(config)
-    path = d / "model.safetensors"
-    if not path.is_file():
-        raise SourceError(f"{d}: no model.safetensors; write the directory with res.save_pretrained(d)")
-    with safe_open(str(path), "pt") as sf:
-        shapes = {k: list(sf.get_slice(k).get_shape()) for k in sf.keys()}
+    dtype = _config_dtype(config)
+    if dtype is not None:  # built in the default dtype; the weights were written in the config's
+        model = model.to(dtype)
+    paths = _weight_files(d)
+    shapes = {}
+    for path in paths:
+        with safe_open(str(path), "pt") as sf:
+            shapes.update({k: list(sf.get_slice(k).get_shape()) for k in sf.keys()})
     model.tie_weights()  # share tied tensors first: the file holds one name of each
     _shrink_to(model, shapes)
-    missing, unexpected = load_model(model, str(path), strict=False)
-    missing = _untied(model, set(missing))
+    missing_all: set[str] | None = None
+    unexpected: list[str] = []
+    for path in paths:  # each shard: the keys it lacks are "missing" for it alone
+        miss, unexp = load_model(model, str(path), strict=False)
+        missing_all = set(miss) if missing_all is None else missing_all & set(miss)
+        unexpected += unexp
+    missing = _untied(model, missing_all or set())
     if missing or unexpected:
         raise SourceError(f"{d}: the weights do not fit {cls.__name__} (missing {sorted(missing)[:3]}, unexpected "
                           f"{sorted(unexpected)[:3]}); was the directory written by res.save_pretrained?")
     return model.eval()
+
+
+def _config_dtype(config: Any) -> torch.dtype | None:
+    """The floating dtype a config records (``dtype``, formerly ``torch_dtype``), if any."""
+    dt = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dt, str):
+        dt = getattr(torch, dt, None)
+    return dt if isinstance(dt, torch.dtype) and dt.is_floating_point else None
+
+
+def _weight_files(d: Path) -> list[Path]:
+    """``model.safetensors``, or the shards ``model.safetensors.index.json`` lists (a streamed prune
+    writes one shard per decoder layer: ``graphprune.stream``)."""
+    index = d / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted({d / f for f in json.loads(index.read_text())["weight_map"].values()})
+        gone = [f.name for f in files if not f.is_file()]
+        if gone:
+            raise SourceError(f"{d}: shard {gone[0]} listed in {index.name} is missing; copy the whole directory")
+        return files
+    path = d / "model.safetensors"
+    if not path.is_file():
+        raise SourceError(f"{d}: no model.safetensors; write the directory with res.save_pretrained(d)")
+    return [path]
 
 
 def _untied(model: nn.Module, missing: set[str]) -> list[str]:
@@ -198,6 +232,7 @@ def _shrink_to(model: nn.Module, shapes: dict[str, list[int]]) -> None:
     from .rewrite.slicing import set_tensor, tensor_owners
     from .rewrite.to_torch import refresh_modules
 
+    _add_biases(model, shapes)
     owners = tensor_owners(model)
     current = model.state_dict(keep_vars=True)
     touched: set[int] = set()
@@ -209,3 +244,19 @@ def _shrink_to(model: nn.Module, shapes: dict[str, list[int]]) -> None:
         set_tensor(holders, torch.empty(shape, dtype=t.dtype), isinstance(t, nn.Parameter), t.requires_grad)
         touched.update(id(m) for m, _ in holders)
     refresh_modules(model, touched)
+
+
+def _add_biases(model: nn.Module, shapes: dict[str, list[int]]) -> None:
+    """A Linear the file gives a bias its class builds without (reconstruction fitted an intercept
+    into a bias-free projection: ``reconstruct="lsq"``/``"bias"``) gets an empty one to load into."""
+    names = set(model.state_dict())
+    for k, shape in shapes.items():
+        mod_path, _, leaf = k.rpartition(".")
+        if k in names or leaf != "bias":
+            continue
+        try:
+            mod = model.get_submodule(mod_path)
+        except AttributeError:
+            continue
+        if isinstance(mod, nn.Linear) and mod.bias is None:
+            mod.bias = nn.Parameter(torch.empty(shape, dtype=mod.weight.dtype))

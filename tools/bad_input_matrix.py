@@ -96,6 +96,27 @@ def make_files(d: Path) -> None:
     torch.onnx.export(model, (torch.randn(1, 3, 8, 8),), str(d / "good.onnx"), dynamo=False)
     data = (d / "good.onnx").read_bytes()
     (d / "truncated.onnx").write_bytes(data[: len(data) // 2])
+    _checkpoints(d)
+
+
+def _checkpoints(d: Path) -> None:
+    """Tiny LLaMA checkpoint directories (graphprune.stream): good, without config.json, with a
+    shard missing, in float64; and calibration ids outside the vocabulary."""
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, num_hidden_layers=1,
+                                   intermediate_size=48, vocab_size=50, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(d / "ckpt")
+    model.save_pretrained(d / "ckpt_missing_shard", max_shard_size="20KB")
+    shards = sorted((d / "ckpt_missing_shard").glob("model-*.safetensors"))
+    shards[1].unlink()
+    model.save_pretrained(d / "ckpt_no_config")
+    (d / "ckpt_no_config" / "config.json").unlink()
+    model.to(torch.float64).save_pretrained(d / "ckpt_float64")
+    torch.save([torch.tensor([[1, 2, 3, 50]])], d / "ids_out_of_vocab.pt")
 
 
 P = ("prune", "factories:good")
@@ -124,6 +145,14 @@ ROWS: tuple[Row, ...] = (
         ("prune", "factories:nothing", "--flops", "0.5", *OUT), "factories has no callable 'nothing'"),
     Row("factory_raises", "files", "a factory that raises", ("prune", "factories:raises", "--flops", "0.5", *OUT),
         "the factory raised RuntimeError: no weights here"),
+    Row("checkpoint_no_config", "files", "a checkpoint directory without config.json",
+        ("prune", "ckpt_no_config", "--flops", "0.5", "-o", "out_dir"), "ckpt_no_config: no config.json"),
+    Row("checkpoint_missing_shard", "files", "a checkpoint directory with a shard missing",
+        ("prune", "ckpt_missing_shard", "--flops", "0.5", "-o", "out_dir"), "listed in model.safetensors.index.json is missing"),
+    Row("checkpoint_float64", "files", "a checkpoint directory in an unsupported dtype (float64)",
+        ("prune", "ckpt_float64", "--flops", "0.5", "-o", "out_dir"), "has dtype F64"),
+    Row("checkpoint_to_pt", "files", "a checkpoint directory written as a .pt file",
+        ("prune", "ckpt", "--flops", "0.5", "-o", "out.pt"), "is written as a directory"),
     Row("factory_not_pair", "files", "a factory that returns a module alone",
         ("prune", "factories:not_a_pair", "--flops", "0.5", *OUT), "must return (model, example_inputs)"),
     # -- budgets -----------------------------------------------------------------------------------
@@ -182,6 +211,9 @@ ROWS: tuple[Row, ...] = (
         (*P, "--flops", "0.5", "--criterion", "wanda", "--calib", "calib_wrong_channels.pt", *OUT), "calib"),
     Row("calib_not_tensors", "calibration", "--calib file holding no tensors",
         (*P, "--flops", "0.5", "--criterion", "wanda", "--calib", "calib_not_tensors.pt", *OUT), "calib_not_tensors.pt"),
+    Row("calib_ids_outside_vocab", "calibration", "--calib token ids outside a checkpoint's vocabulary",
+        ("prune", "ckpt", "--flops", "0.5", "--calib", "ids_out_of_vocab.pt", "-o", "out_dir"),
+        "token id 50 is outside the vocabulary [0, 50)"),
     Row("calib_for_onnx", "calibration", "--reconstruct with an .onnx source",
         ("prune", "good.onnx", "--flops", "0.5", "--reconstruct", "bias", "-o", "out.onnx"), "need the PyTorch model"),
 )

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import time
@@ -63,6 +64,7 @@ class PruneResult:
     example_inputs: Any = field(default=None, repr=False)
     coupling: Coupling | None = field(default=None, repr=False)
     removed: np.ndarray | None = field(default=None, repr=False)  # bool per coupling unit
+    original_config: Any = field(default=None, repr=False)  # a transformers model's config before pruning
 
     def save(self, path: str | os.PathLike[str], opset: int | None = None) -> dict[str, Any]:
         """Write ``.pt`` or ``.onnx`` (checked in onnxruntime) atomically."""
@@ -75,7 +77,7 @@ class PruneResult:
         refuses it). Returns what was written; see :func:`graphprune.hf.save_pretrained`."""
         from .hf import save_pretrained
 
-        return save_pretrained(self.model, directory)
+        return save_pretrained(self.model, directory, original=self.original_config)
 
 
 def _is_onnx(model: Any) -> bool:
@@ -484,7 +486,9 @@ def _prune_once(
                 refuse_static(graph.name, report)
     if ctx.latency is not None:
         report["latency"] = latency_report(graph, ctx, ctx.latency_loop)
-    return PruneResult(ctx.pruned, report, plan, example_inputs, ctx.coupling, plan.removed_mask(ctx.coupling.n_units))
+    original_config = copy.deepcopy(getattr(model, "config", None)) if isinstance(model, nn.Module) else None
+    return PruneResult(ctx.pruned, report, plan, example_inputs, ctx.coupling, plan.removed_mask(ctx.coupling.n_units),
+                       original_config)
 
 
 def _prune_steps(
@@ -494,7 +498,7 @@ def _prune_steps(
     """k pruning steps; step i targets ``1 - (1 - frac) * i / k`` of the ORIGINAL cost, asking each
     step for (goal / current cost) of its own input, so rounding in one step is absorbed by the next."""
     res = once(model, 1.0 - (1.0 - frac) / steps)
-    first = res.report
+    first, original_config = res.report, res.original_config
     total0 = float(first[f"{metric}_before"])
     plan, history = res.plan, [res.report["achieved"][metric]]
     for i in range(2, steps + 1):
@@ -514,7 +518,7 @@ def _prune_steps(
         "steps": {"count": steps, "achieved_per_step_of_input": history},
     })
     plan = dataclasses.replace(plan, target={metric: frac})
-    return PruneResult(res.model, report, plan, res.example_inputs, res.coupling, res.removed)
+    return PruneResult(res.model, report, plan, res.example_inputs, res.coupling, res.removed, original_config)
 
 
 def analysis_report(graph: Graph, coupling: Coupling) -> dict[str, Any]:

@@ -81,20 +81,27 @@ def _layers_key(cfg: Any) -> str:
     return getattr(cfg, "attribute_map", {}).get("num_hidden_layers", "num_hidden_layers")
 
 
-def save_pretrained(model: nn.Module, directory: str | os.PathLike[str]) -> dict[str, Any]:
+def save_pretrained(model: nn.Module, directory: str | os.PathLike[str], original: Any = None) -> dict[str, Any]:
     """Write ``model`` to ``directory`` (see the module docstring). Returns ``{"path", "loader",
-    "mismatched"}``: loader is ``"stock"`` or ``"graphprune.load_pretrained"``."""
+    "mismatched"}``: loader is ``"stock"`` or ``"graphprune.load_pretrained"``. ``original`` is
+    the config before pruning: where transformers' validation refuses the pruned config (LLaMA
+    wants hidden_size divisible by the head count), its changed fields are restored from it."""
     from .rewrite.hf_attrs import LOADER, layer_widths
 
     cfg = _require_hf(model)
     dest = Path(directory)
     if dest.exists() and not dest.is_dir():
         raise ExportError(f"save_pretrained: {dest} exists and is not a directory; give a directory path")
-    mismatched = stock_mismatches(model)
+    invalid = invalid_fields(cfg, original)
+    mismatched = ({k: (list(v.shape), []) for k, v in model.state_dict().items()} if invalid
+                  else stock_mismatches(model))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        model.save_pretrained(tmp)
+        if invalid:  # save_pretrained would refuse the config
+            cfg.to_json_file(str(tmp / "config.json"))
+        else:
+            model.save_pretrained(tmp)
         if mismatched:
             from safetensors.torch import save_model
 
@@ -109,7 +116,7 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike[str]) -> dict
                                   "mark the directory as graphprune-only; cannot write it safely")
             data.pop("graphprune", None)
             data["graphprune"] = {
-                "format": FORMAT, "loader": LOADER, "restore": {key: data[key]},
+                "format": FORMAT, "loader": LOADER, "restore": {key: data[key], **invalid},
                 "layers": layer_widths(model), "shapes": {k: v[0] for k, v in sorted(mismatched.items())},
             }
             data[key] = POISON
@@ -125,6 +132,27 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike[str]) -> dict
             f"graphprune.load_pretrained({str(dest)!r}) (stock from_pretrained refuses this directory)")
     log.info("%s: %s", dest, note)
     return {"path": str(dest), "loader": LOADER, "mismatched": len(mismatched), "note": note}
+
+
+def invalid_fields(pruned: Any, original: Any) -> dict[str, Any]:
+    """The changed integer config fields, at their ``original`` values, when transformers' own
+    validation refuses the ``pruned`` config; empty when it validates. A refused config with no
+    original to restore from is an ExportError naming the problem."""
+    validate = getattr(pruned, "validate", None)
+    if validate is None:
+        return {}
+    try:
+        validate()
+        return {}
+    except Exception as exc:  # huggingface_hub's StrictDataclassClassValidationError and ValueError
+        problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if original is None:
+        raise ExportError(f"save_pretrained: transformers refuses the pruned {type(pruned).__name__} ({problem}) and "
+                          "the config before pruning is not known; save the PruneResult "
+                          "(res.save_pretrained(dir)), which keeps it")
+    log.info("pruned config does not validate (%s); written for graphprune.load_pretrained", problem)
+    new, old = pruned.to_dict(), original.to_dict()
+    return {k: old[k] for k, v in new.items() if isinstance(v, int) and k in old and old[k] != v}
 
 
 def _replace_dir(tmp: Path, dest: Path) -> None:

@@ -798,7 +798,7 @@ def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
 def _write_config(pruned: nn.Module, d: Path, weight_map: dict[str, str], ckpt: Checkpoint) -> str:
     """config.json (+ generation_config.json) and the index; the graphprune section when the
     widths differ per layer (or tensors exist the config cannot build), as ``hf.save_pretrained``."""
-    from .hf import FORMAT, POISON, _layers_key, stock_mismatches
+    from .hf import FORMAT, POISON, _layers_key, invalid_fields, stock_mismatches
     from .rewrite.hf_attrs import LOADER, layer_widths
 
     total = 0
@@ -806,7 +806,7 @@ def _write_config(pruned: nn.Module, d: Path, weight_map: dict[str, str], ckpt: 
         total += (d / fname).stat().st_size
     (d / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
                                       indent=2) + "\n")
-    invalid = _invalid_fields(pruned.config, ckpt.config)
+    invalid = invalid_fields(pruned.config, ckpt.config)
     pruned.config.to_json_file(str(d / "config.json"))  # save_pretrained would refuse an invalid config
     gen = ckpt.directory / "generation_config.json"
     if gen.is_file():
@@ -828,22 +828,6 @@ def _write_config(pruned: nn.Module, d: Path, weight_map: dict[str, str], ckpt: 
     data[key] = POISON
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return LOADER
-
-
-def _invalid_fields(pruned: Any, original: Any) -> dict[str, Any]:
-    """The changed config fields, at their original values, when transformers' own validation
-    refuses the pruned config (LLaMA in transformers 5 wants hidden_size divisible by
-    num_attention_heads even with an explicit head_dim): empty when it validates."""
-    validate = getattr(pruned, "validate", None)
-    if validate is None:
-        return {}
-    try:
-        validate()
-        return {}
-    except Exception as exc:  # huggingface_hub's StrictDataclassClassValidationError and ValueError
-        log.info("pruned config does not validate (%s); written for graphprune.load_pretrained", exc)
-    new, old = pruned.to_dict(), original.to_dict()
-    return {k: old[k] for k, v in new.items() if isinstance(v, int) and k in old and old[k] != v}
 
 
 def _plan(graph: Any, ctx: Any, kept_list: list[Any]) -> Any:

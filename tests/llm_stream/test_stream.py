@@ -109,3 +109,39 @@ def test_heads_that_do_not_divide_hidden_reload_with_graphprune_loader(tmp_path:
     assert back.model.layers[0].self_attn.q_proj.out_features == 56
     masked = masked_original(model, res.coupling, res.removed)
     torch.testing.assert_close(_logits(back, ids[1]), _logits(masked, ids[1]), rtol=1e-4, atol=1e-4)
+
+
+def test_in_memory_heads_that_do_not_divide_hidden_save_for_graphprune_loader(tmp_path: Path) -> None:
+    """The in-memory result of the same case: res.save_pretrained restores the refused config
+    fields from the config before pruning (never a raw transformers validation error), and the
+    reloaded model equals the pruned one; saving the bare pruned model, whose original config is
+    unknown, is one ExportError line."""
+    from graphprune.errors import ExportError
+    from graphprune.hf import save_pretrained
+
+    model = make_checkpoint(tmp_path / "ckpt", "llama", num_attention_heads=8, num_key_value_heads=8,
+                            num_hidden_layers=1)
+    ids = calib_ids(n=1)
+    res = gp.prune(model, {"input_ids": ids[0], "use_cache": False}, flops=0.75, round_to=1)
+    heads = res.model.model.layers[0].self_attn.q_proj.out_features // 8
+    assert heads < 8 and 64 % heads != 0  # a head count transformers' LlamaConfig refuses
+    assert res.save_pretrained(tmp_path / "out")["loader"] == "graphprune.load_pretrained"
+    back = gp.load_pretrained(tmp_path / "out")
+    torch.testing.assert_close(_logits(back, ids[0]), _logits(res.model, ids[0]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ExportError, match="transformers refuses the pruned LlamaConfig") as err:
+        save_pretrained(res.model, tmp_path / "bare")
+    assert "\n" not in str(err.value) and not (tmp_path / "bare").exists()
+
+
+def test_cli_checkpoint_plan_out_replays_in_memory(tmp_path: Path) -> None:
+    """--plan-out on a checkpoint directory writes the streamed run's plan; gp.apply of it to the
+    same model in memory keeps exactly the same channels."""
+    model = make_checkpoint(tmp_path / "ckpt", "llama")
+    torch.save(torch.cat(calib_ids(n=2)), tmp_path / "ids.pt")
+    rc = main(["prune", str(tmp_path / "ckpt"), "--flops", "0.7", "--calib", str(tmp_path / "ids.pt"),
+               "--criterion", "wanda", "-o", str(tmp_path / "out"), "--plan-out", str(tmp_path / "plan.json")])
+    assert rc == 0
+    plan = gp.PruningPlan.load(tmp_path / "plan.json")
+    res = gp.apply(model, plan, {"input_ids": calib_ids(n=1)[0], "use_cache": False})
+    assert res.plan.kept == plan.kept and plan.removed_units
+    assert res.report["verification"]["ok"]

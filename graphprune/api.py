@@ -184,6 +184,8 @@ def prune(
     depth: bool | None = None,
     allow_static: bool = False,
     uniform: bool = False,
+    hidden: bool | None = None,
+    layers: int | float | None = None,
 ) -> PruneResult:
     """Prune ``model`` to a budget; returns a new, verified model.
 
@@ -227,6 +229,12 @@ def prune(
     all attention KV-group counts equal; allocation ``uniform`` only), and a transformers model keeps
     whole what its config cannot express, so ``res.model.save_pretrained(d)`` reloads with stock
     ``from_pretrained`` (docs/HF.md).
+    ``hidden=True``: the residual-stream (hidden) size of RMSNorm models may shrink too (every norm
+    rescaled, exact: ``graphprune.rules.hidden``; default :data:`HIDDEN_DEFAULT`, docs/LLM.md).
+    ``layers=N`` (int) or ``layers=F`` (fraction of the decoder layers): a transformers decoder
+    first loses the N layers whose output is closest in angle to their input on ``calib=``
+    (ShortGPT; ``graphprune.analysis.depth.drop_decoder_layers``), then the widths prune to what the
+    budget still asks; the config's ``num_hidden_layers`` and layer indices follow.
     """
 
     from graphprune.passes import default_pipeline
@@ -279,20 +287,39 @@ def prune(
     if use_depth and policy != "greedy":
         raise OptionError(f"depth=True needs allocation='greedy' (the knapsack); got allocation={policy!r}")
 
+    use_hidden = HIDDEN_DEFAULT if hidden is None else bool(hidden)
+    if layers is not None:
+        from .analysis.depth import drop_decoder_layers
+
+        model, frac, layer_info = drop_decoder_layers(model, example_inputs, batches, layers, metric, frac, onnx_input)
+
     def once(m: Any, fraction: float | None) -> PruneResult:
         text = pipeline or default_pipeline(
             metric, float(1.0 if fraction is None else fraction), criterion, policy, round_to, strict=verify,
             runtime=runtime, threads=threads or 0, reconstruct=recon, depth=use_depth, uniform_layers=uniform,
+            hidden=use_hidden, hidden_multiple=_hidden_multiple(m) if use_hidden else 1,
         )
         return _prune_once(m, example_inputs, text, batches, loss, seed, progress, input_shapes, measure, iterate,
                            allow_static=allow_static)
 
     res = once(model, frac) if steps == 1 else _prune_steps(model, once, metric, float(frac), steps, callback)  # type: ignore[arg-type]
+    if layers is not None:
+        res.report["layers_removed"] = layer_info
     res.report.update(target_verdict(res.report))
     if recipe.note:
         res.report["notes"].append(recipe.note)
     return res
 
+
+def _hidden_multiple(model: Any) -> int:
+    """transformers configs validate ``hidden_size % num_attention_heads == 0``: the hidden size
+    keeps a multiple of the head count."""
+    heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
+    return heads if isinstance(heads, int) and heads > 1 else 1
+
+
+# hidden-size pruning by default? chosen by tools/bench_llm_quality.py (docs/LLM.md)
+HIDDEN_DEFAULT = False
 
 # how far above its target a result may land and still count as met (relative excess)
 MISS_TOLERANCE: dict[str, float] = {"flops": 0.01, "macs": 0.01, "params": 0.01, "latency": 0.05}

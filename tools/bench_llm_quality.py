@@ -198,22 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     n_layers = dense.config.num_hidden_layers
     print(f"dense: {base} params, held-out ppl {dense_ppl:.4f}", flush=True)
     results: list[dict[str, Any]] = []
-    for removed in a.levels:
-        for row in rows:
-            t0 = time.time()
-            try:
-                m, info = run_row(row, dense, x, calib, removed, n_layers)
-            except Exception as exc:  # a row that fails is reported, not hidden
-                results.append({"row": row, "label": LABELS[row], "removed_target": removed, "error": f"{type(exc).__name__}: {exc}"[:300]})
-                print(f"{removed:.0%} {LABELS[row]:<40} ERROR {results[-1]['error']}", flush=True)
-                continue
-            ppl = tt.perplexity(m, evalb)
-            rec = {"row": row, "label": LABELS[row], "removed_target": removed,
-                   "params_kept": round(n_params(m) / base, 4), "ppl": round(ppl, 4),
-                   "ppl_rel": round(ppl / dense_ppl, 4), "seconds": round(time.time() - t0, 1), **info}
-            results.append(rec)
-            print(f"{removed:.0%} {LABELS[row]:<40} kept {rec['params_kept']:.3f} ppl {ppl:.3f} x{rec['ppl_rel']:.3f} "
-                  f"({rec['seconds']}s)", flush=True)
     train_info = json.loads((tt.DEFAULT_OUT / "train.json").read_text()) if (tt.DEFAULT_OUT / "train.json").exists() else {}
     out = {
         "model": {"path": str(tt.DEFAULT_OUT.relative_to(ROOT)), "params": base, "layers": n_layers,
@@ -225,6 +209,24 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     a.json.parent.mkdir(parents=True, exist_ok=True)
+    for removed in a.levels:
+        for row in rows:
+            t0 = time.time()
+            try:
+                m, info = run_row(row, dense, x, calib, removed, n_layers)
+            except Exception as exc:  # a row that fails is reported, not hidden
+                results.append({"row": row, "label": LABELS[row], "removed_target": removed, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                print(f"{removed:.0%} {LABELS[row]:<40} ERROR {results[-1]['error']}", flush=True)
+                a.json.write_text(json.dumps(out, indent=1) + "\n")
+                continue
+            ppl = tt.perplexity(m, evalb)
+            rec = {"row": row, "label": LABELS[row], "removed_target": removed,
+                   "params_kept": round(n_params(m) / base, 4), "ppl": round(ppl, 4),
+                   "ppl_rel": round(ppl / dense_ppl, 4), "seconds": round(time.time() - t0, 1), **info}
+            results.append(rec)
+            print(f"{removed:.0%} {LABELS[row]:<40} kept {rec['params_kept']:.3f} ppl {ppl:.3f} x{rec['ppl_rel']:.3f} "
+                  f"({rec['seconds']}s)", flush=True)
+            a.json.write_text(json.dumps(out, indent=1) + "\n")  # after every row: a long run keeps what it has
     a.json.write_text(json.dumps(out, indent=1) + "\n")
     print(table(out))
     return 0

@@ -39,9 +39,9 @@ def build(name: str) -> tuple[nn.Module, dict]:
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(getattr(transformers, cfg_cls)(**_BASE, **extra)).eval()
     with torch.no_grad():  # norms away from their init so a wrong rescale shows
-        for n, p in model.named_parameters():
-            if p.ndim == 1:
-                p.uniform_(0.5, 1.5) if "gemma" not in name else p.uniform_(-0.5, 0.5)
+        for p in model.parameters():
+            if p.ndim == 1:  # Gemma's norms multiply by (1 + w)
+                p.uniform_(-0.5, 0.5) if name == "gemma" else p.uniform_(0.5, 1.5)
     ids = torch.randint(3, VOCAB, (1, SEQ), generator=torch.Generator().manual_seed(1))
     return model, {"input_ids": ids, "use_cache": False}
 

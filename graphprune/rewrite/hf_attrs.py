@@ -276,23 +276,26 @@ def update_config(model: nn.Module) -> dict[str, Any]:
 
 
 def _update_hidden(model: nn.Module, cfg: Any) -> None:
-    """Hidden-size pruning: ``hidden_size`` follows the input embedding's width, ``head_dim``
-    is stated explicitly (it no longer follows from hidden_size // heads) and ``rms_norm_eps``
-    takes the rescaled eps of the stream's norms (rewrite/hidden.py)."""
+    """Hidden-size pruning: ``hidden_size`` follows the final RMSNorm's (and the input
+    embedding's) width, ``head_dim`` is stated explicitly (it no longer follows from
+    hidden_size // heads) and ``rms_norm_eps`` takes the rescaled eps of the stream's norms
+    (rewrite/hidden.py). Models without a known final RMSNorm (ALBERT's narrower embedding, OPT's
+    projection) are left alone."""
     from .hidden import convention
 
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    width = getattr(getattr(emb, "weight", None), "shape", (0, 0))[-1]
-    if not width or width == getattr(cfg, "hidden_size", width):
-        return
-    if not getattr(cfg, "head_dim", None) and getattr(cfg, "num_attention_heads", None):
-        cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads  # was implied by the old hidden size
-    cfg.hidden_size = int(width)
     base = getattr(model, "model", None)
     norm = getattr(base, "norm", None) if base is not None else None
     conv = convention(norm) if isinstance(norm, nn.Module) else None
-    if conv is not None and hasattr(cfg, "rms_norm_eps"):
-        cfg.rms_norm_eps = float(getattr(norm, conv.eps))
+    if conv is None or not hasattr(cfg, "rms_norm_eps") or not hasattr(cfg, "hidden_size"):
+        return
+    width = int(norm.weight.shape[0])  # type: ignore[union-attr]
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if width == cfg.hidden_size or getattr(getattr(emb, "weight", None), "shape", (0, 0))[-1] != width:
+        return
+    if not getattr(cfg, "head_dim", None) and getattr(cfg, "num_attention_heads", None):
+        cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads  # was implied by the old hidden size
+    cfg.hidden_size = width
+    cfg.rms_norm_eps = float(getattr(norm, conv.eps))
 
 
 def _fixed_changed(model: nn.Module, spec: ModelSpec) -> list[str]:

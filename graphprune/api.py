@@ -288,6 +288,9 @@ def prune(
         raise OptionError(f"depth=True needs allocation='greedy' (the knapsack); got allocation={policy!r}")
 
     use_hidden = HIDDEN_DEFAULT if hidden is None else bool(hidden)
+    if onnx_input and hidden:
+        raise OptionError("hidden=True needs the PyTorch model for now (the ONNX rewriter cannot rescale a norm's mean); "
+                          "prune the .onnx file without it")
     if layers is not None:
         from .analysis.depth import drop_decoder_layers
 

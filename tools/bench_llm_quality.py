@@ -91,6 +91,7 @@ def tp_prune(dense: torch.nn.Module, example: torch.Tensor, ratio: float) -> tor
     # the recipe's GroupNormImportance is named GroupMagnitudeImportance in torch-pruning 1.6
     imp = getattr(tp.importance, "GroupNormImportance", None) or tp.importance.GroupMagnitudeImportance
     model = copy.deepcopy(dense)
+    model.config.use_cache = False  # its tracer needs tensor outputs (a DynamicCache is not one)
     cfg = model.config
     num_heads = {}
     for name, m in model.named_modules():
@@ -122,10 +123,10 @@ def tp_prune(dense: torch.nn.Module, example: torch.Tensor, ratio: float) -> tor
 
 
 def tp_at(dense: torch.nn.Module, example: torch.Tensor, keep: float) -> tuple[torch.nn.Module, float]:
-    """Bisect Torch-Pruning's channel ratio until the kept parameters are within 0.5% of ``keep``."""
+    """Bisect Torch-Pruning's channel ratio (8 steps at most) toward kept parameters within 0.5% of ``keep``."""
     base = n_params(dense)
     lo, hi, best = 0.0, 0.95, None
-    for _ in range(14):
+    for _ in range(8):
         mid = (lo + hi) / 2
         m = tp_prune(dense, example, mid)
         kept = n_params(m) / base
@@ -209,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     a.json.parent.mkdir(parents=True, exist_ok=True)
-    for removed in a.levels:
-        for row in rows:
+    for row in rows:  # row by row: a slow row (Torch-Pruning's tracing) last leaves the others complete
+        for removed in a.levels:
             t0 = time.time()
             try:
                 m, info = run_row(row, dense, x, calib, removed, n_layers)

@@ -172,3 +172,10 @@ def test_layer_norm_is_a_named_barrier() -> None:
     why = "\n".join(c.explain(w, 0, 0))
     assert "subtracts the mean before its variance" in why and "SliceGPT" in why
     assert not c.prunable(w, 0)
+
+
+def test_hidden_refused_for_onnx(tmp_path: Path) -> None:
+    from graphprune.errors import OptionError
+
+    with pytest.raises(OptionError, match="hidden=True needs the PyTorch model for now"):
+        gp.prune(str(tmp_path / "m.onnx"), flops=0.5, hidden=True)

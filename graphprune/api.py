@@ -28,7 +28,7 @@ from torch import nn
 from .analysis import Coupling, couple
 from .boundary import own_errors
 from .cost import METRICS, count
-from .errors import BudgetError, OptionError
+from .errors import BudgetError, OptionError, PlanError
 from .export import save_model
 from .frontends import ExampleInputs, capture
 from .frontends.calib import check_batches, materialize
@@ -213,6 +213,8 @@ def prune(
     depth: bool | None = None,
     allow_static: bool = False,
     uniform: bool = False,
+    hidden: bool | None = None,
+    layers: int | float | None = None,
 ) -> PruneResult:
     """Prune ``model`` to a budget; returns a new, verified model.
 
@@ -256,6 +258,12 @@ def prune(
     all attention KV-group counts equal; allocation ``uniform`` only), and a transformers model keeps
     whole what its config cannot express, so ``res.model.save_pretrained(d)`` reloads with stock
     ``from_pretrained`` (docs/HF.md).
+    ``hidden=True``: the residual-stream (hidden) size of RMSNorm models may shrink too (every norm
+    rescaled, exact: ``graphprune.rules.hidden``; default :data:`HIDDEN_DEFAULT`, docs/LLM.md).
+    ``layers=N`` (int) or ``layers=F`` (fraction of the decoder layers): a transformers decoder
+    first loses the N layers whose output is closest in angle to their input on ``calib=``
+    (ShortGPT; ``graphprune.analysis.depth.drop_decoder_layers``), then the widths prune to what the
+    budget still asks; the config's ``num_hidden_layers`` and layer indices follow.
     """
 
     from graphprune.passes import default_pipeline
@@ -313,15 +321,30 @@ def prune(
     if use_depth and policy != "greedy":
         raise OptionError(f"depth=True needs allocation='greedy' (the knapsack); got allocation={policy!r}")
 
+    use_hidden = HIDDEN_DEFAULT if hidden is None else bool(hidden)
+    if onnx_input and hidden:
+        raise OptionError("hidden=True needs the PyTorch model for now (the ONNX rewriter cannot rescale a norm's mean); "
+                          "prune the .onnx file without it")
+    if layers is not None:
+        from .analysis.depth import drop_decoder_layers
+
+        model, frac, layer_info = drop_decoder_layers(model, example_inputs, batches, layers, metric, frac, onnx_input)
+
     def once(m: Any, fraction: float | None) -> PruneResult:
         text = pipeline or default_pipeline(
             metric, float(1.0 if fraction is None else fraction), criterion, policy, round_to, strict=verify,
             runtime=runtime, threads=threads or 0, reconstruct=recon, depth=use_depth, uniform_layers=uniform,
+            hidden=use_hidden, hidden_multiple=_hidden_multiple(m) if use_hidden else 1,
         )
         return _prune_once(m, example_inputs, text, batches, loss, seed, progress, input_shapes, measure, iterate,
                            allow_static=allow_static)
 
     res = once(model, frac) if steps == 1 else _prune_steps(model, once, metric, float(frac), steps, callback)  # type: ignore[arg-type]
+    if layers is not None:
+        res.report["layers_removed"] = layer_info
+        if layer_info["removed"]:  # replayed by apply() before the widths: the plan's graph has fewer layers
+            res.plan = dataclasses.replace(res.plan, provenance={
+                **res.plan.provenance, DROPPED_LAYERS: ",".join(str(i) for i in layer_info["removed"])})
     res.report.update(target_verdict(res.report))
     if recipe.note:
         res.report["notes"].append(recipe.note)
@@ -353,6 +376,13 @@ def apply(
     the_plan = plan if isinstance(plan, PruningPlan) else PruningPlan.load(plan)
     if not _is_onnx(model):
         _check_model(model, example_inputs)
+    if the_plan.provenance.get(DROPPED_LAYERS):  # made with layers=: drop the same decoder layers first
+        if _is_onnx(model):
+            raise PlanError(f"the plan for {the_plan.model!r} removes decoder layers "
+                            f"{the_plan.provenance[DROPPED_LAYERS]}; replay it on the PyTorch model, not an ONNX file")
+        from .rewrite.hf_attrs import drop_layers
+
+        model = drop_layers(model, [int(i) for i in the_plan.provenance[DROPPED_LAYERS].split(",")])
     passes = [*parse_pipeline("couple"), Replay(plan=the_plan), *parse_pipeline(
         f"rewrite,verify{{strict={str(verify).lower()},repair=0}}")]
     res = _prune_once(model, example_inputs, passes, None, None, 0, as_progress(progress), input_shapes, False, 0,
@@ -362,6 +392,19 @@ def apply(
                                                                        if k not in ("weights", "readers")}}
     return res
 
+
+def _hidden_multiple(model: Any) -> int:
+    """transformers configs validate ``hidden_size % num_attention_heads == 0``: the hidden size
+    keeps a multiple of the head count."""
+    heads = getattr(getattr(model, "config", None), "num_attention_heads", None)
+    return heads if isinstance(heads, int) and heads > 1 else 1
+
+
+# the plan's provenance key for decoder layers removed by layers= (apply removes them first)
+DROPPED_LAYERS = "decoder_layers_removed"
+
+# hidden-size pruning by default? chosen by tools/bench_llm_quality.py (docs/LLM.md)
+HIDDEN_DEFAULT = False
 
 # how far above its target a result may land and still count as met (relative excess)
 MISS_TOLERANCE: dict[str, float] = {"flops": 0.01, "macs": 0.01, "params": 0.01, "latency": 0.05}

@@ -149,6 +149,11 @@ def _parser() -> argparse.ArgumentParser:
                          "16 on onnxruntime with AVX-512, else 8; 1: any width)")
     pr.add_argument("--depth", action=argparse.BooleanOptionalAction, default=None,
                     help="let the greedy allocator remove whole residual branches (off by default; the result takes the fx route)")
+    pr.add_argument("--hidden", action=argparse.BooleanOptionalAction, default=None,
+                    help="also prune the residual-stream (hidden) size of RMSNorm models, exact (docs/LLM.md)")
+    pr.add_argument("--layers", type=_layers_arg, default=None, metavar="N|F",
+                    help="transformers decoders: first remove N whole decoder layers (or a fraction F in (0, 1)), "
+                         "least block influence on --calib first (ShortGPT; docs/LLM.md)")
     pr.add_argument("--uniform", action="store_true",
                     help="every layer of a kind keeps the same width (allocation uniform), so a transformers model "
                          "reloads with stock from_pretrained")
@@ -314,6 +319,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             pipeline=args.pipeline, progress=progress,
             input_shapes=_input_shapes(args.input_shape),
             calib=calib, reconstruct=args.reconstruct, steps=args.steps, depth=args.depth, uniform=args.uniform,
+            hidden=args.hidden, layers=args.layers,
             allow_static=args.allow_static,
         )
         progress(f"write {out}")
@@ -707,6 +713,19 @@ def _cmd_models(args: argparse.Namespace) -> int:
         out_console.print(f"{name}  (trained weights, calibration set and evaluation; pip install -e '.[{name}]')",
                           highlight=False, markup=False, soft_wrap=True)
     return 0
+
+
+def _layers_arg(text: str) -> int | float:
+    """--layers: an integer count or a fraction in (0, 1)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of layers or a fraction") from None
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

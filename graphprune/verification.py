@@ -72,7 +72,30 @@ def masked_original(model: nn.Module, coupling: Coupling, removed: np.ndarray) -
             mod_path, _, name = v.source.rpartition(".")
             t = getattr(masked.get_submodule(mod_path) if mod_path else masked, name)
             t.index_fill_(ax, torch.as_tensor(gone, dtype=torch.long), 0.0)
+        _zero_statistic_writers(masked, coupling, removed)
     return masked
+
+
+def _zero_statistic_writers(masked: nn.Module, coupling: Coupling, removed: np.ndarray) -> None:
+    """Hidden-size pruning (rules/hidden.py): a removed unit that a statistic (RMSNorm's mean)
+    reduces over must be exactly 0 in the stream, so EVERY weight slice of it is zeroed, the
+    writers (embedding columns, o_proj/down_proj rows and biases) as well as the readers."""
+    if not coupling.statistics:
+        return
+    stat = coupling.statistic_units() & removed
+    if not stat.any():
+        return
+    for v in coupling.graph.values:
+        if v.source is None or not v.is_weight:
+            continue
+        for ax in range(v.rank):
+            u = coupling.units_of(v, ax)
+            gone = np.flatnonzero((u >= 0) & stat[np.maximum(u, 0)])
+            if not len(gone):
+                continue
+            mod_path, _, name = v.source.rpartition(".")
+            t = getattr(masked.get_submodule(mod_path) if mod_path else masked, name)
+            t.index_fill_(ax, torch.as_tensor(gone, dtype=torch.long), 0.0)
 
 
 def random_like_inputs(example_inputs: ExampleInputs, seed: int = 0) -> ExampleInputs:

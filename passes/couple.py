@@ -17,7 +17,9 @@ __all__ = ["Couple"]
 @dataclass(frozen=True)
 class Couple:
     name: ClassVar[str] = "couple"
+    hidden: bool = False  # hidden-size (residual-stream) pruning through RMSNorm (rules/hidden.py)
+    multiple: int = 1  # the hidden size stays a multiple of it (transformers: num_attention_heads)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        ctx.coupling = couple(graph)
+        ctx.coupling = couple(graph, hidden=self.hidden, multiple=self.multiple)
         return PassResult(graph, False)

@@ -22,6 +22,8 @@ def default_pipeline(
     reconstruct: Sequence[str] = (),
     depth: bool = False,
     uniform_layers: bool = False,
+    hidden: bool = False,
+    hidden_multiple: int = 1,
 ) -> str:
     """``couple,score,allocate,rewrite,verify`` then the chosen reconstruction passes.
 
@@ -37,8 +39,10 @@ def default_pipeline(
     extra = f",runtime={runtime},threads={threads}" if metric.startswith("latency") else ""
     extra += ",depth=true" if depth else ""
     extra += ",uniform-layers=true" if uniform_layers else ""
+    couple = (f"couple{{hidden=true{f',multiple={hidden_multiple}' if hidden_multiple > 1 else ''}}}," if hidden
+              else "couple,")
     return (
-        f"couple,score{{criterion={criterion}{gram}}},"
+        f"{couple}score{{criterion={criterion}{gram}}},"
         f"allocate{{{metric.replace('_', '-')}={fraction!r},policy={policy},round-to={round_to or 'auto'}{extra}}},"
         f"rewrite,verify{{strict={str(strict).lower()}}}{tail}"
     )

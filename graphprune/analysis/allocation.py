@@ -96,11 +96,20 @@ RoundTo = int | Sequence[int]  # one rounding for every group, or one per group 
 def per_group(coupling: Coupling, round_to: RoundTo) -> list[int]:
     """``round_to`` as one value per group."""
     if isinstance(round_to, int):
-        return [round_to] * len(coupling.groups)
+        return _statistic_multiples(coupling, [round_to] * len(coupling.groups))
     steps = [int(r) for r in round_to]
     if len(steps) != len(coupling.groups):
         raise ValueError(f"round_to has {len(steps)} entries for {len(coupling.groups)} groups")
-    return steps
+    return _statistic_multiples(coupling, steps)
+
+
+def _statistic_multiples(coupling: Coupling, steps: list[int]) -> list[int]:
+    """A hidden-size group (rules/hidden.py) also keeps a multiple of ``statistic_multiple``
+    (transformers validates ``hidden_size % num_attention_heads == 0``)."""
+    m = coupling.statistic_multiple
+    if m <= 1:
+        return steps
+    return [math.lcm(s, m) if coupling.is_statistic_group(g) else s for g, s in zip(coupling.groups, steps, strict=True)]
 
 
 def runtime_round_to(coupling: Coupling, step: int) -> list[int]:
@@ -112,7 +121,7 @@ def runtime_round_to(coupling: Coupling, step: int) -> list[int]:
     for g in coupling.groups:
         channels = g.size * max(1, g.width)
         out.append(step if channels >= 4 * step else max(1, 1 << max(0, (channels // 4).bit_length() - 1)))
-    return out
+    return _statistic_multiples(coupling, out)
 
 
 def unit_step(width: int, round_to: int) -> int:

@@ -44,8 +44,12 @@ Factor = tuple[int, str]  # (size, tag)
 class CouplingBuilder:
     """The API rules use to declare ties; owns element ids and the growing edge list."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, hidden: bool = False) -> None:
         self.graph = graph
+        # hidden-size pruning: reductions such as RMSNorm's mean(x^2) may lose channels
+        # (rules/hidden.py); their spaces are recorded in ``statistics``
+        self.hidden = hidden
+        self.statistics: set[tuple[int, int]] = set()  # (value index, axis) a statistic reduces over
         self.base = np.zeros(len(graph.values) + 1, dtype=np.int64)
         sizes = [sum(v.shape) for v in graph.values]
         self.base[1:] = np.cumsum(sizes)
@@ -146,6 +150,13 @@ class CouplingBuilder:
         """Mark a weight axis as consumer-side: it reads input channels (zeroed by the oracle)."""
         self.readers.add((w.index, axis % w.rank))
 
+    def statistic(self, v: Value, axis: int) -> None:
+        """Declare an axis a statistic is taken over (a mean of a function that is 0 at 0): its
+        channels may go when the masked original zeroes them at every writer (see
+        ``Coupling.statistics`` and ``verification.masked_original``)."""
+        self._declare(v, axis)
+        self.statistics.add((v.index, axis % v.rank))
+
     def barrier(self, node: Node) -> None:
         self.barriers.setdefault(node.target, []).append(node.name)
 
@@ -231,6 +242,8 @@ class Coupling:
     factors: dict[tuple[int, int], tuple[Factor, ...]] = field(repr=False, default_factory=dict)
     fired: list[tuple[str, str]] = field(repr=False, default_factory=list)
     trace: _Trace | None = field(repr=False, default=None)
+    statistics: frozenset[tuple[int, int]] = frozenset()  # (value index, axis): see CouplingBuilder.statistic
+    statistic_multiple: int = 1  # kept widths of statistic groups stay multiples of it (a config's head count)
 
     @staticmethod
     def build(b: CouplingBuilder, labels: np.ndarray, comp_pinned: np.ndarray) -> Coupling:
@@ -293,6 +306,7 @@ class Coupling:
             barriers=dict(b.barriers),
             factors=dict(b.factors),
             fired=list(b.fired),
+            statistics=frozenset(b.statistics),
         )
 
     def pin_groups(self, group_ids: Sequence[int]) -> tuple[Coupling, np.ndarray]:
@@ -320,6 +334,18 @@ class Coupling:
         axis = axis % v.rank
         start = self.base[v.index] + self.axis_offset[v.index][axis]
         return np.arange(start, start + v.shape[axis], dtype=np.int64)
+
+    def statistic_units(self) -> np.ndarray:
+        """Boolean per unit: the unit has channels in a space a statistic reduces over (its
+        writers must be zeroed in the masked original too)."""
+        out = np.zeros(self.n_units, dtype=bool)
+        for vi, ax in self.statistics:
+            u = self.units_of(self.graph.values[vi], ax)
+            out[u[u >= 0]] = True
+        return out
+
+    def is_statistic_group(self, g: Group) -> bool:
+        return any((self.graph.value(n).index, ax) in self.statistics for n, ax in g.spaces)
 
     def units_of(self, v: Value, axis: int) -> np.ndarray:
         """Unit id of each element on an axis (-1 where frozen)."""
@@ -417,11 +443,12 @@ class _Trace:
         return [f"{name(start)} is frozen: {self._reason(found)}", *reversed(steps)]
 
 
-def couple(graph: Graph) -> Coupling:
-    """Run every node's coupling rule (in topological order) and solve the union-find."""
+def couple(graph: Graph, hidden: bool = False, multiple: int = 1) -> Coupling:
+    """Run every node's coupling rule (in topological order) and solve the union-find.
+    ``hidden``: statistics over the residual stream (RMSNorm) may lose channels (rules/hidden.py)."""
     from ..rules import COUPLING
 
-    b = CouplingBuilder(graph)
+    b = CouplingBuilder(graph, hidden=hidden)
     for i, node in enumerate(graph.nodes):
         rule = COUPLING.get(node.op)
         if rule is None:
@@ -437,7 +464,10 @@ def couple(graph: Graph) -> Coupling:
             continue
         b.fired.append((node.name, rule.__name__))
         b._node_index = -1
-    return b.finish()
+    c = b.finish()
+    if c.statistics and multiple > 1:
+        c = dataclasses.replace(c, statistic_multiple=int(multiple))
+    return c
 
 
 def _barrier(b: CouplingBuilder, node: Node) -> None:

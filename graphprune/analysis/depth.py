@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,8 @@ from ..ir import Node, Value
 from ..rules.readers import reads
 from .coupling import Coupling, Group
 
-__all__ = ["bypassed", "depth_eligible", "exit_bias", "exit_contraction", "removed_whole"]
+__all__ = ["bypassed", "depth_eligible", "drop_decoder_layers", "exit_bias", "exit_contraction", "layer_influence",
+           "removed_whole"]
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +145,84 @@ def depth_eligible(coupling: Coupling) -> frozenset[int]:
 def removed_whole(coupling: Coupling, removed: np.ndarray) -> list[Group]:
     """Groups every unit of which is removed (width 0) under the boolean unit mask ``removed``."""
     return [g for g in coupling.groups if g.size and bool(removed[g.units].all())]
+
+
+# -- whole decoder layers (transformers decoders) -----------------------------------------------
+#
+# A decoder layer computes x_out = x_in + attn(...) + mlp(...): the residual stream passes it by.
+# ShortGPT's block influence, BI = 1 - E[cos(x_in, x_out)] over calibration tokens (equivalently
+# the angular distance arccos(cos)/pi of "The Unreasonable Ineffectiveness of the Deeper
+# Layers"), ranks the layers: the one that turns the stream least matters least. The channel-group
+# depth above cannot express this (a layer's residual adds are not a group's exits), so whole
+# layers are a transformers-level step before the width pipeline: score, drop the ``n`` layers of
+# least influence (rewrite/hf_attrs.py renumbers layer indices and the config), then prune widths
+# to what the budget still asks.
+
+
+def layer_influence(model: Any, layers: Sequence[Any], batches: Sequence[Any]) -> list[float]:
+    """Block influence ``1 - mean cos(x_in, x_out)`` of each module in ``layers`` (a decoder
+    layer's first positional or ``hidden_states`` input and first output), over every token of
+    ``batches`` (example-input structures). Reads the model; changes nothing."""
+    import torch
+
+    from ..frontends.inputs import as_args_kwargs
+
+    sums = [0.0] * len(layers)
+    counts = [0] * len(layers)
+
+    def hook(i: int) -> Any:
+        def fn(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
+            x = args[0] if args else kwargs.get("hidden_states")
+            y = out[0] if isinstance(out, (tuple, list)) else out
+            cos = torch.nn.functional.cosine_similarity(x.double().flatten(0, -2), y.double().flatten(0, -2), dim=-1)
+            sums[i] += float((1 - cos).sum())
+            counts[i] += cos.numel()
+        return fn
+
+    handles = [m.register_forward_hook(hook(i), with_kwargs=True) for i, m in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            for b in batches:
+                args, kwargs = as_args_kwargs(b)
+                model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return [s / max(c, 1) for s, c in zip(sums, counts, strict=True)]
+
+
+def drop_decoder_layers(model: Any, example_inputs: Any, batches: Sequence[Any] | None, layers: float,
+                        metric: str, frac: float | None, onnx_input: bool) -> tuple[Any, float | None, dict[str, Any]]:
+    """``gp.prune(layers=...)``: a NEW model without the ``n`` least influential decoder layers
+    (``layers``: an int count, or a float in (0, 1) as a share of the layers), and the budget
+    fraction the width pipeline must still reach (relative to the smaller model; at most 1), and
+    ``{"removed": [layer index...], "influence": [score per layer]}`` for the report."""
+    from ..api import count_flops
+    from ..errors import OptionError
+    from ..rewrite.hf_attrs import decoder_layers, drop_layers
+
+    if onnx_input:
+        raise OptionError("layers= needs a transformers decoder given as a PyTorch model, not an .onnx file")
+    found = decoder_layers(model)
+    if found is None:
+        raise OptionError(f"layers= needs a transformers decoder with a list of decoder layers (model.model.layers); "
+                          f"{type(model).__name__} has none")
+    total = len(found)
+    if isinstance(layers, bool) or not isinstance(layers, (int, float)) or layers < 0 or \
+            (isinstance(layers, float) and layers >= 1) or (isinstance(layers, int) and layers >= total):
+        raise OptionError(f"layers={layers!r}: give a number of decoder layers to remove (0..{total - 1}) or a fraction "
+                          "in [0, 1)")
+    n = int(layers) if isinstance(layers, int) else int(round(layers * total))
+    if n == 0:
+        return model, frac, {"removed": [], "influence": []}
+    scores = layer_influence(model, list(found), list(batches) if batches else [example_inputs])
+    drop = sorted(sorted(range(total), key=lambda i: (scores[i], i))[:n])
+    log.info("layers: removing decoder layers %s (block influence %s)", drop, [round(scores[i], 4) for i in drop])
+    new = drop_layers(model, drop)
+    info = {"removed": drop, "influence": [round(s, 6) for s in scores]}
+    if frac is None:
+        return new, frac, info
+    idx = 0 if metric in ("flops", "macs") else 1
+    before = count_flops(model, example_inputs)[idx] if metric != "params" else sum(p.numel() for p in model.parameters())
+    after = count_flops(new, example_inputs)[idx] if metric != "params" else sum(p.numel() for p in new.parameters())
+    return new, min(1.0, frac * before / after), info

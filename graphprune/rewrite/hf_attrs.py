@@ -38,7 +38,8 @@ from torch import nn
 
 from .module_attrs import NAMED_UPDATERS, NotRewritable, Updater
 
-__all__ = ["SPECS", "Field", "ModelSpec", "hf_config", "layer_widths", "spec_for", "stock_fixed", "update_config"]
+__all__ = ["SPECS", "Field", "ModelSpec", "decoder_layers", "drop_layers", "hf_config", "layer_widths", "spec_for", "stock_fixed",
+           "update_config"]
 
 CONFIG_KEY = "graphprune"  # config attribute holding per-layer widths (and the loader's name)
 LOADER = "graphprune.load_pretrained"
@@ -263,6 +264,7 @@ def update_config(model: nn.Module) -> dict[str, Any]:
         stated = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         if attn and stated != attn[0][1].head_dim:
             cfg.head_dim = int(attn[0][1].head_dim)
+    _update_hidden(model, cfg)
     fixed = _fixed_changed(model, spec)
     if per_layer or fixed:
         setattr(cfg, CONFIG_KEY, {"loader": LOADER, "layers": per_layer, "fixed_changed": fixed})
@@ -271,6 +273,29 @@ def update_config(model: nn.Module) -> dict[str, Any]:
     if not per_layer:
         _share_config(model, spec)
     return {"uniform": uniform, "per_layer": per_layer, "fixed_changed": fixed}
+
+
+def _update_hidden(model: nn.Module, cfg: Any) -> None:
+    """Hidden-size pruning: ``hidden_size`` follows the final RMSNorm's (and the input
+    embedding's) width, ``head_dim`` is stated explicitly (it no longer follows from
+    hidden_size // heads) and ``rms_norm_eps`` takes the rescaled eps of the stream's norms
+    (rewrite/hidden.py). Models without a known final RMSNorm (ALBERT's narrower embedding, OPT's
+    projection) are left alone."""
+    from .hidden import convention
+
+    base = getattr(model, "model", None)
+    norm = getattr(base, "norm", None) if base is not None else None
+    conv = convention(norm) if isinstance(norm, nn.Module) else None
+    if conv is None or not hasattr(cfg, "rms_norm_eps") or not hasattr(cfg, "hidden_size"):
+        return
+    width = int(norm.weight.shape[0])  # type: ignore[union-attr]
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if width == cfg.hidden_size or getattr(getattr(emb, "weight", None), "shape", (0, 0))[-1] != width:
+        return
+    if not getattr(cfg, "head_dim", None) and getattr(cfg, "num_attention_heads", None):
+        cfg.head_dim = cfg.hidden_size // cfg.num_attention_heads  # was implied by the old hidden size
+    cfg.hidden_size = width
+    cfg.rms_norm_eps = float(getattr(norm, conv.eps))
 
 
 def _fixed_changed(model: nn.Module, spec: ModelSpec) -> list[str]:
@@ -296,6 +321,42 @@ def _share_config(model: nn.Module, spec: ModelSpec) -> None:
             if own is not None and own is not cfg and type(own) is type(cfg) and \
                     all(getattr(own, g.key, None) == getattr(cfg, g.key, None) for g in spec.fields):
                 m.config = cfg
+
+
+# -- whole decoder layers (analysis/depth.py: drop_decoder_layers) --------------------------------
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The ModuleList of decoder layers of a transformers causal LM (``model.model.layers``, the
+    LLaMA family's layout), else None."""
+    base = getattr(model, "model", None)
+    layers = getattr(base, "layers", None)
+    return layers if hf_config(model) is not None and isinstance(layers, nn.ModuleList) and len(layers) else None
+
+
+def drop_layers(model: nn.Module, drop: list[int]) -> nn.Module:
+    """A NEW model (deep copy) without the decoder layers ``drop``. What transformers indexes by
+    layer follows: every module's ``layer_idx`` (attention modules index the KV cache with it) is
+    renumbered to the layer's new position, and the config's ``num_hidden_layers`` and per-layer
+    lists (``layer_types``, ...) keep the surviving entries, so ``save_pretrained`` ->
+    ``from_pretrained`` and ``generate()`` with a cache work on the result."""
+    layers = decoder_layers(model)
+    if layers is None:
+        raise NotRewritable(f"{type(model).__name__}: no decoder layer list (model.model.layers)")
+    n = len(layers)
+    keep = [i for i in range(n) if i not in set(drop)]
+    new = copy.deepcopy(model)
+    cfg = hf_config(new)
+    new_layers = nn.ModuleList([decoder_layers(new)[i] for i in keep])  # type: ignore[index]
+    new.model.layers = new_layers  # type: ignore[union-attr]
+    for pos, layer in enumerate(new_layers):
+        for m in layer.modules():
+            if isinstance(getattr(m, "layer_idx", None), int):
+                m.layer_idx = pos
+    for key, val in list(vars(cfg).items()):
+        if key != "num_hidden_layers" and isinstance(val, list) and len(val) == n:
+            setattr(cfg, key, [val[i] for i in keep])
+    cfg.num_hidden_layers = len(keep)
+    return new
 
 
 from . import hf_families  # noqa: E402,F401  (Falcon, MoE: registers into NAMED_UPDATERS and SPECS)

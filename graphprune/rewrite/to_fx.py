@@ -199,6 +199,25 @@ def _norm_shape(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
     _set_arg(fx, 1, "normalized_shape", list(ctx.shape(node.output)[-k:]))
 
 
+@_reg("mean")
+def _mean_statistic(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
+    """A mean over channels hidden-size pruning removed (rules/hidden.py): the masked original
+    averages d channels, d - d' of them 0, so the pruned mean is scaled by d'/d."""
+    x = node.inputs[0]
+    if x is None:
+        return
+    old = new = 1
+    for ax in node.attrs.get("axes", range(x.rank)):
+        if (x.index, ax % x.rank) in ctx.coupling.statistics:
+            old *= x.shape[ax % x.rank]
+            new *= ctx.shape(x)[ax % x.rank]
+    if old == new:
+        return
+    with fx.graph.inserting_after(fx):
+        scaled = fx.graph.call_function(aten.mul.Tensor, (fx, new / old))
+    fx.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
+
+
 def rewrite_fx(
     program: ExportedProgram, graph: Graph, coupling: Coupling, removed: np.ndarray, static: bool = False
 ) -> torch.fx.GraphModule:

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..analysis.coupling import Coupling
 from ..analysis.depth import removed_whole
+from .hidden import rescale_statistics
 from .module_attrs import NotRewritable, named_updater, update_module
 from .slicing import kept_indices, set_tensor, slice_tensor, tensor_owners
 
@@ -59,6 +60,7 @@ def rewrite_module(model: nn.Module, coupling: Coupling, removed: np.ndarray) ->
             sliced = slice_tensor(old.detach(), k.axes)
             set_tensor(holders, sliced, isinstance(old, nn.Parameter), old.requires_grad)
             touched.update(id(m) for m, _ in holders)
+        rescale_statistics(new, coupling, removed)  # hidden-size pruning: RMSNorm eps and weight
     refresh_modules(new, touched)
     return new
 

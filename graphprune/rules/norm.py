@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from ..ir import Node
 from .common import numel, pass_through
 from .families import NORMS
+from .hidden import LAYER_NORM_WHY
 from .registry import ShapeFn, register_cost, register_coupling
 
 if TYPE_CHECKING:
@@ -76,6 +77,9 @@ def couple_layer_norm(node: Node, b: CouplingBuilder) -> None:
     assert x is not None
     k = int(node.attrs.get("normalized_ndim", 1))
     pass_through(b, x, y, skip=range(x.rank - k, x.rank))
+    if b.hidden and node.op == "layer_norm":  # say why the hidden size stays (rules/hidden.py)
+        for ax in range(x.rank - k, x.rank):
+            b.pin(x, ax, LAYER_NORM_WHY.format(op=node.op, name=node.name))
 
 
 @register_cost(*sorted(NORMS))

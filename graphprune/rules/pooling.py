@@ -18,6 +18,7 @@ import numpy as np
 from ..ir import Node
 from .common import numel, pass_through
 from .families import POOL, REDUCE
+from .hidden import statistic_axes
 from .registry import ShapeFn, register_cost, register_coupling
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ def couple_reduce(node: Node, b: CouplingBuilder) -> None:
     assert x is not None
     axes = {a % x.rank for a in node.attrs.get("axes", range(x.rank))}
     keep = bool(node.attrs.get("keepdim", False))
+    statistic_axes(node, b)  # hidden-size pruning: RMSNorm's mean(x^2) may lose channels
     yax = 0
     for ax in range(x.rank):
         if ax in axes:

@@ -1,0 +1,257 @@
+"""Perplexity of a trained small LLaMA after structured pruning, no retraining (issue #12 item 7).
+
+Model: ``models/checkpoints/tiny_llama`` (``tools/train_tiny_llama.py``; trained here if missing),
+a byte-level ``transformers.LlamaForCausalLM``. Held-out text: the training script's held-out
+Python stdlib files, ``--eval`` windows of 64 bytes (evenly spaced, deterministic). Calibration:
+``--calib`` windows of the TRAINING split (seeded), in batches shaped like the example input.
+
+Rows (each at 20%, 30% and 50% of the parameters removed, ``params=0.8/0.7/0.5``):
+
+- ``graphprune default``: ``gp.prune(model, x, params=F, calib=calib)`` (the default recipe)
+- ``+ hidden``: the same with ``hidden=True`` (residual-stream channels too)
+- ``uniform`` / ``uniform + hidden``: the default's criterion and reconstruction with
+  ``allocation="uniform"`` (every layer keeps the same share), without and with ``hidden=True``:
+  the global ranking rarely takes stream channels (their normalized scores are flat), so this
+  pair measures what the hidden size itself costs
+- ``+ layers (ShortGPT)``: ``layers=max(1, floor(removed * n_layers))`` whole decoder layers first
+  (block influence on calib), widths take the rest of the budget
+- ``FLAP-style``: ``criterion="flap", reconstruct="bias"`` (fluctuation + bias compensation)
+- ``Wanda-sp``: ``criterion="wanda"``, no reconstruction
+- ``Taylor``: ``criterion="taylor"`` with the next-byte cross-entropy as the loss (LLM-Pruner-style)
+- ``Torch-Pruning LLM recipe``: examples/LLMs/prune_llm.py of Torch-Pruning: MetaPruner,
+  GroupNormImportance(p=2, group_reduction="mean"), lm_head ignored, num_heads for q/k/v,
+  prune_num_heads, no head dims, head_pruning_ratio = pruning_ratio, round_to 4 (it prunes the
+  hidden size too); its pruning_ratio is bisected so the kept parameters land on the target.
+
+Every pruned model is evaluated in memory; ``ppl/dense`` is its held-out perplexity over the dense
+model's (1.0 = no loss). Writes ``--json`` (default docs/bench/llm_quality.json) and prints a table.
+
+    python tools/bench_llm_quality.py [--levels 0.2 0.3 0.5] [--rows default,hidden,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_tiny_llama as tt  # noqa: E402
+
+import graphprune as gp  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 8
+
+
+def load_model() -> torch.nn.Module:
+    from transformers import LlamaForCausalLM
+
+    if not (tt.DEFAULT_OUT / "config.json").exists():
+        print("no trained checkpoint: training it (tools/train_tiny_llama.py)", flush=True)
+        init = ROOT / "models" / "checkpoints" / "bytes_lm.pt"
+        tt.train(tt.DEFAULT_OUT, 15.0, 4, 25, 16, 1e-3, init if init.exists() else None)
+    return LlamaForCausalLM.from_pretrained(tt.DEFAULT_OUT).eval()
+
+
+def data(n_eval: int, n_calib: int) -> tuple[torch.Tensor, list[dict[str, Any]], dict[str, Any]]:
+    tr, held, _ = tt.corpus()
+    evalb = tt.heldout_batches(held, n_eval)
+    g = torch.Generator().manual_seed(0)
+    starts = torch.randint(0, len(tr) - tt.SEQ - 1, (n_calib,), generator=g)
+    windows = torch.stack([tr[s : s + tt.SEQ] for s in starts])
+    calib = [{"input_ids": windows[i : i + BATCH], "use_cache": False} for i in range(0, n_calib, BATCH)]
+    return evalb, calib, calib[0]
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def ce_loss(out: Any, batch: Any) -> torch.Tensor:
+    logits = out[0] if isinstance(out, (tuple, list)) else (out["logits"] if isinstance(out, dict) else out.logits)
+    ids = batch["input_ids"]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
+def tp_prune(dense: torch.nn.Module, example: torch.Tensor, ratio: float) -> torch.nn.Module:
+    """Torch-Pruning's examples/LLMs/prune_llm.py recipe (see the module docstring)."""
+    import torch_pruning as tp
+
+    # the recipe's GroupNormImportance is named GroupMagnitudeImportance in torch-pruning 1.6
+    imp = getattr(tp.importance, "GroupNormImportance", None) or tp.importance.GroupMagnitudeImportance
+    model = copy.deepcopy(dense)
+    model.config.use_cache = False  # its tracer needs tensor outputs (a DynamicCache is not one)
+    cfg = model.config
+    num_heads = {}
+    for name, m in model.named_modules():
+        if name.endswith("self_attn"):
+            num_heads[m.q_proj] = cfg.num_attention_heads
+            num_heads[m.k_proj] = cfg.num_key_value_heads
+            num_heads[m.v_proj] = cfg.num_key_value_heads
+    gqa = cfg.num_attention_heads != cfg.num_key_value_heads
+    pruner = tp.pruner.MetaPruner(
+        model, example_inputs=example, importance=imp(p=2, group_reduction="mean"),
+        global_pruning=False, pruning_ratio=ratio, ignored_layers=[model.lm_head], num_heads=num_heads,
+        prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=ratio, round_to=4,
+    )
+    for g in pruner.step(interactive=True):
+        g.prune()
+    model.config.hidden_size = model.lm_head.in_features
+    for name, m in model.named_modules():
+        if name.endswith("self_attn"):
+            m.hidden_size = m.q_proj.out_features
+            m.num_heads = m.hidden_size // m.head_dim
+            model.config.num_attention_heads = m.num_heads
+            if not gqa:
+                m.num_key_value_heads = m.num_heads
+            m.num_key_value_groups = m.num_heads // max(1, m.k_proj.out_features // m.head_dim)
+        elif name.endswith("mlp"):
+            m.hidden_size = m.gate_proj.in_features
+            model.config.intermediate_size = m.gate_proj.out_features
+    return model.eval()
+
+
+def tp_at(dense: torch.nn.Module, example: torch.Tensor, keep: float) -> tuple[torch.nn.Module, float]:
+    """Bisect Torch-Pruning's channel ratio (8 steps at most) toward kept parameters within 0.5% of ``keep``."""
+    base = n_params(dense)
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(8):
+        mid = (lo + hi) / 2
+        m = tp_prune(dense, example, mid)
+        kept = n_params(m) / base
+        if best is None or abs(kept - keep) < abs(best[1] - keep):
+            best = (m, kept, mid)
+        if abs(kept - keep) < 0.005:
+            break
+        lo, hi = (mid, hi) if kept > keep else (lo, mid)
+    assert best is not None
+    return best[0], best[2]
+
+
+def run_row(row: str, dense: torch.nn.Module, x: dict[str, Any], calib: list[dict[str, Any]], removed: float,
+            n_layers: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    keep = round(1.0 - removed, 4)
+    if row == "tp":
+        m, ratio = tp_at(dense, x["input_ids"], keep)
+        return m, {"tp_pruning_ratio": round(ratio, 4)}
+    kw: dict[str, Any] = {"params": keep, "calib": calib}
+    if row == "hidden":
+        kw["hidden"] = True
+    elif row == "hidden_uniform":
+        kw.update(hidden=True, criterion="wanda", reconstruct="lsq,bias", allocation="uniform")
+    elif row == "uniform":
+        kw.update(criterion="wanda", reconstruct="lsq,bias", allocation="uniform")
+    elif row == "layers":
+        kw["layers"] = max(1, int(math.floor(removed * n_layers)))
+    elif row == "flap":
+        kw.update(criterion="flap", reconstruct="bias")
+    elif row == "wanda":
+        kw.update(criterion="wanda")
+    elif row == "taylor":
+        kw.update(criterion="taylor", loss=ce_loss)
+    res = gp.prune(dense, x, **kw)
+    info = {"route": res.report["route"], "hidden_size": getattr(getattr(res.model, "config", None), "hidden_size", None)}
+    if "layers_removed" in res.report:
+        info["layers_removed"] = res.report["layers_removed"]["removed"]
+    return res.model.eval(), info
+
+
+LABELS = {
+    "default": "graphprune default (calib=)",
+    "hidden": "graphprune default + hidden=True",
+    "uniform": "graphprune wanda+lsq,bias, uniform",
+    "hidden_uniform": "graphprune wanda+lsq,bias, uniform + hidden",
+    "layers": "graphprune default + layers (ShortGPT)",
+    "flap": "FLAP-style (flap + bias)",
+    "wanda": "Wanda-sp (wanda)",
+    "taylor": "Taylor (LLM-Pruner-style)",
+    "tp": "Torch-Pruning LLM recipe",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--levels", type=float, nargs="+", default=[0.2, 0.3, 0.5], help="fractions of parameters removed")
+    ap.add_argument("--rows", default=",".join(LABELS), help=f"comma-separated subset of {','.join(LABELS)}")
+    ap.add_argument("--eval", type=int, default=256, help="held-out windows of 64 bytes")
+    ap.add_argument("--calib", type=int, default=64, help="calibration windows (training split)")
+    ap.add_argument("--json", type=Path, default=ROOT / "docs" / "bench" / "llm_quality.json")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(a.threads)
+    rows = [r.strip() for r in a.rows.split(",") if r.strip()]
+    dense = load_model()
+    evalb, calib, x = data(a.eval, a.calib)
+    dense_ppl = tt.perplexity(dense, evalb)
+    base = n_params(dense)
+    n_layers = dense.config.num_hidden_layers
+    print(f"dense: {base} params, held-out ppl {dense_ppl:.4f}", flush=True)
+    results: list[dict[str, Any]] = []
+    train_info = json.loads((tt.DEFAULT_OUT / "train.json").read_text()) if (tt.DEFAULT_OUT / "train.json").exists() else {}
+    out = {
+        "model": {"path": str(tt.DEFAULT_OUT.relative_to(ROOT)), "params": base, "layers": n_layers,
+                  "hidden_size": dense.config.hidden_size, "heldout_ppl": round(dense_ppl, 4),
+                  "train": {k: v for k, v in train_info.items() if k != "curve"}},
+        "eval_windows": a.eval, "calib_windows": a.calib, "seq": tt.SEQ, "levels": a.levels,
+        "command": "python tools/bench_llm_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"cpu_threads": a.threads, "python": platform.python_version(), "torch": torch.__version__},
+        "results": results,
+    }
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    for row in rows:  # row by row: a slow row (Torch-Pruning's tracing) last leaves the others complete
+        for removed in a.levels:
+            t0 = time.time()
+            try:
+                m, info = run_row(row, dense, x, calib, removed, n_layers)
+            except Exception as exc:  # a row that fails is reported, not hidden
+                results.append({"row": row, "label": LABELS[row], "removed_target": removed, "error": f"{type(exc).__name__}: {exc}"[:300]})
+                print(f"{removed:.0%} {LABELS[row]:<40} ERROR {results[-1]['error']}", flush=True)
+                a.json.write_text(json.dumps(out, indent=1) + "\n")
+                continue
+            ppl = tt.perplexity(m, evalb)
+            rec = {"row": row, "label": LABELS[row], "removed_target": removed,
+                   "params_kept": round(n_params(m) / base, 4), "ppl": round(ppl, 4),
+                   "ppl_rel": round(ppl / dense_ppl, 4), "seconds": round(time.time() - t0, 1), **info}
+            results.append(rec)
+            print(f"{removed:.0%} {LABELS[row]:<40} kept {rec['params_kept']:.3f} ppl {ppl:.3f} x{rec['ppl_rel']:.3f} "
+                  f"({rec['seconds']}s)", flush=True)
+            a.json.write_text(json.dumps(out, indent=1) + "\n")  # after every row: a long run keeps what it has
+    a.json.write_text(json.dumps(out, indent=1) + "\n")
+    print(table(out))
+    return 0
+
+
+def table(out: dict[str, Any]) -> str:
+    levels = out["levels"]
+    lines = ["| row | " + " | ".join(f"{lv:.0%} removed: ppl/dense (kept)" for lv in levels) + " |",
+             "|---|" + "---|" * len(levels)]
+    by = {(r["row"], r["removed_target"]): r for r in out["results"]}
+    for row, label in LABELS.items():
+        cells = []
+        for lv in levels:
+            r = by.get((row, lv))
+            if r is None:
+                cells.append("")
+            elif "error" in r:
+                cells.append("error")
+            else:
+                cells.append(f"{r['ppl_rel']:.3f} ({r['params_kept']:.3f})")
+        if any(cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -18,7 +18,8 @@ Batches may differ in size along the dims the capture kept symbolic (batch; sequ
 inputs): the sums are per channel over all rows, so they equal the sums over the concatenation
 of the batches whatever their sizes. The exported program's module runs under a :class:`torch.fx.Interpreter` that, at each site
 node, reads the activation argument and adds this batch's sums into float64 accumulators
-(channel sums reduced in float64 without copying the activation; Gram chunks multiplied in
+(channel sums: float32 partials over contiguous runs, summed in float64, without copying the
+activation; Gram chunks multiplied in
 float32 by BLAS, ``GRAM_CHUNK_ROWS`` rows at a time, and summed in float64). Sites that read the
 same tensor the same way (q/k/v projections of one hidden state; two convs with one input and one
 kernel geometry) share one Gram accumulator. A conv's patch rows are gathered only at the sampled
@@ -200,13 +201,49 @@ def _float(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+SUM_BLOCK = 4096  # rows per float32 partial sum (cascade-summed by torch) before the float64 total
+
+
 def channel_sums(x: torch.Tensor, axis: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(sum_r X[r, j], sum_r X[r, j]^2, n) over every axis but ``axis``, reduced in float64."""
     xf = _float(x)
+    fast = _channel_sums_blocked(xf, axis % max(xf.dim(), 1)) if xf.dtype == torch.float32 else None
+    if fast is not None:
+        return fast
     dims = [d for d in range(xf.dim()) if d != axis]
     s = xf.sum(dim=dims, dtype=torch.float64) if dims else xf.double()
     q = xf.square().sum(dim=dims, dtype=torch.float64) if dims else xf.double().square()
     return s.numpy(), q.numpy(), xf.numel() // max(xf.shape[axis], 1)
+
+
+def _channel_sums_blocked(x: torch.Tensor, axis: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """:func:`channel_sums` for a contiguous float32 tensor without a copy: float32 partial sums
+    (torch's cascade summation) over contiguous runs of one channel, or over blocks of
+    ``SUM_BLOCK`` rows when the channel axis is last, then a float64 sum of the partials (a float64
+    reduction over the strided axes is ~10x slower). None when the layout does not allow it."""
+    if not x.is_contiguous() or x.dim() < 2:
+        return None
+    c = x.shape[axis]
+    lead = int(np.prod(x.shape[:axis])) if axis else 1
+    tail = int(np.prod(x.shape[axis + 1:])) if axis + 1 < x.dim() else 1
+    if tail > 1:  # [lead, C, tail]: one float32 partial per (lead, channel) over the contiguous tail
+        v = x.reshape(lead, c, tail)
+        s = v.sum(2).double().sum(0)
+        q = torch.linalg.vecdot(v, v, dim=2).double().sum(0)  # no squared copy; float32 dot products
+        return s.numpy(), q.numpy(), lead * tail
+    rows = lead  # channels last: [rows, C]
+    full = rows - rows % SUM_BLOCK
+    v = x.reshape(rows, c)
+    s = torch.zeros(c, dtype=torch.float64)
+    q = torch.zeros(c, dtype=torch.float64)
+    if full:
+        blk = v[:full].reshape(-1, SUM_BLOCK, c)
+        s += blk.sum(1).double().sum(0)
+        q += torch.linalg.vecdot(blk, blk, dim=1).double().sum(0)
+    if rows > full:
+        s += v[full:].sum(0, dtype=torch.float64)
+        q += v[full:].square().sum(0, dtype=torch.float64)
+    return s.numpy(), q.numpy(), rows
 
 
 def conv_patches(

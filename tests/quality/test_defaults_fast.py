@@ -22,6 +22,7 @@ import graphprune as gp
 from graphprune.analysis.calibration import (
     GramAcc,
     add_gram,
+    channel_sums,
     collect_stats,
     conv_patches,
     kernel_to_channel_major,
@@ -64,6 +65,18 @@ def test_conv_patches_equal_unfold(geom: tuple) -> None:
     assert torch.equal(conv_patches(x, kernel, stride, padding, dilation, idx), ref)
     some = torch.tensor([0, 3, ref.shape[0] - 1])
     assert torch.equal(conv_patches(x, kernel, stride, padding, dilation, some), ref[some])
+
+
+@pytest.mark.parametrize("shape,axis", [((2, 5, 9, 11), 1), ((3, 4, 7), 2), ((5000, 6), 1), ((4, 6, 5), 0)])
+def test_channel_sums_equal_float64_sums(shape: tuple, axis: int) -> None:
+    """Blocked float32 partials summed in float64 (channel axis inside, last, or first)."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) + 2.0
+    s, q, n = channel_sums(x, axis)
+    dims = [d for d in range(x.dim()) if d != axis]
+    xd = x.double()
+    np.testing.assert_allclose(s, xd.sum(dims).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(q, xd.square().sum(dims).numpy(), rtol=1e-6)
+    assert n == x.numel() // x.shape[axis]
 
 
 def test_gram_from_chunks_equals_gram_from_the_whole() -> None:

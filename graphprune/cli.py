@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
                         epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     pr.add_argument("source", help="built-in model name, package.module:factory, model.onnx, or a transformers "
                     "checkpoint directory (config.json + safetensors: pruned layer by layer)")
-    budget = pr.add_mutually_exclusive_group(required=True)
+    budget = pr.add_mutually_exclusive_group()  # one is required unless --pipeline carries it (_cmd_prune)
     budget.add_argument("--flops", type=_fraction, help="fraction of FLOPs to keep, e.g. 0.5")
     budget.add_argument("--macs", type=_fraction,
                         help="fraction of MACs to keep (multiply-accumulates of conv/linear/matmul/attention only, "
@@ -297,6 +297,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from graphprune.frontends.calib import load_calib_file
     from graphprune.sources import load
 
+    budgets = (args.flops, args.macs, args.params, args.latency, args.speedup, args.latency_ms)
+    if args.pipeline is None and all(b is None for b in budgets):
+        raise OptionError("one of the arguments --flops --macs --params --latency --speedup --latency-ms is required "
+                          "(or --pipeline with the budget in its allocate{...} pass)")
     if Path(args.source).is_dir() and not args.source.lower().endswith(".onnx"):
         return _cmd_prune_checkpoint(args)
     out = _check_output(args)

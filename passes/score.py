@@ -50,7 +50,8 @@ def ensure_stats(ctx: PassContext, gram_for: frozenset[str] = frozenset(), who: 
     if ctx.sites is None:
         ctx.sites = reader_sites(ctx.coupling)
     ctx.stats = collect_stats(ctx.program, ctx.sites, ctx.calib, gram_for, ctx.stats,
-                              progress=lambda done, total: step(ctx.progress, "calibration", done, total))
+                              progress=lambda done, total: step(ctx.progress, "calibration", done, total),
+                              timings=ctx.timings)
 
 
 @register_pass

@@ -185,19 +185,15 @@ ROWS: tuple[Row, ...] = (
         (*P, "--flops", "0.5", "--pipeline", "couple,verify{colour=red}", *OUT), "has no option 'colour=red'"),
     Row("pipeline_incomplete", "options", "--pipeline that never rewrites", (*P, "--flops", "0.5", "--pipeline", "couple,score", *OUT),
         "did not produce a model"),
-    Row("pipeline_without_budget", "options", "--pipeline alone (the pipeline string carries the budget)",
-        (*P, "--pipeline", "couple,score,allocate{flops=0.5},rewrite,verify", *OUT), "is required",
-        known_issue="refused: the CLI requires a budget flag even with --pipeline, which then ignores it "
-                    "(graphprune/cli.py owns the fix; reported)"),
+    Row("pipeline_without_budget", "options", "--pipeline whose allocate pass has no budget (and no budget flag)",
+        (*P, "--pipeline", "couple,score,allocate,rewrite,verify", *OUT), "give exactly one budget"),
     Row("input_shape_syntax", "options", "--input-shape without NAME=",
         ("prune", "good.onnx", "--flops", "0.5", "--input-shape", "1,3,8,8", "-o", "out.onnx"), "use NAME=D0,D1,..."),
     Row("input_shape_unknown", "options", "--input-shape for an input the model does not have",
         ("prune", "good.onnx", "--flops", "0.5", "--input-shape", "nope=1,3,8,8", "-o", "out.onnx"), "nope"),
     # -- models that fail to export / capture ----------------------------------------------------------
     Row("data_dependent_control_flow", "models", "forward branches on tensor values (torch.export cannot capture)",
-        ("prune", "factories:data_dependent", "--flops", "0.5", *OUT), "torch.export could not capture DataDependent",
-        known_issue="torch's symbolic-shapes logger prints a multi-line warning with the traced graph before "
-                    "the error line (capture in frontends/torch_export.py should silence it; reported)"),
+        ("prune", "factories:data_dependent", "--flops", "0.5", *OUT), "torch.export could not capture DataDependent"),
     Row("example_inputs_wrong_shape", "models", "example inputs the model cannot run",
         ("prune", "factories:wrong_inputs", "--flops", "0.5", *OUT), "could not capture Conv2d: Given groups=1"),
     # -- calibration sets ----------------------------------------------------------------------------------
@@ -206,7 +202,8 @@ ROWS: tuple[Row, ...] = (
     Row("calib_suffix", "calibration", "--calib file that is neither .pt nor .npz",
         (*P, "--flops", "0.5", "--criterion", "wanda", "--calib", "calib.txt", *OUT), "use a .pt or .npz file"),
     Row("calib_corrupt", "calibration", "--calib .pt that is not a torch file",
-        (*P, "--flops", "0.5", "--criterion", "wanda", "--calib", "notes.pt", *OUT), "--calib notes.pt: cannot read it"),
+        (*P, "--flops", "0.5", "--criterion", "wanda", "--calib", "notes.pt", *OUT),
+        "--calib notes.pt: cannot read it as a torch.save file of tensors (UnpicklingError); is it truncated"),
     Row("calib_wrong_shape", "calibration", "--calib batches whose shape differs from the example inputs",
         (*P, "--flops", "0.5", "--criterion", "wanda", "--calib", "calib_wrong_channels.pt", *OUT), "calib"),
     Row("calib_not_tensors", "calibration", "--calib file holding no tensors",

@@ -2,8 +2,12 @@
 
 The detector (``graphprune.models.craft``, VGG16-BN + U-Net head, random weights) is pruned to
 ``--flops`` with the given recipe and ``--images`` calibration images in batches of
-``--batch x 3 x --height x --image-width``. Prints the per-phase timings the prune reports
-(``report["timings"]``), the wall time and the process CPU time (user + system), and writes JSON.
+``--batch x 3 x --height x --image-width``; the example input is ``--example-batch`` images of
+that size (verification runs on it). Prints the per-phase timings the prune reports
+(``report["timings"]``: the calibration pass split into ``calibration:forward`` / ``:sums`` /
+``:gram``), the wall time, the process CPU time (user + system), and the relative output error of
+the pruned model against the dense one on 2 held-out images (a fidelity check of the refit; the
+weights are random, so it is not a task metric), and writes JSON.
 
     python tools/bench_reconstruct_speed.py --json docs/bench/reconstruct_speed.json
     python tools/bench_reconstruct_speed.py --images 8 --batch 2 --height 128 --image-width 320   # quick
@@ -34,6 +38,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--image-width", type=int, default=640)
+    p.add_argument("--example-batch", type=int, default=1, help="images in the example input")
     p.add_argument("--width", type=float, default=1.0, help="channel width multiplier of the detector")
     p.add_argument("--flops", type=float, default=0.8)
     p.add_argument("--criterion", default="wanda")
@@ -49,7 +54,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     shape = (args.batch, 3, args.height, args.image_width)
     calib = [torch.randn(shape, generator=g) for _ in range(max(1, args.images // args.batch))]
-    example = (calib[0],)  # batches must match the example shape (until any batch size is accepted)
+    example = (calib[0][: args.example_batch],)  # calibration batches may have another batch size
+    held_out = torch.randn((2, *shape[1:]), generator=g)
 
     u0, s0 = _cpu()
     t0 = time.perf_counter()
@@ -59,6 +65,9 @@ def main() -> None:
     u1, s1 = _cpu()
 
     timings = res.report["timings"]
+    with torch.no_grad():
+        dense_out, pruned_out = model(held_out), res.model(held_out)
+    rel_err = float((pruned_out - dense_out).norm() / dense_out.norm())
     print(f"CRAFT-like detector: {n_params / 1e6:.1f}M params, {len(calib)} batches of {list(shape)}, "
           f"flops={args.flops}, criterion={args.criterion}, reconstruct={args.reconstruct}, "
           f"allocation={args.allocation}, {args.threads} threads")
@@ -68,10 +77,12 @@ def main() -> None:
     print(f"{'wall':<28}{wall:>10.2f}")
     print(f"{'cpu user':<28}{u1 - u0:>10.2f}")
     print(f"{'cpu system':<28}{s1 - s0:>10.2f}")
+    print(f"achieved flops {res.report['achieved']}, held-out relative output error {rel_err:.4f}")
     out = {
         "params": n_params, "batches": len(calib), "batch_shape": list(shape), "flops": args.flops,
         "criterion": args.criterion, "reconstruct": args.reconstruct, "allocation": args.allocation,
         "threads": args.threads, "achieved": res.report["achieved"], "timings": timings,
+        "example_batch": args.example_batch, "heldout_rel_err": round(rel_err, 5),
         "wall_s": round(wall, 2), "cpu_user_s": round(u1 - u0, 2), "cpu_system_s": round(s1 - s0, 2),
         "reconstruction": res.report["reconstruction"], "notes": res.report["notes"],
     }

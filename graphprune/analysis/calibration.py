@@ -18,7 +18,8 @@ Batches may differ in size along the dims the capture kept symbolic (batch; sequ
 inputs): the sums are per channel over all rows, so they equal the sums over the concatenation
 of the batches whatever their sizes. The exported program's module runs under a :class:`torch.fx.Interpreter` that, at each site
 node, reads the activation argument and adds this batch's sums into float64 accumulators
-(channel sums reduced in float64 without copying the activation; Gram chunks multiplied in
+(channel sums: float32 partials over contiguous runs, summed in float64, without copying the
+activation; Gram chunks multiplied in
 float32 by BLAS, ``GRAM_CHUNK_ROWS`` rows at a time, and summed in float64). Sites that read the
 same tensor the same way (q/k/v projections of one hidden state; two convs with one input and one
 kernel geometry) share one Gram accumulator. A conv's patch rows are gathered only at the sampled
@@ -30,6 +31,7 @@ live activations plus O(C) per site and O(d^2) per distinct Gram input, never th
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +50,7 @@ from .coupling import Coupling
 
 __all__ = [
     "GRAM_ROWS_PER_DIM", "ChannelStats", "GramAcc", "Site", "add_gram", "channel_sums", "collect_stats", "conv_patches",
-    "gram_key", "reader_sites", "run_program",
+    "gram_key", "reader_sites", "run_program", "shift_gram", "shift_gram_cost",
 ]
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,11 @@ def _conv_params(fx_node: torch.fx.Node) -> tuple[Any, Any, Any] | None:
 # speed"); linear/matmul sites (rows = tokens) always use every row.
 GRAM_ROWS_PER_DIM = 16
 GRAM_CHUNK_ELEMENTS = 1 << 23  # entries of Z materialized at once (float32 product, float64 running sum)
+# A stride-1 conv whose shift Gram over every image costs more than the sampled gather takes it
+# over a subset of whole images with this many times the gather's row budget (rows of one image
+# are correlated, so a subset of images needs more rows than a uniform sample of rows).
+SHIFT_OVERSAMPLE = 2
+SHIFT_FIXED_PER_ENTRY = 256.0
 
 
 @dataclass
@@ -194,13 +201,49 @@ def _float(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
+SUM_BLOCK = 4096  # rows per float32 partial sum (cascade-summed by torch) before the float64 total
+
+
 def channel_sums(x: torch.Tensor, axis: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(sum_r X[r, j], sum_r X[r, j]^2, n) over every axis but ``axis``, reduced in float64."""
     xf = _float(x)
+    fast = _channel_sums_blocked(xf, axis % max(xf.dim(), 1)) if xf.dtype == torch.float32 else None
+    if fast is not None:
+        return fast
     dims = [d for d in range(xf.dim()) if d != axis]
     s = xf.sum(dim=dims, dtype=torch.float64) if dims else xf.double()
     q = xf.square().sum(dim=dims, dtype=torch.float64) if dims else xf.double().square()
     return s.numpy(), q.numpy(), xf.numel() // max(xf.shape[axis], 1)
+
+
+def _channel_sums_blocked(x: torch.Tensor, axis: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """:func:`channel_sums` for a contiguous float32 tensor without a copy: float32 partial sums
+    (torch's cascade summation) over contiguous runs of one channel, or over blocks of
+    ``SUM_BLOCK`` rows when the channel axis is last, then a float64 sum of the partials (a float64
+    reduction over the strided axes is ~10x slower). None when the layout does not allow it."""
+    if not x.is_contiguous() or x.dim() < 2:
+        return None
+    c = x.shape[axis]
+    lead = int(np.prod(x.shape[:axis])) if axis else 1
+    tail = int(np.prod(x.shape[axis + 1:])) if axis + 1 < x.dim() else 1
+    if tail > 1:  # [lead, C, tail]: one float32 partial per (lead, channel) over the contiguous tail
+        v = x.reshape(lead, c, tail)
+        s = v.sum(2).double().sum(0)
+        q = torch.linalg.vecdot(v, v, dim=2).double().sum(0)  # no squared copy; float32 dot products
+        return s.numpy(), q.numpy(), lead * tail
+    rows = lead  # channels last: [rows, C]
+    full = rows - rows % SUM_BLOCK
+    v = x.reshape(rows, c)
+    s = torch.zeros(c, dtype=torch.float64)
+    q = torch.zeros(c, dtype=torch.float64)
+    if full:
+        blk = v[:full].reshape(-1, SUM_BLOCK, c)
+        s += blk.sum(1).double().sum(0)
+        q += torch.linalg.vecdot(blk, blk, dim=1).double().sum(0)
+    if rows > full:
+        s += v[full:].sum(0, dtype=torch.float64)
+        q += v[full:].square().sum(0, dtype=torch.float64)
+    return s.numpy(), q.numpy(), rows
 
 
 def conv_patches(
@@ -282,6 +325,95 @@ def add_gram(acc: GramAcc, rows: Callable[[torch.Tensor], torch.Tensor], n: int,
     acc.gram, acc.gsum, acc.gn, acc.last_batch = g, gs, acc.gn + n, batch
 
 
+# Shift Gram of a stride-1 conv (exact). With x~ the zero-padded input and the kernel's taps at
+# offsets o(a) = (a_y*dh, a_x*dw), block (a, b) of the kernel-major patch Gram is
+#     G_ab = sum_{p in grid} x~[p + o(a)] x~[p + o(b)]^T = sum_{u in W(a)} x~[u] x~[u + delta]^T,
+# delta = o(b) - o(a), W(a) = grid + o(a) (the grid: oh x ow output positions). The window edges
+# o(a) and o(a) + (oh, ow) cut the padded plane into a few bands per axis; for each delta the
+# product is taken per cell (row band x column band; cells made only of padding are skipped) and
+# G_ab is the sum of the cells inside W(a). Pairs (a, b) and (b, a) are transposes, so only half of
+# the deltas are multiplied: about (2kh-1)(2kw-1)/2 products of C x C over the B*H*W input
+# positions instead of the (kh*kw)^2 blocks of C x C over B*oh*ow patch rows (6x fewer for 3x3).
+SHIFT_CHUNK_ELEMENTS = 1 << 27  # C x rows entries per float32 product (longer: summed in float64)
+
+
+def _shifts(kernel: tuple[int, ...]) -> int:
+    return ((2 * kernel[0] - 1) * (2 * kernel[1] - 1) + 1) // 2
+
+
+def shift_gram_cost(c: int, images: int, h: int, w: int, kernel: tuple[int, ...]) -> float:
+    """Multiply-adds of :func:`shift_gram` on ``images`` inputs of [c, h, w], plus its fixed work on
+    the d x d result (cell sums, scatter: measured at about 200 multiply-adds' worth per entry)."""
+    d = c * kernel[0] * kernel[1]
+    return float(_shifts(kernel)) * c * c * images * h * w + SHIFT_FIXED_PER_ENTRY * d * d
+
+
+def _bands(size: int, starts: list[int], span: int, pad: int, inner: int) -> list[tuple[int, int]]:
+    """Cuts of [0, size) at every window edge; bands lying wholly in the padding are dropped."""
+    cuts = sorted({0, size, *[min(max(s, 0), size) for s in starts], *[min(max(s + span, 0), size) for s in starts]})
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=False) if b > a and b > pad and a < pad + inner]
+
+
+def shift_gram(x: torch.Tensor, kernel: tuple[int, ...], padding: Any, dilation: Any,
+               chunk: int = SHIFT_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(G, gsum, n) over every patch row of a stride-1 2-d conv on ``x`` [B, C, H, W], kernel-major
+    columns (``j * C + c`` for tap j = ky * kw + kx), float64; exact (see above)."""
+    (ph, pw), (dh, dw) = _pair(padding), _pair(dilation)
+    kh, kw = kernel
+    bsz, c, h, w = x.shape
+    oh, ow = h + 2 * ph - (kh - 1) * dh, w + 2 * pw - (kw - 1) * dw
+    hp, wp = h + 2 * ph, w + 2 * pw
+    # pad by the kernel's reach as well, so that u + delta never leaves the array (zeros there)
+    ry, rx = (kh - 1) * dh, (kw - 1) * dw
+    xp = F.pad(x, (pw + rx, pw + rx, ph + ry, ph + ry)).transpose(0, 1).contiguous()  # [C, B, Hp+2ry, Wp+2rx]
+    taps = [(ky * dh, kx * dw) for ky in range(kh) for kx in range(kw)]
+    cells = [(r, q) for r in _bands(hp, [t[0] for t in taps], oh, ph, h)
+             for q in _bands(wp, [t[1] for t in taps], ow, pw, w)]
+
+    def inside(cell: tuple[tuple[int, int], tuple[int, int]], a: tuple[int, int]) -> bool:
+        (r0, r1), (c0, c1) = cell
+        return a[0] <= r0 and r1 <= a[0] + oh and a[1] <= c0 and c1 <= a[1] + ow
+
+    def rect(cell: tuple[tuple[int, int], tuple[int, int]], dy: int, dx: int) -> torch.Tensor:
+        (r0, r1), (c0, c1) = cell
+        return xp[:, :, ry + r0 + dy:ry + r1 + dy, rx + c0 + dx:rx + c1 + dx]
+
+    base = {cell: rect(cell, 0, 0).reshape(c, -1) for cell in cells}  # one copy per cell
+    k = kh * kw
+    g = torch.empty(k * c, k * c, dtype=torch.float64)
+    pairs: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for i, a in enumerate(taps):
+        for j, b in enumerate(taps):
+            dlt = (b[0] - a[0], b[1] - a[1])
+            if dlt > (0, 0) or (dlt == (0, 0) and i == j):  # the other half are transposes
+                pairs.setdefault(dlt, []).append((i, j))
+    g4 = g.view(k, c, k, c)
+    for (dy, dx), ij in pairs.items():
+        need = [cell for cell in cells if any(inside(cell, taps[i]) for i, _ in ij)]
+        if not need:  # every window is padding: the blocks are zero
+            need = cells[:1]
+        prods = torch.empty(len(need), c, c, dtype=torch.float64)
+        for n_, cell in enumerate(need):
+            a_rows, b_rows = base[cell], rect(cell, dy, dx).reshape(c, -1)
+            step = max(1, chunk // max(c, 1))
+            prods[n_] = torch.mm(a_rows[:, :step], b_rows[:, :step].T)
+            for st in range(step, a_rows.shape[1], step):  # long rows: float32 partial products
+                prods[n_] += torch.mm(a_rows[:, st:st + step], b_rows[:, st:st + step].T)
+        # block (i, j) = sum of the cells inside W(i): one small GEMM over the cells, one scatter
+        member = torch.tensor([[1.0 if inside(cell, taps[i]) else 0.0 for cell in need] for i, _ in ij],
+                              dtype=torch.float64)
+        blocks = (member @ prods.view(len(need), -1)).view(len(ij), c, c)
+        ii, jj = torch.tensor([i for i, _ in ij]), torch.tensor([j for _, j in ij])
+        g4[ii, :, jj, :] = blocks
+        off = ii != jj
+        if bool(off.any()):
+            g4[jj[off], :, ii[off], :] = blocks[off].transpose(1, 2)
+    csum = {cell: base[cell].sum(dim=1, dtype=torch.float64) for cell in cells}
+    gs = torch.cat([sum((csum[cell] for cell in cells if inside(cell, a)), torch.zeros(c, dtype=torch.float64))
+                    for a in taps])
+    return g, gs, bsz * oh * ow
+
+
 def gram_key(site: Site, fx_node: torch.fx.Node) -> tuple[Any, ...]:
     """Sites with equal keys read the same Z (same tensor, same patch geometry): one Gram for all."""
     if site.op == "conv":
@@ -298,6 +430,7 @@ class _Recorder(torch.fx.Interpreter):
         self.grams: dict[tuple[Any, ...], GramAcc] = {}
         self.gram_of: dict[int, GramAcc] = {}  # id(ChannelStats) -> its shared accumulator
         self.batch = 0
+        self.seconds = {"sums": 0.0, "gram": 0.0}  # time inside the statistics (the rest is the forward)
 
     def run_node(self, n: torch.fx.Node) -> Any:
         todo = self.sites.get(n.name)
@@ -310,13 +443,20 @@ class _Recorder(torch.fx.Interpreter):
         return super().run_node(n)
 
     def _accumulate(self, site: Site, st: ChannelStats, x: torch.Tensor, fx_node: torch.fx.Node) -> None:
+        t0 = time.perf_counter()
         axis = site.a_axis % x.dim()
         s, q, n = channel_sums(x, axis)
         st.sum = s if st.sum is None else st.sum + s
         st.sumsq = q if st.sumsq is None else st.sumsq + q
         st.n += n
+        t1 = time.perf_counter()
+        self.seconds["sums"] += t1 - t0
         if not st.want_gram or st.skipped:
             return
+        self._accumulate_gram(site, st, x, fx_node, axis)
+        self.seconds["gram"] += time.perf_counter() - t1
+
+    def _accumulate_gram(self, site: Site, st: ChannelStats, x: torch.Tensor, fx_node: torch.fx.Node, axis: int) -> None:
         acc = self.gram_of.get(id(st))
         if acc is None:
             acc = self.grams.setdefault(gram_key(site, fx_node), GramAcc())
@@ -331,15 +471,47 @@ class _Recorder(torch.fx.Interpreter):
                 return
             stride, padding, dilation = params
             kernel = tuple(int(k) for k in site.weight.shape[2:])
-            xl = F.pad(xf, _pads(padding)).permute(0, 2, 3, 1).contiguous().view(-1, xf.shape[1])
             k = kernel[0] * kernel[1]
             acc.order = kernel_to_channel_major(xf.shape[1], k)
+            if self._add_shift_gram(acc, xf, kernel, stride, padding, dilation):
+                return
+            xl = F.pad(xf, _pads(padding)).permute(0, 2, 3, 1).contiguous().view(-1, xf.shape[1])
             add_gram(acc, lambda idx: xl.index_select(0, _patch_rows(xf, kernel, stride, padding, dilation, idx))
                      .view(len(idx), -1), conv_out_positions(xf, kernel, stride, padding, dilation), xf.shape[1] * k,
                      self.batch, rows_per_dim=-(-GRAM_ROWS_PER_DIM // self.n_batches))
         else:
             flat = xf.movedim(axis, -1).reshape(-1, xf.shape[axis])
             add_gram(acc, lambda idx: flat.index_select(0, idx), flat.shape[0], flat.shape[1], self.batch, rows_per_dim=0)
+
+    def _add_shift_gram(self, acc: GramAcc, x: torch.Tensor, kernel: tuple[int, ...], stride: Any, padding: Any,
+                        dilation: Any) -> bool:
+        """Add this batch's shift Gram (:func:`shift_gram`) when it costs fewer multiply-adds than the
+        sampled gather; False (nothing added) otherwise. Every image when that is cheaper still;
+        else a seeded subset of images giving ``SHIFT_OVERSAMPLE`` times the gather's row budget
+        (whole images, so rows are correlated: hence more of them), weighted B / m."""
+        if _pair(stride) != (1, 1):
+            return False
+        b, c, h, w = x.shape
+        d = c * kernel[0] * kernel[1]
+        n = conv_out_positions(x, kernel, stride, padding, dilation)
+        budget = -(-GRAM_ROWS_PER_DIM // self.n_batches) * d
+        gather = float(min(n, budget)) * d * d
+        per_image = n // max(b, 1)
+        m = b if n <= budget else min(b, max(1, -(-SHIFT_OVERSAMPLE * budget // max(per_image, 1))))
+        if per_image <= 0 or shift_gram_cost(c, m, h, w, kernel) >= gather:
+            return False
+        if m < b:
+            pick = torch.randperm(b, generator=torch.Generator().manual_seed(2_000_003 * (self.batch + 1)))[:m]
+            x = x.index_select(0, pick.sort().values)
+        g, gs, rows = shift_gram(x, kernel, padding, dilation)
+        weight = b / m
+        if acc.gram is None or acc.gsum is None:
+            acc.gram, acc.gsum = g.mul_(weight), gs.mul_(weight)
+        else:
+            acc.gram.add_(g, alpha=weight)
+            acc.gsum.add_(gs, alpha=weight)
+        acc.gn, acc.last_batch = acc.gn + n, self.batch
+        return True
 
     def finish(self) -> None:
         for acc in self.grams.values():
@@ -370,11 +542,15 @@ def collect_stats(
     gram_for: set[str] | frozenset[str] = frozenset(),
     stats: dict[str, ChannelStats] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, ChannelStats]:
     """Stream ``calib`` once through ``program`` and return per-site stats (keyed by node name).
 
     ``gram_for`` lists site nodes whose Gram matrix is needed; sites already present in ``stats``
     with what is asked are not collected again. ``progress(done, total)`` hears each batch.
+    ``timings`` (e.g. the pass context's) gets the seconds spent in the forward passes
+    (``calibration:forward``), the channel sums (``calibration:sums``) and the Grams
+    (``calibration:gram``) added.
     """
     out = dict(stats or {})
     todo: dict[str, list[tuple[Site, ChannelStats]]] = {}
@@ -390,6 +566,7 @@ def collect_stats(
     gm = program.module()
     rec = _Recorder(gm, todo, len(calib) if isinstance(calib, Sized) else 1)
     total = len(calib) if isinstance(calib, Sized) else 0
+    t0 = time.perf_counter()
     with torch.no_grad():
         for i, batch in enumerate(calib):
             check_program_batch(program, batch, i)
@@ -405,6 +582,11 @@ def collect_stats(
             if progress is not None:
                 progress(i + 1, total)
     rec.finish()
+    if timings is not None:
+        spent = time.perf_counter() - t0
+        for key, v in (("forward", spent - rec.seconds["sums"] - rec.seconds["gram"]), ("sums", rec.seconds["sums"]),
+                       ("gram", rec.seconds["gram"])):
+            timings[f"calibration:{key}"] = timings.get(f"calibration:{key}", 0.0) + v
     for name, pairs in todo.items():
         for _, st in pairs:
             if st.skipped:

@@ -146,7 +146,12 @@ def load_calib_file(path: str | Path, example_inputs: ExampleInputs, option: str
     except CalibrationError:
         raise
     except Exception as exc:  # torch/numpy raise many types for a corrupt file
-        raise CalibrationError(f"{option} {p}: cannot read it ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        # the exception's text (torch's weights_only advice, pickle internals) is not the user's concern
+        kind = "a torch.save file" if p.suffix == ".pt" else "a numpy .npz file"
+        raise CalibrationError(
+            f"{option} {p}: cannot read it as {kind} of tensors ({type(exc).__name__}); "
+            "is it truncated, or does it hold objects other than tensors?"
+        ) from exc
     leaves = [t for t in tree_flatten(example_inputs)[0] if isinstance(t, torch.Tensor)]
     n = int(leaves[0].shape[0]) if leaves and leaves[0].dim() else 1
     if isinstance(data, torch.Tensor):

@@ -20,9 +20,11 @@ which input dims stayed symbolic; the fx route uses the symbolic program to keep
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import operator
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,13 +88,28 @@ def _dynamic_spec(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[st
 
 
 def _export(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic: bool) -> ExportedProgram:
-    with torch.no_grad():
+    with torch.no_grad(), _stderr_to_log():
         if not dynamic:
-            return torch.export.export(model, args, kwargs, strict=False)
+            with _quiet_export_logs():
+                return torch.export.export(model, args, kwargs, strict=False)
         spec = _dynamic_spec(model, args, kwargs)
         # a size-1 batch would be specialized (0/1 specialization); treat it as any other size
         with torch.fx.experimental._config.patch(backed_size_oblivious=True), _quiet_export_logs():
             return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=spec)
+
+
+@contextlib.contextmanager
+def _stderr_to_log() -> Iterator[None]:
+    """torch.export prints the partial graph of a failed capture straight to ``sys.stderr``
+    (many lines before graphprune's one-line error); keep it, but as a DEBUG log record."""
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buf):
+            yield
+    finally:
+        text = buf.getvalue().strip()
+        if text:
+            log.debug("torch.export printed:\n%s", text)
 
 
 def capture(model: torch.nn.Module, example_inputs: ExampleInputs, dynamic: bool = True) -> Captured:

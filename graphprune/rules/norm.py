@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..ir import Node
+from ..ir import Node, Value
 from .common import numel, pass_through
 from .families import NORMS
 from .hidden import LAYER_NORM_WHY
@@ -36,8 +36,14 @@ def couple_channel_norm(node: Node, b: CouplingBuilder) -> None:
     assert x is not None
     if node.op == "batch_norm" and batch_statistics(node):
         # mean/var are taken over every axis but 1: removing elements there changes them, so
-        # only the channel axis passes through (the rest is pinned by the builder)
-        pass_through(b, x, y, skip=[ax for ax in range(x.rank) if ax != 1])
+        # only the channel axis passes through; the rest is pinned, named (report barriers, --why)
+        stat_axes = [ax for ax in range(x.rank) if ax != 1]
+        pass_through(b, x, y, skip=stat_axes)
+        for ax in stat_axes:
+            if x.shape[ax] > 1:
+                b.pin(x, ax, why=STATS_PIN)
+        if _from_weight(x):
+            b.barrier(node)
     elif node.op == "instance_norm":
         # statistics over the axes after the channel axis: pinned (spatial axes never carry
         # channels, but GroupNorm exported to ONNX is Reshape -> InstanceNormalization, which
@@ -48,6 +54,24 @@ def couple_channel_norm(node: Node, b: CouplingBuilder) -> None:
     for t in node.inputs[1:]:
         if t is not None and t.rank == 1 and x.rank >= 2 and t.shape[0] == y.shape[1]:
             b.same(t, 0, y, 1)
+
+
+STATS_PIN = ("batch_norm with batch statistics normalizes over this axis (weight standardization: "
+             "StdConv2d / ScaledStdConv2d standardize each filter over its input channels); removing "
+             "any of them would change the statistics of the rest, and no smaller weight reproduces "
+             "the standardized one (its mean over the kept inputs is not zero)")
+
+
+def _from_weight(v: Value, depth: int = 4) -> bool:
+    """``v`` is a parameter, or a view/reshape chain of one (the standardized-weight pattern)."""
+    while depth >= 0:
+        if v.is_weight:
+            return True
+        src = v.producer.inputs[0] if v.producer is not None and v.producer.inputs else None
+        if src is None:
+            return False
+        v, depth = src, depth - 1
+    return False
 
 
 def batch_statistics(node: Node) -> bool:

@@ -22,9 +22,12 @@ import graphprune as gp
 from graphprune.analysis.calibration import (
     GramAcc,
     add_gram,
+    channel_sums,
     collect_stats,
     conv_patches,
+    kernel_to_channel_major,
     reader_sites,
+    shift_gram,
 )
 from graphprune.analysis.coupling import couple
 from graphprune.api import NO_CALIB_NOTE, default_recipe
@@ -64,6 +67,18 @@ def test_conv_patches_equal_unfold(geom: tuple) -> None:
     assert torch.equal(conv_patches(x, kernel, stride, padding, dilation, some), ref[some])
 
 
+@pytest.mark.parametrize("shape,axis", [((2, 5, 9, 11), 1), ((3, 4, 7), 2), ((5000, 6), 1), ((4, 6, 5), 0)])
+def test_channel_sums_equal_float64_sums(shape: tuple, axis: int) -> None:
+    """Blocked float32 partials summed in float64 (channel axis inside, last, or first)."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)) + 2.0
+    s, q, n = channel_sums(x, axis)
+    dims = [d for d in range(x.dim()) if d != axis]
+    xd = x.double()
+    np.testing.assert_allclose(s, xd.sum(dims).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(q, xd.square().sum(dims).numpy(), rtol=1e-6)
+    assert n == x.numel() // x.shape[axis]
+
+
 def test_gram_from_chunks_equals_gram_from_the_whole() -> None:
     z = torch.randn(1000, 12, generator=torch.Generator().manual_seed(0)) + 0.3
     acc = GramAcc()
@@ -73,6 +88,52 @@ def test_gram_from_chunks_equals_gram_from_the_whole() -> None:
     assert acc.gn == 1000
     torch.testing.assert_close(acc.gram, zd.T @ zd, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(acc.gsum, zd.sum(0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("geom", [
+    ((3, 3), 1, 1), ((3, 3), 6, 6), ((1, 1), 0, 1), ((3, 1), (1, 0), 1), ((5, 5), 2, 1), ((3, 3), 0, 1),
+    ((3, 3), 2, 2), ((3, 3), 3, 1), ((2, 2), (1, 0), 1),
+])
+def test_shift_gram_equals_the_gram_of_every_unfolded_patch(geom: tuple) -> None:
+    """Stride-1 convs: the Gram from shifted channel products (padding, dilation, even kernels,
+    padding wider than the kernel's reach) is the Gram of all unfolded patch rows."""
+    kernel, padding, dilation = geom
+    x = torch.randn(2, 3, 7, 9, generator=torch.Generator().manual_seed(1)).double()
+    g, gs, n = shift_gram(x, kernel, padding, dilation)
+    z = F.unfold(x, kernel, dilation=dilation, padding=padding).transpose(1, 2).reshape(-1, 3 * kernel[0] * kernel[1])
+    p = kernel_to_channel_major(3, kernel[0] * kernel[1])  # shift_gram's columns are kernel-major
+    assert n == z.shape[0]
+    torch.testing.assert_close(g.index_select(0, p).index_select(1, p), z.T @ z, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gs.index_select(0, p), z.sum(0), rtol=1e-10, atol=1e-10)
+    g2, _, _ = shift_gram(x, kernel, padding, dilation, chunk=5)  # long rows split into partial products
+    torch.testing.assert_close(g2, g, rtol=1e-10, atol=1e-10)
+
+
+class Wide3x3(nn.Module):
+    """A 3x3 consumer whose patch rows (480) are more than the shift Gram's fixed cost and fewer than
+    the sampled cap (16 * 72): the calibration pass takes the exact shift Gram over every row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 1)
+        self.c2 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c2(F.relu(self.c1(x)))
+
+
+def test_calibration_takes_the_exact_shift_gram_for_stride_one_convs() -> None:
+    torch.manual_seed(0)
+    net = Wide3x3().eval()
+    xs = [torch.randn(2, 3, 12, 20)]
+    cap = capture(net, (xs[0],))
+    sites = [s for s in reader_sites(couple(cap.graph)) if s.weight.source == "c2.weight"]
+    st = collect_stats(cap.program, sites, xs, frozenset(s.node for s in sites))[sites[0].node]
+    with torch.no_grad():
+        z = torch.cat([F.unfold(F.relu(net.c1(x)).double(), 3, padding=1).transpose(1, 2).reshape(-1, 72) for x in xs])
+    assert st.gn == z.shape[0] == 2 * 12 * 20
+    torch.testing.assert_close(st.gram, z.T @ z, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(st.gsum, z.sum(0), rtol=1e-5, atol=1e-4)
 
 
 class ConvNet(nn.Module):

@@ -80,3 +80,14 @@ def test_help_documents_the_exit_statuses(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     for line in ("0  done", "1  internal error", "2  bad input", "3  target missed", "--allow-miss exits 0"):
         assert line in out
+
+
+def test_pipeline_carries_the_budget_without_a_budget_flag(tmp_path: Path) -> None:
+    """--pipeline alone is enough when its allocate pass names the budget (issue 11)."""
+    rep = tmp_path / "r.json"
+    code = main(["prune", "_cli_models:convnet", "--pipeline", "couple,score,allocate{flops=0.5},rewrite,verify",
+                 "-o", str(tmp_path / "m.pt"), "--report", str(rep)])
+    assert code == 0
+    data = json.loads(rep.read_text())
+    assert data["achieved"]["flops"] == pytest.approx(0.5, abs=0.01)
+    assert data["verification"]["ok"] is True

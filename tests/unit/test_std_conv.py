@@ -5,7 +5,9 @@ The weight is standardized per output filter over its Cin * k * k entries before
 change those statistics, so the conv's input channels must stay whole; its output channels are
 free. Before the batch-statistics rule, pruning such a model failed the oracle (NFNet-L0: max
 error 0.094) -- now the analysis pins exactly the input side and the result passes with nothing
-pinned after the check.
+pinned after the check. No exact rule can free the input side while the module standardizes: the
+masked original's standardized filter restricted to the kept inputs has a nonzero mean over them,
+and every re-standardized weight has mean zero (docs/ARCHITECTURE.md, "Weight standardization").
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import graphprune as gp
+from graphprune.rules.norm import STATS_PIN
 from graphprune.verification import verify_pruned
 
 
@@ -62,6 +65,12 @@ def test_std_conv_input_channels_pinned_outputs_free(cls: type[nn.Conv2d]) -> No
                for g in a.report["groups"]]
     # only the last std conv's filters (read by the plain 1x1 conv) can go
     assert weights == [["4.weight[0]", "6.weight[1]"]]
+    # the pin is named: a barrier in the report, and the reason at the end of the --why chain
+    assert a.report["barriers"] == {"aten.batch_norm.default": ["batch_norm", "batch_norm_1"]}
+    w = next(v for v in a.coupling.graph.values if v.source == "2.weight")
+    why = a.coupling.explain(w, 1, 0)
+    assert why[0] == f"{w.name}[1][0] is frozen: {STATS_PIN}"
+    assert "tied by reshape" in why[-1]
     res = gp.prune(model, x, flops=0.8)
     assert res.report["pinned_after_check"] == []
     assert res.report["verification"]["ok"] is True

@@ -137,14 +137,14 @@ class DecoupledHead(nn.Module):
         return [(b(f), c(f)) for f, b, c in zip(feats, self.box, self.cls, strict=True)]
 
 
-def nms(boxes: Tensor, scores: Tensor, iou_thresh: float) -> Tensor:
-    """Greedy NMS in torch: indices of the kept boxes, by decreasing score."""
+def nms(boxes: Tensor, scores: Tensor, iou_thresh: float, max_keep: int = 100) -> Tensor:
+    """Greedy NMS in torch: indices of at most ``max_keep`` kept boxes, by decreasing score."""
     order = scores.argsort(descending=True)
     keep: list[Tensor] = []
     while order.numel() > 0:
         i = order[0]
         keep.append(i)
-        if order.numel() == 1:
+        if order.numel() == 1 or len(keep) == max_keep:
             break
         rest = order[1:]
         lt = torch.maximum(boxes[i, :2], boxes[rest, :2])
@@ -218,7 +218,7 @@ class YOLO(nn.Module):
         b = torch.stack([b[:, 0].clamp(0, size[1]), b[:, 1].clamp(0, size[0]),
                          b[:, 2].clamp(0, size[1]), b[:, 3].clamp(0, size[0])], 1)
         offset = label.to(b.dtype).unsqueeze(1) * (max(size) + 1)
-        keep = nms(b + offset, flat[cand], self.iou_thresh)[: self.detections_per_img]
+        keep = nms(b + offset, flat[cand], self.iou_thresh, self.detections_per_img)
         return {"boxes": b[keep], "scores": flat[cand][keep], "labels": label[keep]}
 
 
@@ -232,7 +232,7 @@ def build_yolo(num_classes: int = 20, image_size: int = 128, images: int = 1, wi
         randomize_norm_affine(model)
         with torch.no_grad():  # a head bias that makes some scores pass the threshold
             for seq in model.head.cls:
-                seq[-1].bias.fill_(-1.0)
+                seq[-1].bias.fill_(-1.5)
         calibrate_batchnorm(_Batched(model), lambda: (torch.randn(2, 3, image_size, image_size),))
         example = ([torch.rand(3, image_size, image_size) for _ in range(images)],)
     return model.eval(), example

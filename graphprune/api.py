@@ -141,6 +141,8 @@ def analyze(model: nn.Module | str | os.PathLike[str], example_inputs: ExampleIn
     coupling = couple(cap.graph)
     a = Analysis(cap.graph, coupling, cap.program, time.perf_counter() - t0)
     a.report = analysis_report(cap.graph, coupling)
+    if cap.fragments is not None:
+        a.report["capture"] = cap.fragments.as_dict()
     return a
 
 
@@ -438,6 +440,9 @@ def _check_fragments(cap: Any, ctx: Any, verify: bool) -> dict[str, Any]:
     from .verification import masked_original
 
     info: dict[str, Any] = cap.fragments.as_dict()
+    ctx.notes.append(f"torch.export could not capture {type(ctx.model).__name__} whole; captured as fragments "
+                     f"{', '.join(info['fragments'])}; glue reading their outputs is a barrier "
+                     f"({', '.join(sorted(info['glue_barriers'])) or 'none'})")
     if ctx.pruned is None or ctx.reconstructed or ctx.allocation is None:
         return info
     masked = ctx.masked if ctx.masked is not None else masked_original(ctx.model, ctx.coupling, ctx.allocation.removed)

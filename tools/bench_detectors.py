@@ -53,7 +53,8 @@ MODELS = "ssdlite,fcos,retinanet,frcnn_mobilenet,frcnn_r50,maskrcnn,detr,yolo"
 
 
 def _calibrate(model: nn.Module, run: Callable[[], Any]) -> None:
-    """Norm affines perturbed, BatchNorm running stats set to one batch's statistics."""
+    """Norm affines perturbed, BatchNorm running stats set to one batch's statistics (a batch of
+    two images)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         randomize_norm_affine(model)
@@ -78,8 +79,9 @@ def _torchvision(name: str, size: int) -> tuple[nn.Module, Any, list[nn.Module]]
     kw: dict[str, Any] = {} if name == "ssdlite" else {"min_size": size, "max_size": size}
     torch.manual_seed(0)
     model = ctor(weights=None, weights_backbone=None, **kw).eval()
-    img = torch.rand(3, size, size, generator=torch.Generator().manual_seed(1))
-    _calibrate(model, lambda: model([img]))
+    g = torch.Generator().manual_seed(1)
+    img, other = torch.rand(3, size, size, generator=g), torch.rand(3, size, size, generator=g)
+    _calibrate(model, lambda: model([img, other]))  # two images: SSDlite's last maps are 1x1
     if hasattr(model, "roi_heads"):
         heads = [model.rpn.head, model.roi_heads.box_predictor]
         if getattr(model.roi_heads, "mask_predictor", None) is not None:
@@ -97,8 +99,9 @@ def _detr(size: int) -> tuple[nn.Module, Any, list[nn.Module]]:
                      encoder_ffn_dim=128, decoder_ffn_dim=128, num_queries=50, num_labels=20)
     torch.manual_seed(0)
     model = DetrForObjectDetection(cfg).eval()
-    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     _calibrate(model, lambda: model(pixel_values=x))
+    x = x[:1]
     return model, {"pixel_values": x}, [model.class_labels_classifier, model.bbox_predictor]
 
 

@@ -187,8 +187,9 @@ def record_calls(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
         with torch.no_grad(), _OpRecorder(rec, stack, counter):
             rec.output = model(*args, **kwargs)
     except Exception as exc:  # the model's own error on these inputs: say it in one line
-        raise CaptureError(f"{type(model).__name__} raised on the example inputs: {type(exc).__name__}: "
-                           f"{_first_line(exc)[:300]}") from exc
+        name = type(model).__name__
+        raise CaptureError(f"could not capture {name}: {_first_line(exc)[:300]} ({name} raised {type(exc).__name__} "
+                           "on the example inputs; pass inputs its forward accepts)") from exc
     finally:
         for h in handles:
             h.remove()

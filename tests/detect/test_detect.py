@@ -98,8 +98,9 @@ def test_batch_tensor_gets_the_models_own_message_in_one_line() -> None:
         gp.prune(model, (torch.rand(2, 3, 64, 64),), flops=0.5)
     msg = str(exc.value)
     assert "\n" not in msg
-    assert msg == ("YOLO raised on the example inputs: ValueError: YOLO expects a list of 3-D images [3, H, W], "
-                   "got a Tensor of shape (2, 3, 64, 64); pass list(batch)")
+    assert msg == ("could not capture YOLO: YOLO expects a list of 3-D images [3, H, W], got a Tensor of shape "
+                   "(2, 3, 64, 64); pass list(batch) (YOLO raised ValueError on the example inputs; pass inputs its "
+                   "forward accepts)")
 
 
 def test_nothing_capturable_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Any) -> None:

@@ -23,7 +23,7 @@ model's MACs (FlopCounterMode) that graphprune can prune when the model is captu
 axes that can shrink) vs through the TorchScript tracer (``torch.onnx.export(...,
 dynamo=False)`` of the whole detector, then ``gp.analyze`` of the .onnx).
 
-    python tools/bench_detectors.py --json docs/bench/detectors.json [--models ssdlite,yolo] [--capture]
+    python tools/bench_detectors.py --json docs/bench/detectors.json [--models ssdlite,yolo] [--capture] [--append]
 """
 
 from __future__ import annotations
@@ -294,8 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--capture", action="store_true", help="also measure fragments vs TorchScript-tracer capture")
     p.add_argument("--json", type=Path)
+    p.add_argument("--append", action="store_true", help="keep the rows already in --json (a run in parts)")
     a = p.parse_args(argv)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    if a.append and a.json and a.json.exists():
+        rows = json.loads(a.json.read_text())["rows"]
     for name in a.models.split(","):
         print(f"{name} ...", file=sys.stderr, flush=True)
         rows.append(bench(name, a.size, a.flops, a.ratio, a.runs, a.capture))

@@ -12,7 +12,6 @@ import torch
 import graphprune as gp
 from graphprune.cli import main
 from graphprune.errors import CaptureError
-from graphprune.frontends import capture
 from graphprune.models.yolo import YOLO, build_yolo
 from graphprune.verification import masked_original
 
@@ -30,22 +29,22 @@ def _head_outputs(model: YOLO, images: list[torch.Tensor]) -> list[torch.Tensor]
         return [t for pair in model.head(model.neck(model.backbone(model.batch_images(images)))) for t in pair]
 
 
-def test_capture_falls_back_to_fragments_linked_by_identity() -> None:
-    model, example = build_yolo(image_size=64, width=0.5)
-    cap = capture(model, example)
-    assert cap.program is None
-    info = cap.fragments.as_dict()
+def test_capture_falls_back_to_fragments_linked_by_identity(pruned: tuple[YOLO, Any, gp.PruneResult]) -> None:
+    _, _, res = pruned
+    info = res.report["capture"]
+    assert info["method"] == "fragments"
     assert info["fragments"] == ["backbone", "neck", "head"]
     assert info["not_captured"] == []
     assert "data-dependent" in info["reason"]
+    graph = res.coupling.graph
     # one graph input (the padded batch glue built); neck and head read earlier fragments' outputs
-    assert [v.shape for v in cap.graph.inputs] == [(1, 3, 64, 64)]
+    assert [v.shape for v in graph.inputs] == [(1, 3, 64, 64)]
     # the pinned outputs are exactly the six head convs' outputs (box distances, class logits per level)
-    shapes = sorted(v.shape for v in cap.graph.outputs)
+    shapes = sorted(v.shape for v in graph.outputs)
     assert shapes == sorted([(1, 4, s, s) for s in (8, 4, 2)] + [(1, NUM_CLASSES, s, s) for s in (8, 4, 2)])
     # each head output is read by decode glue, a barrier named by its function
-    glue = {n.op for n in cap.graph.nodes if n.op.startswith("glue.")}
-    assert glue == {"glue.softplus", "glue.flatten"}
+    assert {n.op for n in graph.nodes if n.op.startswith("glue.")} == {"glue.softplus", "glue.flatten"}
+    assert info["glue_barriers"] == {"softplus": 3, "flatten": 3}
 
 
 def test_prune_keeps_class_and_heads_and_meets_budget(pruned: tuple[YOLO, Any, gp.PruneResult]) -> None:

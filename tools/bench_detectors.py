@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from graphprune.models._common import randomize_norm_affine
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_structure
 from torch.utils.flop_counter import FlopCounterMode
 
 import graphprune as gp
-from graphprune.models._common import randomize_norm_affine
 
 MODELS = "ssdlite,fcos,retinanet,frcnn_mobilenet,frcnn_r50,maskrcnn,detr,yolo"
 

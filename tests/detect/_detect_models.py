@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from graphprune.models.yolo import build_yolo
+from torch import nn
 
 
 class AllGlue(nn.Module):

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 import torch
+from graphprune.models.yolo import YOLO, build_yolo
 
 import graphprune as gp
 from graphprune.cli import main
 from graphprune.errors import CaptureError
-from graphprune.models.yolo import YOLO, build_yolo
 from graphprune.verification import masked_original
 
 NUM_CLASSES = 20

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from graphprune.models.yolo import build_yolo
 from torch import nn
 
 
@@ -24,7 +23,3 @@ class AllGlue(nn.Module):
 def all_glue() -> tuple[nn.Module, tuple[torch.Tensor]]:
     torch.manual_seed(0)
     return AllGlue().eval(), (torch.randn(2, 3),)
-
-
-def small_yolo() -> tuple[nn.Module, tuple[list[torch.Tensor]]]:
-    return build_yolo(image_size=64, width=0.5)

@@ -270,11 +270,24 @@ def _cell(info: dict[str, Any]) -> str:
             f"{info['latency_ms']:.0f} ms  {info['seconds']:.1f} s")
 
 
+def _capture_cell(info: dict[str, Any]) -> str:
+    cap = info.get("capture")
+    if not cap:
+        return "-"
+    if cap.get("method") != "fragments":
+        return "torch.export (whole)"
+    check = cap.get("pre_barrier_check", {})
+    ok = "ok" if check.get("ok") else "FAILED"
+    return f"fragments {', '.join(cap['fragments'])}; glue: {', '.join(sorted(cap['glue_barriers']))} ({ok}, {check.get('tensors', 0)} tensors)"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | original ms | graphprune: FLOPs kept, structure, ms, prune s | Torch-Pruning: FLOPs kept, structure, ms, prune s |",
-             "|---|---|---|---|"]
+    lines = ["| model | original ms | graphprune: FLOPs kept, structure, ms, prune s | graphprune capture (pre-barrier check) "
+             "| Torch-Pruning: FLOPs kept, structure, ms, prune s |",
+             "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['latency_ms']:.0f} | {_cell(r['graphprune'])} | {_cell(r['torch_pruning'])} |")
+        lines.append(f"| {r['model']} | {r['latency_ms']:.0f} | {_cell(r['graphprune'])} | {_capture_cell(r['graphprune'])} "
+                     f"| {_cell(r['torch_pruning'])} |")
     if any("capture" in r for r in rows):
         lines += ["", "| model | prunable MACs, graphprune PyTorch capture (torch.export, else fragments) | prunable MACs, TorchScript tracer (.onnx) |", "|---|---|---|"]
         for r in rows:

@@ -23,3 +23,19 @@ class AllGlue(nn.Module):
 def all_glue() -> tuple[nn.Module, tuple[torch.Tensor]]:
     torch.manual_seed(0)
     return AllGlue().eval(), (torch.randn(2, 3),)
+
+
+class NoisyGlue(nn.Module):
+    """Two conv fragments; the glue between them draws noise, so the second fragment's input
+    differs on every run (as proposals chosen by top-k/NMS can between a model and its pruned copy)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        if y.sum() > -1e9:  # data-dependent: torch.export cannot capture forward whole
+            y = y + torch.randn_like(y)
+        return self.b(y)

@@ -13,6 +13,7 @@ from graphprune.models.yolo import YOLO, build_yolo
 import graphprune as gp
 from graphprune.cli import main
 from graphprune.errors import CaptureError
+from graphprune.frontends import capture
 from graphprune.verification import masked_original
 
 NUM_CLASSES = 20
@@ -60,6 +61,7 @@ def test_prune_keeps_class_and_heads_and_meets_budget(pruned: tuple[YOLO, Any, g
     assert model.neck.bu5.cv3.conv.weight.shape[0] == build_yolo(image_size=64, width=0.5)[0].neck.bu5.cv3.conv.weight.shape[0]
     cap = res.report["capture"]
     assert cap["pre_barrier_check"]["ok"] is True and cap["pre_barrier_check"]["tensors"] == 6
+    assert cap["pre_barrier_check"]["skipped"] == []
     assert set(res.report["barriers"]) == {"glue.softplus", "glue.flatten"}
 
 
@@ -118,3 +120,28 @@ def test_nothing_capturable_is_one_line(capsys: pytest.CaptureFixture[str], tmp_
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("graphprune: error: torch.export could not capture AllGlue (")
     assert not out.exists()
+
+
+def test_pre_barrier_check_skips_fragments_fed_by_glue_that_differs() -> None:
+    """Regression (Faster R-CNN R50): RoI heads read proposals that top-k/NMS glue chose; equal up
+    to float rounding, they can differ between the masked and the pruned model, and comparing the
+    RoI heads' outputs then failed a correct pruning. Such a fragment is skipped, the rest compared."""
+    import copy
+
+    from _detect_models import NoisyGlue
+
+    from graphprune.frontends.fragments import check_pre_barrier
+
+    torch.manual_seed(0)
+    model = NoisyGlue().eval()
+    x = torch.randn(1, 3, 4, 4)
+    cap = capture(model, (x,), dynamic=False)
+    assert [f.path for f in cap.fragments.fragments] == ["a", "b"]
+    assert [f.inputs_linked for f in cap.fragments.fragments] == [[False], [False]]
+    same = check_pre_barrier(model, copy.deepcopy(model), cap.fragments, (x,), {})
+    assert same["ok"] and same["skipped"] == ["b"] and same["tensors"] == 1
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.a.weight[0] += 1.0
+    bad = check_pre_barrier(model, broken, cap.fragments, (x,), {})
+    assert not bad["ok"] and bad["detail"].startswith("max abs error")

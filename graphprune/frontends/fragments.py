@@ -111,7 +111,12 @@ class Fragment:
     prefix: str  # IR name prefix (``f3.``)
     occurrence: int = 0  # this is the module's n-th call in a forward
     outputs_pinned: list[bool] = field(default_factory=list)  # per flattened output tensor
-    inputs_linked: list[bool] = field(default_factory=list)  # per flattened input tensor: an earlier fragment's output
+    # per flattened input tensor: the index of the earlier fragment it is an output of (None: glue made it)
+    inputs_from: list[int | None] = field(default_factory=list)
+
+    @property
+    def inputs_linked(self) -> list[bool]:
+        return [k is not None for k in self.inputs_from]
 
 
 @dataclass
@@ -296,7 +301,7 @@ def capture_fragments(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str,
                 glue_reads.setdefault(tid, []).append(op)
 
     graph = Graph(name=name)
-    produced: dict[int, tuple[Value, int]] = {}  # tensor id -> (IR value, producer call end)
+    produced: dict[int, tuple[Value, int, int]] = {}  # tensor id -> (IR value, producer call end, fragment)
     by_source: dict[str, Value] = {}
     read_by_fragment: set[int] = set()
     fragments: list[Fragment] = []
@@ -307,15 +312,15 @@ def capture_fragments(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str,
         frag = Fragment(call.path, call.index, program, prefix, nth)
         sub = lower_exported(program, name=call.path or name)
         vmap, linked = _merge(graph, sub, call, program, prefix, aliases, by_source, produced)
-        read_by_fragment |= linked
-        frag.inputs_linked = [id(t) in linked for t in _tensors((call.args, call.kwargs))]
+        read_by_fragment |= set(linked)
+        frag.inputs_from = [linked.get(id(t)) for t in _tensors((call.args, call.kwargs))]
         pairs = fragment_outputs(program, call.output)
         outs: list[tuple[torch.Tensor, Value | None]] = []
         for t, vname in pairs or [(t, None) for t in _tensors(call.output)]:
             v = vmap.get(vname) if vname is not None else None
             outs.append((t, v))
             if v is not None and id(t) not in produced:
-                produced[id(t)] = (v, call.end)
+                produced[id(t)] = (v, call.end, k)
         fragments.append(frag)
         frag_out_values.append((frag, outs))
     glue_count: dict[str, int] = {}
@@ -347,16 +352,16 @@ def capture_fragments(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str,
 
 
 def _merge(graph: Graph, sub: Graph, call: Call, program: Any, prefix: str, aliases: dict[str, str],
-           by_source: dict[str, Value], produced: dict[int, tuple[Value, int]]) -> tuple[dict[str, Value], set[int]]:
+           by_source: dict[str, Value], produced: dict[int, tuple[Value, int, int]]) -> tuple[dict[str, Value], dict[int, int]]:
     """Copy ``sub`` into ``graph`` (names prefixed, weight sources made model-relative and
     deduplicated, inputs linked to earlier fragments' outputs by tensor identity); returns the
-    map from ``sub``'s value names to merged values and the ids of the input tensors linked."""
+    map from ``sub``'s value names to merged values and {id of a linked input tensor: its fragment}."""
     users = [s.arg.name for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
     flat = fx_pytree.tree_flatten_spec((call.args, call.kwargs), program.call_spec.in_spec)
     feed = {n: t for n, t in zip(users, flat, strict=False) if isinstance(t, torch.Tensor)}
     mod = f"{call.path}." if call.path else ""
     vmap: dict[str, Value] = {}
-    linked: set[int] = set()
+    linked: dict[int, int] = {}
     for v in sub.values:
         if v.is_weight and v.source is not None:
             src = aliases.get(mod + v.source, mod + v.source)
@@ -367,7 +372,7 @@ def _merge(graph: Graph, sub: Graph, call: Call, program: Any, prefix: str, alia
             t = feed.get(v.name)
             hit = produced.get(id(t)) if t is not None else None
             if hit is not None and hit[1] < call.start and hit[0].shape == v.shape:
-                linked.add(id(t))
+                linked[id(t)] = hit[2]
                 vmap[v.name] = hit[0]
             else:
                 nv = graph.add_value(Value(prefix + v.name, v.shape, v.dtype, "input"))
@@ -438,16 +443,18 @@ def check_pre_barrier(masked: nn.Module, pruned: nn.Module, info: FragmentCaptur
     ``max|a - b| <= rtol * max|a|`` (relative to the outputs' own scale, however small). A
     fragment whose glue-computed inputs differ between the two runs (Faster R-CNN's RoI heads read
     proposals chosen by top-k and NMS from the RPN outputs: equal up to float rounding, the
-    selection can differ) is listed under ``skipped`` instead; the fragments before it (backbone,
-    RPN head) are compared. Post-NMS outputs of a randomly initialized detector
+    selection can differ) is listed under ``skipped`` instead, and so is every fragment reading
+    a skipped one's outputs; the fragments before it (backbone, RPN head) are compared. Post-NMS outputs of a randomly initialized detector
     are often empty or few, so this is the check that sees the pruned channels' arithmetic."""
     ref = _fragment_outputs(masked, info, (args, kwargs))
     got = _fragment_outputs(pruned, info, (args, kwargs))
     worst, scale, n = 0.0, 0.0, 0
+    worst_at = ""
     skipped: list[str] = []
     for f, (r_in, r_out), (g_in, g_out) in zip(info.fragments, ref, got, strict=True):
         same_in = _max_diff(r_in, g_in)
-        if same_in is None or same_in[0] > rtol * same_in[1]:
+        after_skipped = any(k is not None and info.fragments[k].path in skipped for k in f.inputs_from)
+        if same_in is None or same_in[0] > rtol * same_in[1] or after_skipped:
             # glue computed this fragment's inputs from earlier outputs (proposals after top-k/NMS):
             # float-level differences can select other boxes, so its outputs are not comparable
             skipped.append(f.path)
@@ -458,7 +465,9 @@ def check_pre_barrier(masked: nn.Module, pruned: nn.Module, info: FragmentCaptur
                     "detail": f"fragment {f.path}: outputs {[tuple(t.shape) for t in g_out]}, expected "
                               f"{[tuple(t.shape) for t in r_out]}"}
         n += len(r_out)
+        if d[0] > worst:
+            worst_at = f.path
         worst, scale = max(worst, d[0]), max(scale, d[1])
     tol = rtol * scale  # relative: a random-init detector's head outputs can be ~1e-15
     return {"ok": worst <= tol, "tensors": n, "skipped": skipped, "max_abs_err": worst, "max_ref": scale,
-            "tolerance": tol, "detail": "" if worst <= tol else f"max abs error {worst:.3g} > {tol:.3g}"}
+            "tolerance": tol, "detail": "" if worst <= tol else f"max abs error {worst:.3g} > {tol:.3g} (fragment {worst_at})"}

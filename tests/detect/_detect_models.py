@@ -27,15 +27,17 @@ def all_glue() -> tuple[nn.Module, tuple[torch.Tensor]]:
 
 class NoisyGlue(nn.Module):
     """Two conv fragments; the glue between them draws noise, so the second fragment's input
-    differs on every run (as proposals chosen by top-k/NMS can between a model and its pruned copy)."""
+    differs on every run (as proposals chosen by top-k/NMS can between a model and its pruned copy);
+    the third reads the second's output directly."""
 
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Conv2d(3, 8, 1)
         self.b = nn.Conv2d(8, 4, 1)
+        self.c = nn.Conv2d(4, 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.a(x)
         if y.sum() > -1e9:  # data-dependent: torch.export cannot capture forward whole
             y = y + torch.randn_like(y)
-        return self.b(y)
+        return self.c(self.b(y))

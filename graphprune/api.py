@@ -169,6 +169,8 @@ def analyze(model: nn.Module | str | os.PathLike[str], example_inputs: ExampleIn
     coupling = couple(cap.graph)
     a = Analysis(cap.graph, coupling, cap.program, time.perf_counter() - t0)
     a.report = analysis_report(cap.graph, coupling)
+    if cap.fragments is not None:
+        a.report["capture"] = cap.fragments.as_dict()
     return a
 
 
@@ -487,6 +489,7 @@ def _prune_once(
     if measure and latency_budget and not any(p.name == LatencyLoop.name for p in passes):
         passes.append(LatencyLoop(iterate=iterate))
     t0 = time.perf_counter()
+    capture_info: dict[str, Any] | None = None
     onnx_input = _is_onnx(model)
     if onnx_input:
         if progress:
@@ -504,10 +507,16 @@ def _prune_once(
             if progress:
                 progress("capture")
             cap = capture(model, example_inputs)
+            if cap.fragments is not None and calib is not None:
+                raise OptionError(f"{type(model).__name__} was captured as fragments (torch.export cannot capture it "
+                                  "whole), so calib= criteria and reconstruction are not available; prune it without calib=")
             ctx = PassContext(model=model, example_inputs=example_inputs, program=cap.program, calib=calib, loss=loss,
                               seed=seed)
             ctx.timings["capture"] = cap.seconds
             graph = run_pipeline(passes, cap.graph, ctx, progress)
+            if cap.fragments is not None:
+                capture_info = _check_fragments(cap, ctx, verify=not any(p.name == "verify" and not getattr(p, "strict", True)
+                                                          for p in passes))
         finally:
             model.train(was_training)
     if ctx.pruned is None or ctx.plan is None or ctx.coupling is None:
@@ -529,9 +538,35 @@ def _prune_once(
                 refuse_static(graph.name, report)
     if ctx.latency is not None:
         report["latency"] = latency_report(graph, ctx, ctx.latency_loop)
+    if capture_info is not None:
+        report["capture"] = capture_info
     original_config = copy.deepcopy(getattr(model, "config", None)) if isinstance(model, nn.Module) else None
     return PruneResult(ctx.pruned, report, plan, example_inputs, ctx.coupling, plan.removed_mask(ctx.coupling.n_units),
                        original_config)
+
+
+def _check_fragments(cap: Any, ctx: Any, verify: bool) -> dict[str, Any]:
+    """A model captured as fragments: what was captured (``report["capture"]``) and the oracle on
+    the tensors before the barriers (``["pre_barrier_check"]``; frontends/fragments.py), which
+    raises like ``verify`` unless the pipeline's verify is not strict."""
+    from .errors import VerificationError
+    from .frontends.fragments import check_pre_barrier
+    from .verification import masked_original
+
+    info: dict[str, Any] = cap.fragments.as_dict()
+    ctx.notes.append(f"torch.export could not capture {type(ctx.model).__name__} whole; captured as fragments "
+                     f"{', '.join(info['fragments'])}; glue reading their outputs is a barrier "
+                     f"({', '.join(sorted(info['glue_barriers'])) or 'none'})")
+    if ctx.pruned is None or ctx.reconstructed or ctx.plan is None:
+        return info
+    masked = ctx.masked if ctx.masked is not None else masked_original(
+        ctx.model, ctx.coupling, ctx.plan.removed_mask(ctx.coupling.n_units))
+    res = check_pre_barrier(masked, ctx.pruned, cap.fragments, cap.args, cap.kwargs)
+    info["pre_barrier_check"] = res
+    if not res["ok"] and verify:
+        raise VerificationError(f"pruned {type(ctx.model).__name__} differs from the masked original before the "
+                                f"barriers: {res['detail']}")
+    return info
 
 
 def _prune_steps(

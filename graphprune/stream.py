@@ -587,7 +587,7 @@ def prune_checkpoint(
         phase("allocate")
         t0 = time.perf_counter()
         graph = passes["allocate"].run(graph, ctx).graph
-        removed = ctx.allocation.removed
+        removed = ctx.plan.removed_mask(coupling.n_units)
         pruned = rewrite_module(model, coupling, removed)
         kept_list = kept_indices(coupling, removed)
         kept = {k.value.source: k.axes for k in kept_list if k.value.source}
@@ -844,7 +844,7 @@ def _report(graph: Any, ctx: Any, kept_list: list[Any], worst: dict[str, Any], t
     from .analysis.allocation import ShapeTable
     from .cost import count
 
-    removed = ctx.allocation.removed
+    removed = ctx.plan.removed_mask(ctx.coupling.n_units)
     before, after = count(graph), count(graph, ShapeTable(ctx.coupling).shapes(removed))
     target, round_to = _target_and_round(ctx)
     metric, frac = next(iter(target.items()))

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from graphprune.errors import ExportError, OptionError
+from graphprune.errors import ExportError, OptionError, VerificationError
 from graphprune.frontends.torch_export import dynamic_dims, second_size_inputs
 from graphprune.ir import Graph
 from graphprune.rewrite import NotDynamic, NotRewritable, rewrite_fx, rewrite_module, rewrite_onnx
@@ -61,6 +61,10 @@ class Rewrite:
                 reason = str(exc)
             except Exception as exc:  # the user's forward() failing on new shapes is expected here
                 reason = f"forward of the rewritten module failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            if ctx.program is None:  # captured as fragments: no whole program for the fx route
+                raise VerificationError(
+                    f"{graph.name} was captured as fragments (torch.export cannot capture it whole), so only the "
+                    f"module route can rewrite it, and it is not usable: {reason}")
             log.info("module route not usable (%s); emitting an fx GraphModule", reason)
             ctx.route_reason = reason
         ctx.pruned = fx_route(graph, ctx)

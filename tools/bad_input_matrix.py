@@ -49,12 +49,14 @@ def good():
 
 
 class DataDependent(nn.Module):
+    """No sub-module either: the capture fallback (frontends/fragments.py) finds nothing to export."""
+
     def __init__(self):
         super().__init__()
-        self.c = nn.Conv2d(3, 4, 1)
+        self.w = nn.Parameter(torch.randn(4, 3, 1, 1))
 
     def forward(self, x):
-        y = self.c(x)
+        y = torch.nn.functional.conv2d(x, self.w)
         if y.sum() > 0:  # control flow on tensor values: torch.export cannot capture it
             return y
         return -y
@@ -192,7 +194,8 @@ ROWS: tuple[Row, ...] = (
     Row("input_shape_unknown", "options", "--input-shape for an input the model does not have",
         ("prune", "good.onnx", "--flops", "0.5", "--input-shape", "nope=1,3,8,8", "-o", "out.onnx"), "nope"),
     # -- models that fail to export / capture ----------------------------------------------------------
-    Row("data_dependent_control_flow", "models", "forward branches on tensor values (torch.export cannot capture)",
+    Row("data_dependent_control_flow", "models",
+        "forward branches on tensor values and has no sub-module torch.export can capture",
         ("prune", "factories:data_dependent", "--flops", "0.5", *OUT), "torch.export could not capture DataDependent"),
     Row("example_inputs_wrong_shape", "models", "example inputs the model cannot run",
         ("prune", "factories:wrong_inputs", "--flops", "0.5", *OUT), "could not capture Conv2d: Given groups=1"),

@@ -20,11 +20,9 @@ which input dims stayed symbolic; the fx route uses the symbolic program to keep
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import operator
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +35,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..errors import CaptureError
 from ..ir import Graph, Node, Value
-from ..quiet import quiet_loggers
+from ..quiet import quiet_loggers, quiet_stderr
 from .aten_table import lower_args
 from .inputs import ExampleInputs, as_args_kwargs
 
@@ -59,6 +57,9 @@ class Captured:
     # user input placeholder name -> {axis: symbol} for the dims that stayed symbolic
     dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
     static_reason: str = ""  # why the capture is static, when the dynamic one failed
+    # set when torch.export failed on the whole model and the graph was merged from exported
+    # sub-module calls (frontends/fragments.py); ``program`` is then None
+    fragments: Any = None
 
 
 def varying_dims(t: torch.Tensor) -> tuple[int, ...]:
@@ -88,7 +89,7 @@ def _dynamic_spec(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[st
 
 
 def _export(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], dynamic: bool) -> ExportedProgram:
-    with torch.no_grad(), _stderr_to_log():
+    with torch.no_grad(), quiet_stderr(__name__):
         if not dynamic:
             with _quiet_export_logs():
                 return torch.export.export(model, args, kwargs, strict=False)
@@ -98,40 +99,35 @@ def _export(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
             return torch.export.export(model, args, kwargs, strict=False, dynamic_shapes=spec)
 
 
-@contextlib.contextmanager
-def _stderr_to_log() -> Iterator[None]:
-    """torch.export prints the partial graph of a failed capture straight to ``sys.stderr``
-    (many lines before graphprune's one-line error); keep it, but as a DEBUG log record."""
-    buf = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(buf):
-            yield
-    finally:
-        text = buf.getvalue().strip()
-        if text:
-            log.debug("torch.export printed:\n%s", text)
-
-
-def capture(model: torch.nn.Module, example_inputs: ExampleInputs, dynamic: bool = True) -> Captured:
+def capture(model: torch.nn.Module, example_inputs: ExampleInputs, dynamic: bool = True,
+            fallback: bool = True) -> Captured:
     """Trace ``model`` with ``torch.export`` (non-strict) and lower it into the IR.
 
     ``dynamic``: ask for a symbolic batch (and sequence) dim first, falling back to a static
-    capture (see the module docstring)."""
+    capture (see the module docstring). ``fallback``: when the static capture fails too, capture
+    the sub-module calls that export and merge them (:mod:`graphprune.frontends.fragments`)."""
     if not isinstance(model, torch.nn.Module):
         raise CaptureError(f"expected a torch.nn.Module, got {type(model).__name__}")
     args, kwargs = as_args_kwargs(example_inputs)
     t0 = time.perf_counter()
     program, static_reason = None, ""
+    dynamic_error: BaseException | None = None
     if dynamic:
         try:
             program = _export(model, args, kwargs, dynamic=True)
         except Exception as exc:  # any failure: the static capture below decides
-            static_reason = f"dynamic capture failed: {_first_line(exc)[:200]}"
+            dynamic_error = exc
+            static_reason = f"dynamic capture failed: {type(exc).__name__}: {_first_line(exc)[:200]}"
             log.info("%s: %s; capturing with static shapes", type(model).__name__, static_reason)
+    if program is None and fallback and dynamic_error is not None and "GuardOnDataDependentSymNode" in static_reason:
+        # a guard on data (an unbacked size from nonzero/masking): static shapes fail the same way
+        return _capture_fragments(model, args, kwargs, dynamic_error, t0)
     if program is None:
         try:
             program = _export(model, args, kwargs, dynamic=False)
         except Exception as exc:  # torch raises many types here; all mean "cannot capture"
+            if fallback:
+                return _capture_fragments(model, args, kwargs, exc, t0)
             raise CaptureError(
                 f"torch.export could not capture {type(model).__name__}: {_first_line(exc)[:300]} -- "
                 "wrap the model in a small nn.Module whose forward takes and returns tensors only "
@@ -142,6 +138,17 @@ def capture(model: torch.nn.Module, example_inputs: ExampleInputs, dynamic: bool
     if dynamic and not dims and not static_reason:
         static_reason = "the model specializes every batch/sequence dim"
     return Captured(program, graph, args, kwargs, time.perf_counter() - t0, dims, static_reason)
+
+
+def _capture_fragments(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], exc: BaseException,
+                       t0: float) -> Captured:
+    from .fragments import capture_fragments
+
+    reason = f"{type(exc).__name__}: {_first_line(exc)[:200]}"
+    log.info("torch.export could not capture %s whole (%s); capturing its sub-modules", type(model).__name__, reason)
+    graph, info = capture_fragments(model, args, kwargs, reason, shared_tensor_aliases(model))
+    return Captured(None, graph, args, kwargs, time.perf_counter() - t0,  # type: ignore[arg-type]
+                    static_reason="captured as fragments", fragments=info)
 
 
 def _first_line(exc: BaseException) -> str:

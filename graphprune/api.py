@@ -348,7 +348,7 @@ def prune(
             res.plan = dataclasses.replace(res.plan, provenance={
                 **res.plan.provenance, DROPPED_LAYERS: ",".join(str(i) for i in layer_info["removed"])})
     res.report.update(target_verdict(res.report))
-    if recipe.note:
+    if recipe.note and "capture" not in res.report:  # a fragment capture takes no calib= (yet): no advice to pass it
         res.report["notes"].append(recipe.note)
     return res
 

@@ -89,6 +89,12 @@ class Checkpoint:
 
 def open_checkpoint(directory: str | Path) -> Checkpoint:
     """Read config.json and the shard index; refuse a missing file or an unsupported dtype."""
+    import importlib.util
+
+    missing = [m for m in ("transformers", "safetensors", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SourceError(f"{directory}: pruning a checkpoint directory needs {', '.join(missing)}; "
+                          "pip install 'graphprune[hf]'")
     import transformers
     from safetensors import safe_open
 

@@ -1,8 +1,9 @@
 """latency-loop: close the loop on a latency budget by measuring, re-allocating and keeping the
 best plan.
 
-The pruned model is timed against the original side by side on the target runtime
-(:func:`graphprune.latency_target.measure_pair`); while the measured latency misses the target by
+The model ``ctx.plan`` makes is timed against the original side by side on the target runtime
+(:func:`graphprune.latency_target.measure`: ``measure(plan)``, given the rewrite pass's output
+``ctx.pruned`` so the plan is not rewritten twice); while the measured latency misses the target by
 more than ``tolerance`` (relative), the allocation is redone with its budget scaled by
 ``target / measured`` and the passes between ``allocate`` and this one (rewrite, verify,
 reconstruction) run again, at most ``iterate`` times. The budget fraction that landed closest to
@@ -26,7 +27,7 @@ import numpy as np
 
 from graphprune.errors import OptionError
 from graphprune.ir import Graph
-from graphprune.latency_target import measure_pair
+from graphprune.latency_target import measure
 
 from .allocate import Allocate
 from .infra import PassContext, PassResult, register_pass, run_pipeline
@@ -59,7 +60,7 @@ class LatencyLoop:
         for it in range(self.iterate + 1):
             if ctx.progress is not None:
                 ctx.progress("measure")
-            orig_now, pruned_s = measure_pair(setup, ctx.pruned)
+            orig_now, pruned_s = measure(setup, ctx.plan, built=ctx.pruned)
             originals.append(orig_now)
             orig_s = float(np.median(originals))
             target_s = value * orig_s if metric == "latency" else value / 1e3

@@ -9,7 +9,7 @@ more than ``tolerance`` (relative), the allocation is redone with its budget sca
 reconstruction) run again, at most ``iterate`` times. The budget fraction that landed closest to
 the target is the one kept: when it is not the last one tried, allocation runs once more at that
 fraction (allocation is deterministic, so this rebuilds the same plan) and the same passes follow.
-Nothing is saved and restored by field name. The measurements go to ``ctx.latency_loop``
+Nothing is saved and restored by field name. The measurements go to ``ctx.records.latency_loop``
 (``report["latency"]``).
 
 :func:`graphprune.prune` appends this pass to a pipeline with a latency budget unless
@@ -80,7 +80,7 @@ class LatencyLoop:
         if best is not history[-1]:  # keep the best plan: allocate it again (deterministic) and rebuild
             self._reallocate(graph, ctx, alloc, redo, best["allocate_fraction"])
         ctx.plan = dataclasses.replace(ctx.plan, target={metric: value})  # the user's budget, not the last fraction
-        ctx.latency_loop = {
+        ctx.records.latency_loop = {
             "original_ms": best["original_ms"], "measured_ms": best["measured_ms"], "target_ms": best["target_ms"],
             "measured_speedup": best["original_ms"] / best["measured_ms"], "miss": best["miss"],
             "met": abs(best["miss"]) <= self.tolerance, "iterations": history,

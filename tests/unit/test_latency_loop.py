@@ -105,7 +105,7 @@ def test_loop_reallocates_until_the_measurement_lands() -> None:
     # the true latency falls slower than the prediction (a fixed overhead): the first plan is
     # too slow, so each re-allocation asks for less, and each lands closer
     ctx, timer = run(lambda w: 1e-3 * (0.25 + 0.75 * w / FULL), "latency-loop{iterate=3,tolerance=0.02}")
-    rows = ctx.latency_loop["iterations"]  # type: ignore[index]
+    rows = ctx.records.latency_loop["iterations"]  # type: ignore[index]
     assert len(rows) == len(timer.seen) >= 3
     fracs = [r["allocate_fraction"] for r in rows]
     assert fracs[0] == 0.5 and all(b < a for a, b in zip(fracs, fracs[1:]))
@@ -117,7 +117,7 @@ def test_loop_reallocates_until_the_measurement_lands() -> None:
     # the best (last) plan is the one kept, and the pruned model is the one it makes
     assert kept(ctx.plan) == seen[-1] == sum(widths(ctx.pruned))
     assert ctx.plan.target == {"latency": 0.5}  # the user's budget, not the last fraction tried
-    assert ctx.latency_loop["measured_ms"] == rows[-1]["measured_ms"]  # type: ignore[index]
+    assert ctx.records.latency_loop["measured_ms"] == rows[-1]["measured_ms"]  # type: ignore[index]
     assert ctx.verification.ok
 
 
@@ -125,12 +125,12 @@ def test_loop_keeps_the_best_plan_when_a_later_one_is_worse() -> None:
     w0 = first_plan_kept()
     # narrower than the first plan falls off a fast kernel path: slower than the original
     ctx, timer = run(lambda w: 1e-3 * (0.25 + 0.75 * w / FULL) if w >= w0 else 2e-3, "latency-loop{iterate=1}")
-    rows = ctx.latency_loop["iterations"]  # type: ignore[index]
+    rows = ctx.records.latency_loop["iterations"]  # type: ignore[index]
     assert len(rows) == len(timer.seen) == 2
     assert kept(timer.seen[1]) < kept(timer.seen[0]) == w0
     assert abs(rows[1]["miss"]) > abs(rows[0]["miss"])
     # allocate ran again at the best fraction: the same plan as the first, rewritten and verified
     assert ctx.plan.removed_units == timer.seen[0].removed_units
     assert sum(widths(ctx.pruned)) == w0
-    assert ctx.latency_loop["measured_ms"] == rows[0]["measured_ms"]  # type: ignore[index]
+    assert ctx.records.latency_loop["measured_ms"] == rows[0]["measured_ms"]  # type: ignore[index]
     assert ctx.verification.ok

@@ -5,12 +5,16 @@ prediction: the sum of the linear layers' output widths)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
+from graphprune.passes import PassContext, parse_pipeline, run_pipeline
 from torch import nn
 
 from graphprune.cost import Calibration
@@ -18,9 +22,7 @@ from graphprune.cost.profile import Calibrated
 from graphprune.cost.runtimes import Runtime, make_runtime
 from graphprune.frontends.torch_export import capture
 from graphprune.latency_target import LatencySetup
-from graphprune.passes import PassContext, parse_pipeline, run_pipeline
 from graphprune.plan import PruningPlan
-
 
 H = 256  # hidden width: onnxruntime's channel step (16) leaves 16 widths per group
 FULL = 2 * H  # units the unpruned model keeps
@@ -108,12 +110,12 @@ def test_loop_reallocates_until_the_measurement_lands() -> None:
     rows = ctx.records.latency_loop["iterations"]  # type: ignore[index]
     assert len(rows) == len(timer.seen) >= 3
     fracs = [r["allocate_fraction"] for r in rows]
-    assert fracs[0] == 0.5 and all(b < a for a, b in zip(fracs, fracs[1:]))
+    assert fracs[0] == 0.5 and all(b < a for a, b in pairwise(fracs))
     misses = [abs(r["miss"]) for r in rows]
-    assert all(b < a for a, b in zip(misses, misses[1:]))
+    assert all(b < a for a, b in pairwise(misses))
     assert rows[0]["miss"] > 0.1
     seen = [kept(p) for p in timer.seen]
-    assert all(b < a for a, b in zip(seen, seen[1:]))
+    assert all(b < a for a, b in pairwise(seen))
     # the best (last) plan is the one kept, and the pruned model is the one it makes
     assert kept(ctx.plan) == seen[-1] == sum(widths(ctx.pruned))
     assert ctx.plan.target == {"latency": 0.5}  # the user's budget, not the last fraction tried
@@ -134,3 +136,13 @@ def test_loop_keeps_the_best_plan_when_a_later_one_is_worse() -> None:
     assert sum(widths(ctx.pruned)) == w0
     assert ctx.records.latency_loop["measured_ms"] == rows[0]["measured_ms"]  # type: ignore[index]
     assert ctx.verification.ok
+
+
+def test_the_run_inputs_stay_as_given() -> None:
+    ctx, _ = run(lambda w: 1e-3 * w / FULL, "latency-loop{iterate=0}")
+    model = ctx.model
+    assert isinstance(model, MLP) and widths(model) == (H, H)  # the original is not pruned in place
+    with pytest.raises(AttributeError):
+        ctx.model = None  # type: ignore[misc]  # read-only: the run's inputs are frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ctx.given.seed = 1  # type: ignore[misc]

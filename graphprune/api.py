@@ -496,7 +496,7 @@ def _prune_once(
             progress("load")
         prep, feeds, graph, _ = _load_onnx_source(model, example_inputs, input_shapes)
         ctx = PassContext(model=None, example_inputs=feeds, onnx=prep, seed=seed)
-        ctx.timings["capture"] = time.perf_counter() - t0
+        ctx.records.timings["capture"] = time.perf_counter() - t0
         graph = run_pipeline(passes, graph, ctx, progress)
         example_inputs = feeds
     else:
@@ -512,7 +512,7 @@ def _prune_once(
                                   "whole), so calib= criteria and reconstruction are not available; prune it without calib=")
             ctx = PassContext(model=model, example_inputs=example_inputs, program=cap.program, calib=calib, loss=loss,
                               seed=seed)
-            ctx.timings["capture"] = cap.seconds
+            ctx.records.timings["capture"] = cap.seconds
             graph = run_pipeline(passes, cap.graph, ctx, progress)
             if cap.fragments is not None:
                 capture_info = _check_fragments(cap, ctx, verify=not any(p.name == "verify" and not getattr(p, "strict", True)
@@ -522,7 +522,7 @@ def _prune_once(
     if ctx.pruned is None or ctx.plan is None or ctx.coupling is None:
         raise OptionError(f"pipeline {text!r} did not produce a model; it needs couple, allocate (or replay) and "
                           "rewrite")
-    ctx.timings["total"] = time.perf_counter() - t0
+    ctx.records.timings["total"] = time.perf_counter() - t0
     kept = kept_indices(ctx.coupling, ctx.plan.removed_mask(ctx.coupling.n_units))
     plan: PruningPlan = ctx.plan
     report = prune_report(graph, ctx, kept)
@@ -537,7 +537,7 @@ def _prune_once(
 
                 refuse_static(graph.name, report)
     if ctx.latency is not None:
-        report["latency"] = latency_report(graph, ctx, ctx.latency_loop)
+        report["latency"] = latency_report(graph, ctx, ctx.records.latency_loop)
     if capture_info is not None:
         report["capture"] = capture_info
     original_config = copy.deepcopy(getattr(model, "config", None)) if isinstance(model, nn.Module) else None
@@ -554,10 +554,10 @@ def _check_fragments(cap: Any, ctx: Any, verify: bool) -> dict[str, Any]:
     from .verification import masked_original
 
     info: dict[str, Any] = cap.fragments.as_dict()
-    ctx.notes.append(f"torch.export could not capture {type(ctx.model).__name__} whole; captured as fragments "
+    ctx.records.notes.append(f"torch.export could not capture {type(ctx.model).__name__} whole; captured as fragments "
                      f"{', '.join(info['fragments'])}; glue reading their outputs is a barrier "
                      f"({', '.join(sorted(info['glue_barriers'])) or 'none'})")
-    if ctx.pruned is None or ctx.reconstructed or ctx.plan is None:
+    if ctx.pruned is None or ctx.records.reconstructed or ctx.plan is None:
         return info
     masked = ctx.masked if ctx.masked is not None else masked_original(
         ctx.model, ctx.coupling, ctx.plan.removed_mask(ctx.coupling.n_units))
@@ -804,9 +804,9 @@ def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[s
         "route": ctx.route,
         "route_reason": ctx.route_reason,
         "verification": ctx.verification.as_dict() if ctx.verification is not None else None,
-        "pinned_after_check": list(ctx.pinned_after_check),
+        "pinned_after_check": list(ctx.records.pinned_after_check),
         "widths": widths,
-        "timings": {k: round(v, 4) for k, v in ctx.timings.items()},
-        "reconstruction": list(ctx.reconstructed),
-        "notes": list(ctx.notes),
+        "timings": {k: round(v, 4) for k, v in ctx.records.timings.items()},
+        "reconstruction": list(ctx.records.reconstructed),
+        "notes": list(ctx.records.notes),
     }

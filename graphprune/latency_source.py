@@ -5,7 +5,11 @@ came from; a :class:`ModelTimer` hides that from the calibration and the closed 
 
 - ``measure_masks(masks)``: seconds per run of the model pruned by each removal mask (one bool
   per coupling unit; the all-False mask is the original), all timed side by side (interleaved);
-- ``measure_pair(pruned)``: (original, pruned) seconds per run, side by side.
+- ``measure(plan, built=None)``: (original, pruned) seconds per run, side by side, of the model
+  the :class:`~graphprune.plan.PruningPlan` ``plan`` makes: ``built`` when the caller already
+  rewrote it (the latency loop passes the rewrite pass's output), else rebuilt here from the
+  plan's removed units;
+- ``measure_pair(pruned)``: (original, pruned) seconds per run of a model already built.
 
 :class:`TorchTimer` rewrites the nn.Module (module route, else fx route) and times the modules
 with :func:`.cost.profile.measure_models` (exported to ONNX for onnxruntime, eager for torch).
@@ -32,6 +36,7 @@ from .cost.profile import measure_models, measure_onnx
 from .cost.runtimes import Runtime
 from .errors import OptionError
 from .ir import Graph
+from .plan import PruningPlan
 
 __all__ = ["ModelTimer", "OnnxTimer", "TorchTimer", "check_onnx_runtime", "make_timer", "torch_rewriter"]
 
@@ -41,6 +46,8 @@ class ModelTimer(Protocol):
     kind: str  # "torch" | "onnx": part of the calibration's cache key
 
     def measure_masks(self, masks: Sequence[np.ndarray]) -> list[float]: ...
+
+    def measure(self, plan: PruningPlan, built: Any = None) -> tuple[float, float]: ...
 
     def measure_pair(self, pruned: Any) -> tuple[float, float]: ...
 
@@ -75,7 +82,11 @@ class TorchTimer:
     model: torch.nn.Module
     example_inputs: Any
     rewrite: Callable[[np.ndarray], torch.nn.Module]
+    n_units: int  # the coupling's: the length of a plan's removal mask
     kind: str = "torch"
+
+    def measure(self, plan: PruningPlan, built: Any = None) -> tuple[float, float]:
+        return self.measure_pair(built if built is not None else self.rewrite(plan.removed_mask(self.n_units)))
 
     def measure_masks(self, masks: Sequence[np.ndarray]) -> list[float]:
         models = [self.rewrite(m) if m.any() else self.model for m in masks]
@@ -113,6 +124,13 @@ class OnnxTimer:
 
         return self._time([build(m) for m in masks])
 
+    def measure(self, plan: PruningPlan, built: Any = None) -> tuple[float, float]:
+        from .rewrite import rewrite_onnx
+
+        if built is None:
+            built = rewrite_onnx(self.prep.model, self.graph, self.coupling, plan.removed_mask(self.coupling.n_units))
+        return self.measure_pair(built)
+
     def measure_pair(self, pruned: Any) -> tuple[float, float]:
         a, b = self._time([lambda: self.prep.model, lambda: pruned])
         return a, b
@@ -131,4 +149,4 @@ def make_timer(
         return OnnxTimer(runtime, onnx, graph, coupling, ordered_feeds(onnx, example_inputs))
     if model is None:
         raise OptionError("a latency budget needs a model to measure: a PyTorch model with example inputs, or an .onnx file")
-    return TorchTimer(runtime, model, example_inputs, torch_rewriter(model, program, graph, coupling))
+    return TorchTimer(runtime, model, example_inputs, torch_rewriter(model, program, graph, coupling), coupling.n_units)

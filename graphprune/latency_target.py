@@ -26,8 +26,9 @@ from .cost.table import TableCache
 from .errors import BudgetError
 from .ir import Graph
 from .latency_source import ModelTimer
+from .plan import PruningPlan
 
-__all__ = ["LatencySetup", "budget_fraction", "measure_pair", "setup_latency"]
+__all__ = ["LatencySetup", "budget_fraction", "measure", "measure_pair", "setup_latency"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,13 @@ def setup_latency(
                                         "raw": cal.raw, "measured": cal.measured})
         cache.save()
     return LatencySetup(rt, lm.with_calibration(cal.calibration), cal, n_new, str(cache.path), timer)
+
+
+def measure(setup: LatencySetup, plan: PruningPlan, built: Any = None) -> tuple[float, float]:
+    """(original, pruned) seconds per run of the model ``plan`` makes, measured side by side on the
+    runtime; ``built`` is that model when the caller already has it (of the source's kind), else
+    the timer rebuilds it from the plan's removed units."""
+    return setup.timer.measure(plan, built)
 
 
 def measure_pair(setup: LatencySetup, pruned: Any) -> tuple[float, float]:

@@ -531,9 +531,9 @@ def prune_checkpoint(
         passes = {p.name: p for p in parse_pipeline(text)}
         ctx = PassContext(model=model, example_inputs=example, program=cap.program, seed=seed, progress=progress)
         if recipe.note:
-            ctx.notes.append(recipe.note)
+            ctx.records.notes.append(recipe.note)
         if calib is None:
-            ctx.notes.append("no calib=: each layer is verified on one batch of random token ids")
+            ctx.records.notes.append("no calib=: each layer is verified on one batch of random token ids")
         graph = passes["couple"].run(cap.graph, ctx).graph
         coupling = ctx.coupling
         sites = reader_sites(coupling)
@@ -870,5 +870,5 @@ def _report(graph: Any, ctx: Any, kept_list: list[Any], worst: dict[str, Any], t
         "reconstruction": list(recon) if refit else [], "refit": refit, "widths": widths, "loader": loader,
         "calibration_batches": n_batches, "timings": {k: round(v, 4) for k, v in timings.items()},
         "peak_rss_gb": round(_rss_gb(), 3),
-        "route": "module", "notes": list(ctx.notes),
+        "route": "module", "notes": list(ctx.records.notes),
     }

@@ -15,7 +15,19 @@ from . import (  # noqa: F401  (registration)
     score,
     verify,
 )
-from .infra import PASSES, Pass, PassContext, PassResult, parse_pipeline, register_pass, run_pipeline
+from .infra import (
+    PASSES,
+    CalibStats,
+    Pass,
+    PassContext,
+    PassResult,
+    Records,
+    RunInputs,
+    parse_pipeline,
+    register_pass,
+    run_pipeline,
+)
 from .pipelines import default_pipeline
 
-__all__ = ["PASSES", "Pass", "PassContext", "PassResult", "default_pipeline", "parse_pipeline", "register_pass", "run_pipeline"]
+__all__ = ["PASSES", "CalibStats", "Pass", "PassContext", "PassResult", "Records", "RunInputs", "default_pipeline",
+           "parse_pipeline", "register_pass", "run_pipeline"]

@@ -24,47 +24,112 @@ from graphprune.errors import OptionError
 from graphprune.ir import Graph
 from graphprune.progress import as_progress
 
-__all__ = ["PASSES", "Pass", "PassContext", "PassResult", "parse_pipeline", "register_pass", "removed_units",
+__all__ = ["PASSES", "CalibStats", "Pass", "PassContext", "PassResult", "Records", "RunInputs", "parse_pipeline", "register_pass", "removed_units",
            "run_pipeline"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class PassContext:
-    """Everything one pruning run knows; passes read and fill it in order."""
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run is given; no pass changes it (``run_pipeline`` only fills in ``progress``)."""
 
-    model: torch.nn.Module | None
+    model: torch.nn.Module | None  # None for an ONNX source
     example_inputs: Any
-    program: Any = None  # torch.export.ExportedProgram
-    onnx: Any = None  # graphprune.frontends.PreparedOnnx when pruning an ONNX model
-    onnx_dynamic: dict[str, Any] = field(default_factory=dict)  # symbolic input dims kept? (report["onnx_dynamic"])
-    coupling: Any = None  # graphprune.analysis.Coupling
-    scores: np.ndarray | None = None  # normalized per group
-    loss_scores: np.ndarray | None = None  # loss-based criteria: comparable across groups (the knapsack's)
-    criterion: str = ""
-    allocation: Any = None  # graphprune.analysis.allocation.Allocation: the allocator's costs (report)
-    plan: Any = None  # graphprune.plan.PruningPlan: the decision (target, rounding, removed units, kept indices)
-    pruned: Any = None  # nn.Module, or onnx.ModelProto for ONNX input
-    route: str = ""
-    route_reason: str = ""
-    verification: Any = None
-    masked: Any = None  # the masked original, built once per run for the oracle
-    latency: Any = None  # graphprune.latency_target.LatencySetup, built by allocate{latency=...}
-    latency_loop: dict[str, Any] | None = None  # latency-loop's measurements (report["latency"])
-    pipeline: tuple[Any, ...] = ()  # the passes run_pipeline is running (latency-loop re-runs some)
-    timings: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    progress: Any = None  # graphprune.progress protocol: progress(name, done=None, total=None); None = silent
-    # calibration and reconstruction (issue 5)
     calib: list[Any] | None = None  # calibration batches (example-input forms), re-iterable
     loss: Any = None  # loss(outputs, batch) -> scalar for gradient criteria; None = output probe
     seed: int = 0
-    sites: list[Any] | None = None  # graphprune.analysis.calibration.Site, filled on first use
+    progress: Any = None  # graphprune.progress protocol: progress(name, done=None, total=None); None = silent
+
+
+@dataclass
+class CalibStats:
+    """Calibration statistics, gathered once and shared by the passes that need them."""
+
+    sites: list[Any] | None = None  # graphprune.analysis.calibration.Site; score or reconstruction fills it
     stats: dict[str, Any] = field(default_factory=dict)  # site node -> ChannelStats
+    refit: set[str] = field(default_factory=set)  # consumer nodes reconstruct-lsq refit (reconstruct-bias skips them)
+
+
+@dataclass
+class Records:
+    """What the run did, for the report; a pass may append, only ``verify`` reads ``reconstructed``."""
+
+    timings: dict[str, float] = field(default_factory=dict)  # pass name -> seconds (run_pipeline)
+    notes: list[str] = field(default_factory=list)
+    pinned_after_check: list[dict[str, Any]] = field(default_factory=list)  # groups verify pinned
     reconstructed: list[str] = field(default_factory=list)  # reconstruction passes that changed weights
-    refit: set[str] = field(default_factory=set)  # consumer nodes refit by reconstruct-lsq
-    pinned_after_check: list[dict[str, Any]] = field(default_factory=list)  # groups verify pinned (report)
+    latency_loop: dict[str, Any] | None = None  # latency-loop's measurements (report["latency"])
+
+
+@dataclass(init=False, eq=False)
+class PassContext:
+    """One pruning run: what it was given (``given``), what capture produced, the products the passes
+    exchange, the output, and the report's records. Which pass writes and reads each field:
+    docs/ARCHITECTURE.md, "The pass context"."""
+
+    given: RunInputs
+    # capture
+    program: Any  # torch.export.ExportedProgram (PyTorch source)
+    onnx: Any  # graphprune.frontends.PreparedOnnx (ONNX source)
+    # analysis products
+    coupling: Any  # graphprune.analysis.Coupling: couple
+    scores: np.ndarray | None  # score: normalized per group
+    loss_scores: np.ndarray | None  # score, loss-based criteria: comparable across groups (the knapsack's)
+    criterion: str  # score: the criterion's name, recorded in the plan
+    allocation: Any  # graphprune.analysis.allocation.Allocation: allocate's costs (verify, report)
+    plan: Any  # graphprune.plan.PruningPlan: the decision (allocate or replay; verify may pin groups)
+    latency: Any  # graphprune.latency_target.LatencySetup: allocate{latency=...}, reused by its re-runs
+    calib_stats: CalibStats
+    # output
+    pruned: Any  # rewrite: nn.Module, or onnx.ModelProto for an ONNX source
+    route: str  # rewrite: "module" | "fx" | "onnx"
+    route_reason: str
+    onnx_dynamic: dict[str, Any]  # rewrite: symbolic input dims kept? verify checks them (report["onnx_dynamic"])
+    verification: Any  # verify
+    masked: Any  # the masked original, built once per allocation for the oracle
+    # the report's records, and the passes run_pipeline is running (latency-loop and verify look)
+    records: Records
+    pipeline: tuple[Any, ...]
+
+    def __init__(self, model: torch.nn.Module | None, example_inputs: Any, *, program: Any = None,
+                 onnx: Any = None, calib: list[Any] | None = None, loss: Any = None, seed: int = 0,
+                 progress: Any = None) -> None:
+        self.given = RunInputs(model, example_inputs, calib, loss, seed, progress)
+        self.program, self.onnx = program, onnx
+        self.coupling = self.scores = self.loss_scores = self.allocation = self.plan = self.latency = None
+        self.criterion = ""
+        self.calib_stats = CalibStats()
+        self.pruned = self.verification = self.masked = None
+        self.route = self.route_reason = ""
+        self.onnx_dynamic = {}
+        self.records = Records()
+        self.pipeline = ()
+
+    # the run's inputs, read-only
+    @property
+    def model(self) -> torch.nn.Module | None:
+        return self.given.model
+
+    @property
+    def example_inputs(self) -> Any:
+        return self.given.example_inputs
+
+    @property
+    def calib(self) -> list[Any] | None:
+        return self.given.calib
+
+    @property
+    def loss(self) -> Any:
+        return self.given.loss
+
+    @property
+    def seed(self) -> int:
+        return self.given.seed
+
+    @property
+    def progress(self) -> Any:
+        return self.given.progress
 
 
 def removed_units(ctx: PassContext) -> np.ndarray:
@@ -156,18 +221,19 @@ def run_pipeline(passes: list[Any], graph: Graph, ctx: PassContext, progress: An
     (through ``ctx.progress``, set here when the context has none)."""
     progress = as_progress(progress)
     if ctx.progress is None:
-        ctx.progress = progress
+        ctx.given = dataclasses.replace(ctx.given, progress=progress)
     ctx.pipeline = tuple(passes)
     for p in passes:
         t0 = time.perf_counter()
         if progress is not None:
             progress(p.name)
-        inner = dict(ctx.timings)
+        timings = ctx.records.timings
+        inner = dict(timings)
         result = p.run(graph, ctx)
         graph = result.graph
         # time a pass spent in work it booked under another name (rewrite's oracle check) is
         # not counted twice
-        booked = sum(v - inner.get(k, 0.0) for k, v in ctx.timings.items())
-        ctx.timings[p.name] = ctx.timings.get(p.name, 0.0) + time.perf_counter() - t0 - booked
-        log.debug("pass %s: changed=%s (%.3fs)", p.name, result.changed, ctx.timings[p.name])
+        booked = sum(v - inner.get(k, 0.0) for k, v in timings.items())
+        timings[p.name] = timings.get(p.name, 0.0) + time.perf_counter() - t0 - booked
+        log.debug("pass %s: changed=%s (%.3fs)", p.name, result.changed, timings[p.name])
     return graph

@@ -1,14 +1,15 @@
 """latency-loop: close the loop on a latency budget by measuring, re-allocating and keeping the
 best plan.
 
-The pruned model is timed against the original side by side on the target runtime
-(:func:`graphprune.latency_target.measure_pair`); while the measured latency misses the target by
+The model ``ctx.plan`` makes is timed against the original side by side on the target runtime
+(:func:`graphprune.latency_target.measure`: ``measure(plan)``, given the rewrite pass's output
+``ctx.pruned`` so the plan is not rewritten twice); while the measured latency misses the target by
 more than ``tolerance`` (relative), the allocation is redone with its budget scaled by
 ``target / measured`` and the passes between ``allocate`` and this one (rewrite, verify,
 reconstruction) run again, at most ``iterate`` times. The budget fraction that landed closest to
 the target is the one kept: when it is not the last one tried, allocation runs once more at that
 fraction (allocation is deterministic, so this rebuilds the same plan) and the same passes follow.
-Nothing is saved and restored by field name. The measurements go to ``ctx.latency_loop``
+Nothing is saved and restored by field name. The measurements go to ``ctx.records.latency_loop``
 (``report["latency"]``).
 
 :func:`graphprune.prune` appends this pass to a pipeline with a latency budget unless
@@ -26,7 +27,7 @@ import numpy as np
 
 from graphprune.errors import OptionError
 from graphprune.ir import Graph
-from graphprune.latency_target import measure_pair
+from graphprune.latency_target import measure
 
 from .allocate import Allocate
 from .infra import PassContext, PassResult, register_pass, run_pipeline
@@ -59,7 +60,7 @@ class LatencyLoop:
         for it in range(self.iterate + 1):
             if ctx.progress is not None:
                 ctx.progress("measure")
-            orig_now, pruned_s = measure_pair(setup, ctx.pruned)
+            orig_now, pruned_s = measure(setup, ctx.plan, built=ctx.pruned)
             originals.append(orig_now)
             orig_s = float(np.median(originals))
             target_s = value * orig_s if metric == "latency" else value / 1e3
@@ -79,7 +80,7 @@ class LatencyLoop:
         if best is not history[-1]:  # keep the best plan: allocate it again (deterministic) and rebuild
             self._reallocate(graph, ctx, alloc, redo, best["allocate_fraction"])
         ctx.plan = dataclasses.replace(ctx.plan, target={metric: value})  # the user's budget, not the last fraction
-        ctx.latency_loop = {
+        ctx.records.latency_loop = {
             "original_ms": best["original_ms"], "measured_ms": best["measured_ms"], "target_ms": best["target_ms"],
             "measured_speedup": best["original_ms"] / best["measured_ms"], "miss": best["miss"],
             "met": abs(best["miss"]) <= self.tolerance, "iterations": history,

@@ -36,10 +36,10 @@ class ReconstructBias:
         removed = removed_units(ctx)
         dense = weights_of(graph, ctx)
         done = skipped = 0
-        for site in shrunk_sites(ctx.sites or [], ctx.coupling, removed):
-            if site.node in ctx.refit:
+        for site in shrunk_sites(ctx.calib_stats.sites or [], ctx.coupling, removed):
+            if site.node in ctx.calib_stats.refit:
                 continue
-            st = ctx.stats.get(site.node)
+            st = ctx.calib_stats.stats.get(site.node)
             w = dense.get(site.weight.name)
             delta = bias_delta(site, w, st, ctx.coupling, removed) if w is not None and st is not None else None
             if delta is None:
@@ -51,8 +51,8 @@ class ReconstructBias:
             else:
                 skipped += 1
         if skipped:
-            ctx.notes.append(f"{self.name}: {skipped} consumer(s) without a usable bias were left as they are")
+            ctx.records.notes.append(f"{self.name}: {skipped} consumer(s) without a usable bias were left as they are")
         log.info("%s: compensated %d consumers (%d skipped)", self.name, done, skipped)
         if done:
-            ctx.reconstructed.append(self.name)
+            ctx.records.reconstructed.append(self.name)
         return PassResult(graph, done > 0)

@@ -31,7 +31,7 @@ class ReconstructBn:
             raise CalibrationError(f"pass {self.name!r} needs calibration data: pass calib=[batch, ...] (CLI: --calib FILE)")
         n = recalibrate_bn(ctx.pruned, ctx.calib)
         if n == 0:
-            ctx.notes.append(f"{self.name}: no BatchNorm module in the pruned model (route {ctx.route or '?'})")
+            ctx.records.notes.append(f"{self.name}: no BatchNorm module in the pruned model (route {ctx.route or '?'})")
             return PassResult(graph, False)
-        ctx.reconstructed.append(self.name)
+        ctx.records.reconstructed.append(self.name)
         return PassResult(graph, True)

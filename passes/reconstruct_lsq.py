@@ -54,20 +54,20 @@ class ReconstructLsq:
         if self.ridge < 0:
             raise OptionError(f"pass {self.name!r} option ridge={self.ridge} must be >= 0")
         removed = removed_units(ctx)
-        if ctx.sites is None:
+        if ctx.calib_stats.sites is None:
             ensure_stats(ctx, who=f"pass {self.name!r}")
         dense = weights_of(graph, ctx)
-        todo = [s for s in shrunk_sites(ctx.sites or [], ctx.coupling, removed)
+        todo = [s for s in shrunk_sites(ctx.calib_stats.sites or [], ctx.coupling, removed)
                 if s.weight.name in dense and as_matrix(s, dense[s.weight.name]) is not None]
         t0 = time.perf_counter()
         ensure_stats(ctx, frozenset(s.node for s in todo), who=f"pass {self.name!r}")
-        ctx.timings[f"{self.name}:gram"] = ctx.timings.get(f"{self.name}:gram", 0.0) + time.perf_counter() - t0
+        ctx.records.timings[f"{self.name}:gram"] = ctx.records.timings.get(f"{self.name}:gram", 0.0) + time.perf_counter() - t0
         t0 = time.perf_counter()
         done, skipped = 0, []
         factors: dict[Any, torch.Tensor] = {}
         for i, site in enumerate(todo):
             step(ctx.progress, self.name, i + 1, len(todo))  # working on consumer i + 1 of len(todo)
-            st = ctx.stats[site.node]
+            st = ctx.calib_stats.stats[site.node]
             intercept = site.bias is not None or can_create_bias(ctx.pruned, site)
             b = dense.get(site.bias.name) if site.bias is not None else None
             got = lsq_refit(site, dense[site.weight.name], b, st, ctx.coupling, removed, self.ridge, intercept, factors)
@@ -76,19 +76,19 @@ class ReconstructLsq:
                 continue
             if got[1] is not None:
                 set_bias(ctx.pruned, site, got[1])
-            ctx.refit.add(site.node)
+            ctx.calib_stats.refit.add(site.node)
             done += 1
-        ctx.timings[f"{self.name}:solve"] = ctx.timings.get(f"{self.name}:solve", 0.0) + time.perf_counter() - t0
-        refit = [s for s in todo if s.node in ctx.refit]
+        ctx.records.timings[f"{self.name}:solve"] = ctx.records.timings.get(f"{self.name}:solve", 0.0) + time.perf_counter() - t0
+        refit = [s for s in todo if s.node in ctx.calib_stats.refit]
         for _ in range(self.rounds if refit else 0):
             t0 = time.perf_counter()
             again = refit_on_pruned_inputs(ctx.program, ctx.pruned, refit, ctx.coupling, removed, ctx.calib or [],
                                            self.ridge, GRAM_ROWS_PER_DIM)
             log.info("%s: correction round refit %d of %d consumers on the pruned inputs", self.name, len(again), len(refit))
-            ctx.timings[f"{self.name}:rounds"] = ctx.timings.get(f"{self.name}:rounds", 0.0) + time.perf_counter() - t0
+            ctx.records.timings[f"{self.name}:rounds"] = ctx.records.timings.get(f"{self.name}:rounds", 0.0) + time.perf_counter() - t0
         if skipped:
-            ctx.notes.append(f"{self.name}: not refit: {', '.join(skipped[:10])}")
+            ctx.records.notes.append(f"{self.name}: not refit: {', '.join(skipped[:10])}")
         log.info("%s: refit %d consumers (%d skipped)", self.name, done, len(skipped))
         if done:
-            ctx.reconstructed.append(self.name)
+            ctx.records.reconstructed.append(self.name)
         return PassResult(graph, done > 0)

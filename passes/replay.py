@@ -44,10 +44,10 @@ class Replay:
         ctx.criterion = plan.criterion
         decide(ctx, Allocation(removed, before, after, after, True, "replay"),
                dict(plan.target) or {"flops": after / before if before else 1.0}, plan.round_to)
-        ctx.notes.append(f"replayed a plan made for {plan.model!r} ({plan.graph.get('route', 'unknown')} route, "
+        ctx.records.notes.append(f"replayed a plan made for {plan.model!r} ({plan.graph.get('route', 'unknown')} route, "
                          f"graph {plan.graph.get('hash', 'unrecorded')})")
         if folded:
-            ctx.notes.append(f"{len(folded)} pruned per-channel vector(s) of the plan's graph are not in this one "
+            ctx.records.notes.append(f"{len(folded)} pruned per-channel vector(s) of the plan's graph are not in this one "
                              f"(folded into a conv/linear by the exporter, e.g. {folded[0]!r}); their channels "
                              "follow from the matched weights")
         return PassResult(graph, bool(removed.any()))

@@ -52,7 +52,7 @@ class Rewrite:
                 if ctx.masked is None:
                     ctx.masked = masked_original(ctx.model, ctx.coupling, removed)
                 res = verify_pruned(ctx.model, pruned, ctx.coupling, removed, ctx.example_inputs, masked=ctx.masked)
-                ctx.timings["verify"] = ctx.timings.get("verify", 0.0) + time.perf_counter() - t0
+                ctx.records.timings["verify"] = ctx.records.timings.get("verify", 0.0) + time.perf_counter() - t0
                 if res.ok:
                     ctx.pruned, ctx.route, ctx.verification = pruned, "module", res
                     return PassResult(graph, True)
@@ -75,7 +75,7 @@ class Rewrite:
 
 def fx_route(graph: Graph, ctx: PassContext) -> Any:
     """The fx GraphModule, keeping the capture's symbolic dims when it matches the masked original
-    at a second size of each (else rewritten static, with the reason in ``ctx.notes``);
+    at a second size of each (else rewritten static, with the reason in ``ctx.records.notes``);
     ``pruned.meta["graphprune_dynamic"]`` records which."""
     removed = removed_units(ctx)
     dims = dynamic_dims(ctx.program)
@@ -92,15 +92,15 @@ def fx_route(graph: Graph, ctx: PassContext) -> Any:
         why = "" if res.ok else (res.detail or f"max error {res.max_abs_err:.3g} > {res.tolerance:.3g}")
     except Exception as exc:  # the masked original or the pruned module failing at the second size
         why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-    ctx.timings["verify"] = ctx.timings.get("verify", 0.0) + time.perf_counter() - t0
+    ctx.records.timings["verify"] = ctx.records.timings.get("verify", 0.0) + time.perf_counter() - t0
     if not why:
         users = [n.name for n in pruned.graph.nodes if n.op == "placeholder"]
         pruned.meta["graphprune_dynamic"] = {"kept": True, "dims": dims, "inputs": users, "checked_at": sizes}
-        ctx.notes.append(f"fx route keeps symbolic input dims {dims} (checked at {sizes})")
+        ctx.records.notes.append(f"fx route keeps symbolic input dims {dims} (checked at {sizes})")
         return pruned
     reason = f"at symbolic sizes {sizes} the pruned GraphModule disagrees with the masked original: {why}"
     log.info("fx route specialized to the example shapes: %s", reason)
-    ctx.notes.append(f"fx route specialized to the example input shapes: {reason}")
+    ctx.records.notes.append(f"fx route specialized to the example input shapes: {reason}")
     pruned = rewrite_fx(ctx.program, graph, ctx.coupling, removed, static=True)
     pruned.meta["graphprune_dynamic"] = {"kept": False, "reason": reason}
     return pruned

@@ -44,14 +44,14 @@ def weights_of(graph: Graph, src: PassContext | torch.nn.Module) -> dict[str, to
 
 
 def ensure_stats(ctx: PassContext, gram_for: frozenset[str] = frozenset(), who: str = "") -> None:
-    """Fill ``ctx.sites``/``ctx.stats`` (and Grams for ``gram_for``) from ``ctx.calib``, once."""
+    """Fill ``ctx.calib_stats.sites``/``ctx.calib_stats.stats`` (and Grams for ``gram_for``) from ``ctx.calib``, once."""
     if ctx.calib is None:
         raise CalibrationError(f"{who} needs calibration data: pass calib=[batch, ...] to prune() (CLI: --calib FILE)")
-    if ctx.sites is None:
-        ctx.sites = reader_sites(ctx.coupling)
-    ctx.stats = collect_stats(ctx.program, ctx.sites, ctx.calib, gram_for, ctx.stats,
+    if ctx.calib_stats.sites is None:
+        ctx.calib_stats.sites = reader_sites(ctx.coupling)
+    ctx.calib_stats.stats = collect_stats(ctx.program, ctx.calib_stats.sites, ctx.calib, gram_for, ctx.calib_stats.stats,
                               progress=lambda done, total: step(ctx.progress, "calibration", done, total),
-                              timings=ctx.timings)
+                              timings=ctx.records.timings)
 
 
 @register_pass
@@ -69,12 +69,12 @@ class Score:
             raise OptionError(f"unknown criterion {self.criterion!r}; available: {', '.join(sorted(CRITERIA))}")
         inputs = CriterionInputs(ctx.coupling, weights_of(graph, ctx), seed=ctx.seed)
         if crit.needs == "activations":
-            if ctx.sites is None:
-                ctx.sites = reader_sites(ctx.coupling)
-            want = frozenset(s.node for s in ctx.sites if s.linear_like or s.op in ("matmul", "addmm")) if self.gram \
+            if ctx.calib_stats.sites is None:
+                ctx.calib_stats.sites = reader_sites(ctx.coupling)
+            want = frozenset(s.node for s in ctx.calib_stats.sites if s.linear_like or s.op in ("matmul", "addmm")) if self.gram \
                 else frozenset()
             ensure_stats(ctx, want, who=f"criterion {self.criterion!r}")
-            inputs = CriterionInputs(ctx.coupling, inputs.weights, ctx.sites or [], ctx.stats, seed=ctx.seed)
+            inputs = CriterionInputs(ctx.coupling, inputs.weights, ctx.calib_stats.sites or [], ctx.calib_stats.stats, seed=ctx.seed)
         elif crit.needs == "gradients":
             if ctx.calib is None:
                 raise CalibrationError(

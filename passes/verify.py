@@ -63,7 +63,7 @@ class Verify:
         if ctx.onnx is not None:
             self._verify_onnx(graph, ctx)
             return self._check(graph, ctx)
-        if ctx.reconstructed:
+        if ctx.records.reconstructed:
             res = verify_structure(ctx.model, ctx.pruned, ctx.coupling, removed, ctx.example_inputs)
             if not res.ok and self.strict:
                 raise VerificationError(f"pruned {graph.name} has the wrong structure after reconstruction: {res.detail}")
@@ -97,7 +97,7 @@ class Verify:
     def _pin_culprits(self, graph: Graph, ctx: PassContext, round_: int) -> bool:
         """Bisect the removed groups for the ones that make the check fail (each subset rewritten
         by the route that failed and checked against its own masked original), record them in
-        ``ctx.pinned_after_check`` with the ops that touch them, and freeze them in the coupling.
+        ``ctx.records.pinned_after_check`` with the ops that touch them, and freeze them in the coupling.
         False when no subset reproduces the failure (nothing to pin)."""
         removed, coupling, route = removed_units(ctx), ctx.coupling, ctx.route
 
@@ -126,7 +126,7 @@ class Verify:
                 "ops": [f"{op} ({name})" for op, name in ops], "suspect_op": suspect_op(coupling, ops),
                 "reason": f"removing this group alone, the pruned model differs from the masked original: {why}",
             }
-            ctx.pinned_after_check.append(entry)
+            ctx.records.pinned_after_check.append(entry)
             log.warning("verify: pinned group %d (%s) of %s: the rule of %r looks wrong; re-planning to the same budget",
                         gid, ", ".join(entry["weights"] or entry["spaces"]), graph.name, entry["suspect_op"])
         ctx.coupling, kept = coupling.pin_groups([gid for gid, _ in culprits])
@@ -134,7 +134,7 @@ class Verify:
             ctx.scores = ctx.scores[kept]
         if ctx.loss_scores is not None:
             ctx.loss_scores = ctx.loss_scores[kept]
-        ctx.notes.append(f"verification failed; pinned {len(culprits)} group(s) and re-planned (round {round_})")
+        ctx.records.notes.append(f"verification failed; pinned {len(culprits)} group(s) and re-planned (round {round_})")
         return True
 
     @staticmethod

@@ -69,7 +69,7 @@ def standardized_weight(mod: nn.Module, path: str) -> torch.Tensor:
                             "calls in one forward, not 1; the module route cannot fold it")
     args, kwargs = calls.calls[0]
     names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-    got = {**dict(zip(names, args)), **kwargs}
+    got = {**dict(zip(names, args, strict=False)), **kwargs}
     pad = got.get("padding", 0)
     same_pad = pad == mod.padding if isinstance(mod.padding, str) or isinstance(pad, str) else _pair(pad) == _pair(mod.padding)
     same = got.get("input") is x and same_pad and _pair(got.get("stride", 1)) == _pair(mod.stride)

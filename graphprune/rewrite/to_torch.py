@@ -25,8 +25,8 @@ from ..analysis.coupling import Coupling
 from ..analysis.depth import removed_whole
 from .hidden import rescale_statistics
 from .module_attrs import NotRewritable, named_updater, update_module
-from .std_conv import fold_std_convs
 from .slicing import kept_indices, set_tensor, slice_tensor, tensor_owners
+from .std_conv import fold_std_convs
 
 __all__ = ["refresh_modules", "rewrite_module"]
 

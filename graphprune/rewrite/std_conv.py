@@ -124,3 +124,69 @@ def fold_std_convs(original: nn.Module, new: nn.Module, coupling: Coupling, remo
         log.info("folded the weight standardization of %s (%s) into an nn.Conv2d: its input channels were pruned, "
                  "and only the standardized full weight, sliced, equals the masked original", path, type(old).__name__)
     return sorted(paths)
+
+
+def _evaluate(n: Any, gm: torch.fx.GraphModule, memo: dict[Any, Any], path: str) -> Any:
+    """The value of fx node ``n`` computed from the module's tensors alone (no placeholder)."""
+    if not isinstance(n, torch.fx.Node):
+        return n
+    if n in memo:
+        return memo[n]
+    if n.op == "get_attr":
+        out: Any = gm
+        for part in str(n.target).split("."):
+            out = getattr(out, part)
+    elif n.op == "call_function":
+        args = torch.fx.node.map_arg(n.args, lambda a: _evaluate(a, gm, memo, path))
+        kwargs = torch.fx.node.map_arg(n.kwargs, lambda a: _evaluate(a, gm, memo, path))
+        out = n.target(*args, **kwargs)  # type: ignore[operator]
+    else:
+        raise NotRewritable(f"the standardized weight of {path!r} depends on {n.op} {n.name!r}, not only on weights; "
+                            "the fx route cannot fold it")
+    memo[n] = out
+    return out
+
+
+def _std_convs(coupling: Coupling, removed: np.ndarray) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(module path, IR conv node name, kept out, kept in) per folded standardized conv."""
+    paths = folded_paths(coupling, removed)
+    by_index = {vi: coupling.graph.values[vi] for vi, _ in coupling.std_weights}
+    out = []
+    for node in coupling.graph.nodes:
+        v, depth = node.input(1) if node.op == "conv" else None, 6
+        while v is not None and depth >= 0 and v.index not in by_index:
+            v = v.producer.inputs[0] if v.producer is not None and v.producer.inputs else None
+            depth -= 1
+        if v is None or v.index not in by_index or v.source is None:
+            continue
+        path = v.source.rpartition(".")[0]
+        if path in paths:
+            out.append((path, node.name, *paths[path]))
+    return out
+
+
+def fold_std_convs_fx(gm: torch.fx.GraphModule, coupling: Coupling, removed: np.ndarray) -> list[str]:
+    """The fx route's fold, run BEFORE slicing: each conv whose standardized weight loses input
+    channels reads a new parameter, the standardization of the full weight evaluated once and
+    sliced; the standardizing chain is then dead code. Returns the module paths folded."""
+    fx_nodes = {n.name: n for n in gm.graph.nodes}
+    done = []
+    for i, (path, conv_name, ko, ki) in enumerate(_std_convs(coupling, removed)):
+        conv = fx_nodes.get(conv_name)
+        if conv is None or len(conv.args) < 2:
+            raise NotRewritable(f"the fx route cannot find the conv {conv_name!r} of weight-standardized {path!r}")
+        with torch.no_grad():
+            w = _evaluate(conv.args[1], gm, {}, path)
+            w = w.index_select(0, torch.as_tensor(ko, dtype=torch.long, device=w.device))
+            w = w.index_select(1, torch.as_tensor(ki, dtype=torch.long, device=w.device))
+        name = f"graphprune_folded_std_weight_{i}"
+        gm.register_parameter(name, nn.Parameter(w.detach().clone(), requires_grad=False))
+        with gm.graph.inserting_before(conv):
+            attr = gm.graph.get_attr(name)
+        attr.meta["val"] = w
+        conv.args = (conv.args[0], attr, *conv.args[2:])
+        done.append(path)
+    if done:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return done

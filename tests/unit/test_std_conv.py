@@ -150,6 +150,29 @@ def test_std_conv_residual_net_half_flops_equal_and_onnx(cls: type[nn.Conv2d], t
     assert np.allclose(got, ref, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
 
 
+class _SamePadStdConv2d(ScaledStdConv2d):
+    """A "same" variant (as timm's ScaledStdConv2dSame): pads in forward, then convolves."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (1, 1, 1, 1)), self.weight_std(), self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def test_unfoldable_module_takes_the_fx_route_which_folds_in_the_graph() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), _SamePadStdConv2d(8, 16, 3), nn.ReLU(),
+                          nn.Conv2d(16, 4, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    res = gp.prune(model, x, flops=0.5)
+    assert res.report["route"] == "fx"
+    assert res.report["route_reason"] == (
+        "weight-standardized conv '2' (_SamePadStdConv2d) does not call conv2d on its own input with its own "
+        "stride/padding/dilation/groups (a padding variant?); the module route cannot fold it into an nn.Conv2d")
+    assert res.report["pinned_after_check"] == [] and res.report["verification"]["ok"] is True
+    assert res.report["flops_after"] <= 0.55 * res.report["flops_before"]
+    assert "graphprune_folded_std_weight_0" in dict(res.model.named_parameters())
+    assert verify_pruned(model, res.model, res.coupling, res.removed, torch.randn(3, 3, 8, 8), random_trials=1).ok
+
+
 def test_eval_batch_norm_still_prunes_with_running_stats() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()

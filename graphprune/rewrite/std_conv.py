@@ -190,3 +190,14 @@ def fold_std_convs_fx(gm: torch.fx.GraphModule, coupling: Coupling, removed: np.
         gm.graph.eliminate_dead_code()
         gm.recompile()
     return done
+
+
+def fold_notes(coupling: Coupling, removed: np.ndarray, route: str) -> list[str]:
+    """Report notes: which weight-standardized convs the rewrite folded, and why."""
+    paths = sorted(folded_paths(coupling, removed))
+    if not paths or route not in ("module", "fx"):
+        return []
+    how = "replaced by an nn.Conv2d" if route == "module" else "given a folded weight parameter in the fx graph"
+    return [f"weight-standardized conv(s) {', '.join(repr(p) for p in paths)} lost input channels and were {how} "
+            "holding the standardized full weight (gain/scale folded in), sliced: a re-standardized smaller weight "
+            "could not equal the masked original. Inference drop-in; the standardization is no longer recomputed"]

@@ -139,6 +139,9 @@ def test_std_conv_residual_net_half_flops_equal_and_onnx(cls: type[nn.Conv2d], t
     # convs reading the pruned stream are folded
     assert type(res.model.stem) is cls and res.model.stem.out_channels < 16
     assert type(res.model.blocks[0].conv1) is nn.Conv2d and res.model.blocks[0].conv1.in_channels < 16
+    (note,) = [n for n in res.report["notes"] if n.startswith("weight-standardized")]
+    assert note.startswith("weight-standardized conv(s) 'blocks.0.conv1', 'blocks.0.conv2', 'blocks.1.conv1', "
+                           "'blocks.1.conv2', 'down' lost input channels and were replaced by an nn.Conv2d holding the standardized full weight")
     for batch in (1, 3):  # equal to the masked original at two batch sizes
         xb = torch.randn(batch, 3, 16, 16)
         assert verify_pruned(model, res.model, res.coupling, res.removed, xb, random_trials=1).ok

@@ -58,6 +58,9 @@ def standardized_weight(mod: nn.Module, path: str) -> torch.Tensor:
         raise NotRewritable(f"weight-standardized conv {path!r} ({type(mod).__name__}) is not an nn.Conv2d; "
                             "the module route cannot fold its standardization")
     w = mod.weight
+    if w.is_meta:
+        raise NotRewritable(f"weight-standardized conv {path!r} has no weight values here (a meta/streamed model); "
+                            "fold it from the loaded model instead (prune it in memory)")
     kh, kw = mod.kernel_size
     dh, dw = mod.dilation
     x = torch.zeros(1, mod.in_channels, dh * (kh - 1) + 1, dw * (kw - 1) + 1, dtype=w.dtype, device=w.device)

@@ -744,6 +744,7 @@ def layer_rows(graph: Graph, before: Any, after: Any, shape: Any,
 
 def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[str, Any]:
     from .analysis.allocation import ShapeTable
+    from .rewrite.std_conv import fold_notes
 
     coupling: Coupling = ctx.coupling
     plan: PruningPlan = ctx.plan
@@ -808,5 +809,5 @@ def prune_report(graph: Graph, ctx: Any, kept_list: list[KeptIndices]) -> dict[s
         "widths": widths,
         "timings": {k: round(v, 4) for k, v in ctx.records.timings.items()},
         "reconstruction": list(ctx.records.reconstructed),
-        "notes": list(ctx.records.notes),
+        "notes": list(ctx.records.notes) + fold_notes(coupling, removed, ctx.route),
     }

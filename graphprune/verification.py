@@ -63,7 +63,7 @@ def masked_original(model: nn.Module, coupling: Coupling, removed: np.ndarray) -
     with torch.no_grad():
         for vi, ax in sorted(coupling.readers):
             v = coupling.graph.values[vi]
-            if v.source is None:
+            if v.source is None or (vi, ax) in coupling.std_weights:
                 continue
             kept = coupling.kept(v, ax, removed)
             if len(kept) == v.shape[ax]:
@@ -79,7 +79,9 @@ def masked_original(model: nn.Module, coupling: Coupling, removed: np.ndarray) -
 def _zero_statistic_writers(masked: nn.Module, coupling: Coupling, removed: np.ndarray) -> None:
     """Hidden-size pruning (rules/hidden.py): a removed unit that a statistic (RMSNorm's mean)
     reduces over must be exactly 0 in the stream, so EVERY weight slice of it is zeroed, the
-    writers (embedding columns, o_proj/down_proj rows and biases) as well as the readers."""
+    writers (embedding columns, o_proj/down_proj rows and biases) as well as the readers. A
+    standardized conv weight (rules/norm.py) stays whole: its input channels are zeroed on the
+    activation side only, so its standardization is the original one."""
     if not coupling.statistics:
         return
     stat = coupling.statistic_units() & removed
@@ -89,6 +91,8 @@ def _zero_statistic_writers(masked: nn.Module, coupling: Coupling, removed: np.n
         if v.source is None or not v.is_weight:
             continue
         for ax in range(v.rank):
+            if (v.index, ax) in coupling.std_weights:
+                continue
             u = coupling.units_of(v, ax)
             gone = np.flatnonzero((u >= 0) & stat[np.maximum(u, 0)])
             if not len(gone):

@@ -50,6 +50,7 @@ class CouplingBuilder:
         # (rules/hidden.py); their spaces are recorded in ``statistics``
         self.hidden = hidden
         self.statistics: set[tuple[int, int]] = set()  # (value index, axis) a statistic reduces over
+        self.std_weights: set[tuple[int, int]] = set()  # (weight index, input axis) standardized at every forward
         self.base = np.zeros(len(graph.values) + 1, dtype=np.int64)
         sizes = [sum(v.shape) for v in graph.values]
         self.base[1:] = np.cumsum(sizes)
@@ -157,6 +158,13 @@ class CouplingBuilder:
         self._declare(v, axis)
         self.statistics.add((v.index, axis % v.rank))
 
+    def standardized(self, w: Value, axis: int) -> None:
+        """Declare ``w`` a weight the model standardizes over ``axis`` (and the ones after it) at
+        every forward (weight-standardized convs, rules/norm.py): the masked original leaves that
+        axis whole and the module route folds the standardization into a plain conv
+        (rewrite/std_conv.py)."""
+        self.std_weights.add((w.index, axis % w.rank))
+
     def barrier(self, node: Node) -> None:
         self.barriers.setdefault(node.target, []).append(node.name)
 
@@ -243,6 +251,7 @@ class Coupling:
     fired: list[tuple[str, str]] = field(repr=False, default_factory=list)
     trace: _Trace | None = field(repr=False, default=None)
     statistics: frozenset[tuple[int, int]] = frozenset()  # (value index, axis): see CouplingBuilder.statistic
+    std_weights: frozenset[tuple[int, int]] = frozenset()  # (value index, axis): see CouplingBuilder.standardized
     statistic_multiple: int = 1  # kept widths of statistic groups stay multiples of it (a config's head count)
 
     @staticmethod
@@ -307,6 +316,7 @@ class Coupling:
             factors=dict(b.factors),
             fired=list(b.fired),
             statistics=frozenset(b.statistics),
+            std_weights=frozenset(b.std_weights),
         )
 
     def pin_groups(self, group_ids: Sequence[int]) -> tuple[Coupling, np.ndarray]:

@@ -53,6 +53,7 @@ from .slicing import (
     slice_tensor,
     tensor_owners,
 )
+from .std_conv import fold_std_convs_fx
 
 __all__ = ["hard_coded_devices", "rewrite_fx"]
 
@@ -226,6 +227,7 @@ def rewrite_fx(
     if static:
         _specialize(gm)
     _own_tensors(gm)
+    fold_std_convs_fx(gm, coupling, removed)  # weight-standardized convs: fold before slicing
     owners = tensor_owners(gm)
     with torch.no_grad():
         for k in kept_indices(coupling, removed):

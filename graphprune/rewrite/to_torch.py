@@ -26,6 +26,7 @@ from ..analysis.depth import removed_whole
 from .hidden import rescale_statistics
 from .module_attrs import NotRewritable, named_updater, update_module
 from .slicing import kept_indices, set_tensor, slice_tensor, tensor_owners
+from .std_conv import fold_std_convs
 
 __all__ = ["refresh_modules", "rewrite_module"]
 
@@ -62,6 +63,7 @@ def rewrite_module(model: nn.Module, coupling: Coupling, removed: np.ndarray) ->
             touched.update(id(m) for m, _ in holders)
         rescale_statistics(new, coupling, removed)  # hidden-size pruning: RMSNorm eps and weight
     refresh_modules(new, touched)
+    fold_std_convs(model, new, coupling, removed)  # weight-standardized convs that lost inputs -> nn.Conv2d
     return new
 
 

@@ -3,10 +3,12 @@
 batch/instance norm: y[:, c] = (x[:, c] - mu[c]) / sigma[c] * w[c] + b[c]; every per-channel
 tensor (weight, bias, running mean/var) ties to the channel axis 1. A batch_norm without running
 statistics (or in training mode) computes mu/sigma over every axis but 1, and instance norm over
-the axes after 1, so those axes are
-pinned: this is the weight standardization of StdConv2d/ScaledStdConv2d (NFNets, BiT), whose
-statistics run over each filter's input channels -- the conv's input channels stay whole and its
-output channels are free.
+the axes after 1, so those axes are pinned -- except for weight standardization
+(StdConv2d/ScaledStdConv2d in NFNets, BiT: ``batch_norm(w.reshape(1, Cout, -1))`` feeding a conv's
+weight), whose statistics are of the weight, not of the activations: there every axis passes
+through, the removed input channels are zeroed on the activation side in the masked original (the
+weight stays whole, so its standardization is unchanged) and the module route folds the
+standardized full weight into a plain nn.Conv2d (rewrite/std_conv.py) -- exactly equal.
 group norm: statistics are shared inside a group of C/G channels, so a unit is a whole group
 (removing part of a group would change the statistics of the rest).
 layer/RMS norm: statistics over the trailing normalized axes; those axes are pinned so the
@@ -35,15 +37,27 @@ def couple_channel_norm(node: Node, b: CouplingBuilder) -> None:
     x, y = node.inputs[0], node.output
     assert x is not None
     if node.op == "batch_norm" and batch_statistics(node):
-        # mean/var are taken over every axis but 1: removing elements there changes them, so
-        # only the channel axis passes through; the rest is pinned, named (report barriers, --why)
-        stat_axes = [ax for ax in range(x.rank) if ax != 1]
-        pass_through(b, x, y, skip=stat_axes)
-        for ax in stat_axes:
-            if x.shape[ax] > 1:
-                b.pin(x, ax, why=STATS_PIN)
-        if _from_weight(x):
-            b.barrier(node)
+        w = _from_weight(x)
+        conv = _feeds_conv_weight(y) if w is not None else None
+        if w is not None and conv is not None and node.target.startswith("aten."):
+            # weight standardization (timm's StdConv2d / ScaledStdConv2d): a statistic of the
+            # WEIGHT, foldable. Every axis passes through; the masked original zeroes removed input
+            # channels on the activation side (their writers) and leaves the weight whole, and the
+            # module route folds the standardized full weight into a plain conv (rewrite/std_conv.py)
+            pass_through(b, x, y)
+            for ax in range(2, x.rank):
+                b.statistic(x, ax)
+            b.standardized(w, 1)
+        else:
+            # mean/var are taken over every axis but 1: removing elements there changes them, so
+            # only the channel axis passes through; the rest is pinned, named (report barriers, --why)
+            stat_axes = [ax for ax in range(x.rank) if ax != 1]
+            pass_through(b, x, y, skip=stat_axes)
+            for ax in stat_axes:
+                if x.shape[ax] > 1:
+                    b.pin(x, ax, why=STATS_PIN)
+            if w is not None:
+                b.barrier(node)
     elif node.op == "instance_norm":
         # statistics over the axes after the channel axis: pinned (spatial axes never carry
         # channels, but GroupNorm exported to ONNX is Reshape -> InstanceNormalization, which
@@ -56,22 +70,39 @@ def couple_channel_norm(node: Node, b: CouplingBuilder) -> None:
             b.same(t, 0, y, 1)
 
 
-STATS_PIN = ("batch_norm with batch statistics normalizes over this axis (weight standardization: "
-             "StdConv2d / ScaledStdConv2d standardize each filter over its input channels); removing "
-             "any of them would change the statistics of the rest, and no smaller weight reproduces "
-             "the standardized one (its mean over the kept inputs is not zero)")
+STATS_PIN = ("batch_norm with batch statistics normalizes over this axis, and its input is not a weight "
+             "standardized straight into a conv (the foldable StdConv2d / ScaledStdConv2d pattern); "
+             "removing any element would change the statistics of the rest")
 
 
-def _from_weight(v: Value, depth: int = 4) -> bool:
-    """``v`` is a parameter, or a view/reshape chain of one (the standardized-weight pattern)."""
+_VIEWS = frozenset({"reshape", "identity", "contiguous", "clone", "cast"})
+
+
+def _from_weight(v: Value, depth: int = 4) -> Value | None:
+    """The parameter ``v`` is, or is a view/reshape chain of (the standardized-weight pattern)."""
     while depth >= 0:
         if v.is_weight:
-            return True
+            return v
         src = v.producer.inputs[0] if v.producer is not None and v.producer.inputs else None
         if src is None:
-            return False
+            return None
         v, depth = src, depth - 1
-    return False
+    return None
+
+
+def _feeds_conv_weight(v: Value, depth: int = 4) -> Node | None:
+    """The conv whose weight input ``v`` is, through a view/reshape chain (single users only):
+    then the standardization can be folded into that conv's weight."""
+    while depth >= 0:
+        if len(v.users) != 1:
+            return None
+        user = v.users[0]
+        if user.op == "conv" and user.input(1) is v:
+            return user
+        if user.op not in _VIEWS or user.inputs[0] is not v:
+            return None
+        v, depth = user.output, depth - 1
+    return None
 
 
 def batch_statistics(node: Node) -> bool:

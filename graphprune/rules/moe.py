@@ -194,7 +194,7 @@ def removed_router_rows(coupling: object, removed: object) -> dict[str, list[int
             continue
         x = node.inputs[0]
         p = x.producer if x is not None else None
-        if p is not None and p.op == "softmax":
+        while p is not None and p.op in ("softmax", "identity"):  # Mixtral: softmax(logits.float())
             x = p.inputs[0]
             p = x.producer if x is not None else None
         if p is None or p.op != "linear" or p.inputs[1] is None or p.inputs[1].source is None:

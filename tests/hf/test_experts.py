@@ -18,11 +18,11 @@ import torch
 
 pytest.importorskip("transformers")
 
+from test_families import VOCAB, build, logits  # noqa: E402
+
 import graphprune as gp  # noqa: E402
 from graphprune.rules.moe import removed_router_rows  # noqa: E402
 from graphprune.verification import masked_original  # noqa: E402
-
-from test_families import VOCAB, build, logits  # noqa: E402
 
 COUNT = {"mixtral": "num_local_experts", "qwen3_moe": "num_experts"}
 

@@ -41,7 +41,9 @@ from .linear import _weight_axis
 from .registry import ShapeFn, register_cost, register_coupling, register_macs
 
 if TYPE_CHECKING:
-    from ..analysis.coupling import CouplingBuilder
+    import numpy as np
+
+    from ..analysis.coupling import Coupling, CouplingBuilder
 
 __all__: list[str] = []
 
@@ -184,12 +186,12 @@ def cost_grouped_mm(node: Node, shape: ShapeFn) -> float:
     return 2.0 * macs_grouped_mm(node, shape)
 
 
-def removed_router_rows(coupling: object, removed: object) -> dict[str, list[int]]:
+def removed_router_rows(coupling: Coupling, removed: np.ndarray) -> dict[str, list[int]]:
     """Router weights (by source FQN) -> the rows of removed experts, for the masked original,
     which must give those experts a logit of -inf (a zeroed row gives 0: exp(0) stays in the
     softmax and the expert can still win the top-k)."""
     out: dict[str, list[int]] = {}
-    for node in coupling.graph.nodes:  # type: ignore[attr-defined]
+    for node in coupling.graph.nodes:
         if node.op != "aten.topk" or expert_histc(node) is None:
             continue
         x = node.inputs[0]
@@ -199,7 +201,7 @@ def removed_router_rows(coupling: object, removed: object) -> dict[str, list[int
             p = x.producer if x is not None else None
         if p is None or p.op != "linear" or p.inputs[1] is None or p.inputs[1].source is None:
             continue
-        kept = coupling.kept(x, x.rank - 1, removed)  # type: ignore[attr-defined]
+        kept = coupling.kept(x, x.rank - 1, removed)
         gone = sorted(set(range(x.shape[-1])) - {int(i) for i in kept})
         if gone:
             out[p.inputs[1].source] = gone

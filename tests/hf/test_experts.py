@@ -85,3 +85,20 @@ def test_a_topk_that_is_not_a_router_keeps_its_axis() -> None:
     w = next(v for v in a.graph.values if v.source == "lin.weight")
     assert not a.coupling.prunable(w, 0)
     assert "not an MoE router" in " ".join(a.coupling.explain(w, 0))
+
+
+def test_fx_route_counts_the_kept_experts() -> None:
+    """The fx route keeps the captured histc: its bins follow the kept experts (rewrite/to_fx.py)."""
+    from graphprune.frontends import capture
+    from graphprune.rewrite import rewrite_fx
+
+    model, x, res = pruned("qwen3_moe")
+    cap = capture(model, x)
+    gm = rewrite_fx(cap.program, cap.graph, res.coupling, res.removed)
+    bins = [n.args[1] for n in gm.graph.nodes if getattr(n.target, "__name__", "").startswith("histc")]
+    assert bins == [layer.mlp.experts.num_experts for layer in res.model.model.layers]
+    with torch.no_grad():
+        got = gm(**x)
+    got = got[0] if isinstance(got, (tuple, list)) else got
+    got = got.logits if hasattr(got, "logits") else got
+    torch.testing.assert_close(got, logits(res.model, x), atol=1e-5, rtol=1e-5)

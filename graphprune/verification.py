@@ -73,7 +73,45 @@ def masked_original(model: nn.Module, coupling: Coupling, removed: np.ndarray) -
             t = getattr(masked.get_submodule(mod_path) if mod_path else masked, name)
             t.index_fill_(ax, torch.as_tensor(gone, dtype=torch.long), 0.0)
         _zero_statistic_writers(masked, coupling, removed)
+    _mask_router_logits(masked, coupling, removed)
     return masked
+
+
+class _RouterLogits(torch.overrides.TorchFunctionMode):
+    """Removed experts' logits are -inf: ``linear`` with a router weight fills those columns."""
+
+    def __init__(self, rows: dict[int, torch.Tensor]) -> None:
+        super().__init__()
+        self.rows = rows  # id(weight parameter) -> removed rows
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        w = args[1] if len(args) > 1 else (kwargs or {}).get("weight")
+        if func is torch.nn.functional.linear and id(w) in self.rows:
+            out = out.index_fill(-1, self.rows[id(w)], float("-inf"))
+        return out
+
+
+def _mask_router_logits(masked: nn.Module, coupling: Coupling, removed: np.ndarray) -> None:
+    """Whole MoE experts (rules/moe.py): hooks on the masked COPY run its forward under a mode
+    that sets removed experts' router logits to -inf (their softmax weight is then exactly 0)."""
+    from .rules.moe import removed_router_rows
+
+    gone = removed_router_rows(coupling, removed)
+    if not gone:
+        return
+    rows = {id(masked.get_parameter(src)): torch.as_tensor(r, dtype=torch.long) for src, r in gone.items()}
+    modes: list[_RouterLogits] = []
+
+    def enter(_m: nn.Module, _a: Any) -> None:
+        modes.append(_RouterLogits(rows))
+        modes[-1].__enter__()
+
+    def leave(_m: nn.Module, _a: Any, _o: Any) -> None:
+        modes.pop().__exit__(None, None, None)
+
+    masked.register_forward_pre_hook(enter)
+    masked.register_forward_hook(leave, always_call=True)
 
 
 def _zero_statistic_writers(masked: nn.Module, coupling: Coupling, removed: np.ndarray) -> None:

@@ -14,7 +14,11 @@ transformers.
   ``[E, 2I, H]`` gate_up and one ``[E, H, I]`` down tensor (``[E, H, 2I]`` / ``[E, I, H]`` when
   ``is_transposed``); a unit removes channel j from every expert, so ``intermediate_dim`` is one
   number per layer; the config field is ``intermediate_size`` (Mixtral, OLMoE, PhiMoE) or
-  ``moe_intermediate_size`` (Qwen2/3-MoE, DeepSeek-V2). The router and the expert count are kept.
+  ``moe_intermediate_size`` (Qwen2/3-MoE, DeepSeek-V2).
+- Whole experts (rules/moe.py): the experts' axis 0 and the router's rows go together; the
+  experts module and the ``<Family>TopKRouter`` read ``num_experts`` from their weights' first
+  axis, and the config's expert count (``num_local_experts``: Mixtral, PhiMoE; ``num_experts``:
+  the others) follows. ``num_experts_per_tok`` is kept: the rules keep at least k experts.
 """
 
 from __future__ import annotations
@@ -35,7 +39,15 @@ from .hf_attrs import (
     _set_heads,
 )
 
-__all__ = ["MOE_FAMILIES", "experts_width"]
+__all__ = ["EXPERT_COUNT", "MOE_FAMILIES", "experts_count", "experts_width"]
+
+# model_type -> config field of the expert count
+EXPERT_COUNT: dict[str, str] = {
+    "mixtral": "num_local_experts", "qwen2_moe": "num_experts", "qwen3_moe": "num_experts",
+    "olmoe": "num_experts", "phimoe": "num_local_experts", "deepseek_v2": "num_experts",
+}
+# router class suffix (DeepSeek-V2 spells it TopkRouter)
+_ROUTER = {"deepseek_v2": "TopkRouter"}
 
 # model_type -> (class prefix, config field of the experts' intermediate width)
 MOE_FAMILIES: dict[str, tuple[str, str]] = {
@@ -56,6 +68,20 @@ def experts_width(m: nn.Module) -> int:
 @_register(*(f"transformers.models.{t}.modeling_{t}.{c}Experts" for t, (c, _) in MOE_FAMILIES.items()))
 def _experts(m: nn.Module) -> None:
     m.intermediate_dim = experts_width(m)
+    m.num_experts = experts_count(m)
+
+
+def experts_count(m: nn.Module) -> int:
+    """How many experts a fused experts module holds (its weights' first axis)."""
+    return int(m.down_proj.shape[0])
+
+
+@_register(*(f"transformers.models.{t}.modeling_{t}.{c}{_ROUTER.get(t, 'TopKRouter')}"
+             for t, (c, _) in MOE_FAMILIES.items()))
+def _router(m: nn.Module) -> None:
+    m.num_experts = int(m.weight.shape[0])
+    if hasattr(m, "out_features"):  # PhiMoE's router is an nn.Linear
+        m.out_features = m.num_experts
 
 
 _register(*(f"transformers.models.{t}.modeling_{t}.{c}Attention" for t, (c, _) in MOE_FAMILIES.items()
@@ -80,7 +106,8 @@ def _falcon_qkv(c: object) -> int:
 
 def _moe_spec(model_type: str) -> ModelSpec:
     prefix, key = MOE_FAMILIES[model_type]
-    fields: tuple[Field, ...] = (Field(key, f"{prefix}Experts", experts_width),)
+    fields: tuple[Field, ...] = (Field(key, f"{prefix}Experts", experts_width),
+                                 Field(EXPERT_COUNT[model_type], f"{prefix}Experts", experts_count))
     if model_type == "deepseek_v2":
         return ModelSpec(fields)
     attn = _llama_like(prefix).fields[1:]  # query / KV heads, head_dim explicit

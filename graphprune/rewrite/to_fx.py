@@ -44,6 +44,7 @@ from ..analysis.coupling import Coupling
 from ..analysis.depth import exit_contraction
 from ..ir import Graph, Node
 from ..registry import registrar
+from .module_attrs import NotRewritable
 from .slicing import (
     kept_indices,
     kept_position,
@@ -217,6 +218,20 @@ def _mean_statistic(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
     with fx.graph.inserting_after(fx):
         scaled = fx.graph.call_function(aten.mul.Tensor, (fx, new / old))
     fx.replace_all_uses_with(scaled, delete_user_cb=lambda user: user is not scaled)
+
+
+@_reg("histc")
+def _histc_bins(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
+    """An MoE router's expert counts (rules/moe.py): histc(ids, bins=E, min=0, max=E-1) over the
+    kept experts' renumbered ids is histc(bins=E', min=0, max=E'-1)."""
+    old, new = node.output.shape[0], ctx.shape(node.output)[0]
+    if old == new:
+        return
+    lo, hi = _get_arg(fx, 2, "min", 0), _get_arg(fx, 3, "max", 0)
+    if (lo, hi) != (0, old - 1):
+        raise NotRewritable(f"histc node {node.name!r} counts over [{lo}, {hi}], not the {old} expert ids")
+    _set_arg(fx, 1, "bins", new)
+    _set_arg(fx, 3, "max", new - 1)
 
 
 def rewrite_fx(

@@ -19,6 +19,7 @@ from ..ir import Node
 from .common import numel, pass_through
 from .families import POOL, REDUCE
 from .hidden import statistic_axes
+from .moe import along_expert_axis
 from .registry import ShapeFn, register_cost, register_coupling
 
 if TYPE_CHECKING:
@@ -67,6 +68,9 @@ def couple_reduce(node: Node, b: CouplingBuilder) -> None:
 def couple_along_axis(node: Node, b: CouplingBuilder) -> None:
     x = node.inputs[0]
     assert x is not None
+    if along_expert_axis(node):  # a router's softmax / cumsum of expert counts (rules/moe.py)
+        pass_through(b, x, node.output)
+        return
     pass_through(b, x, node.output, skip=[int(node.attrs.get("axis", -1))])
 
 

@@ -217,6 +217,7 @@ def prune(
     uniform: bool = False,
     hidden: bool | None = None,
     layers: int | float | None = None,
+    experts: bool | None = None,
 ) -> PruneResult:
     """Prune ``model`` to a budget; returns a new, verified model.
 
@@ -266,6 +267,9 @@ def prune(
     first loses the N layers whose output is closest in angle to their input on ``calib=``
     (ShortGPT; ``graphprune.analysis.depth.drop_decoder_layers``), then the widths prune to what the
     budget still asks; the config's ``num_hidden_layers`` and layer indices follow.
+    ``experts``: whole mixture-of-experts experts (with their router rows) as units; default: only
+    for a ``params=`` budget (an expert removed saves parameters, not FLOPs or latency, since every
+    token still runs k experts; docs/HF.md measures the quality it costs).
     """
 
     from graphprune.passes import default_pipeline
@@ -337,6 +341,7 @@ def prune(
             metric, float(1.0 if fraction is None else fraction), criterion, policy, round_to, strict=verify,
             runtime=runtime, threads=threads or 0, reconstruct=recon, depth=use_depth, uniform_layers=uniform,
             hidden=use_hidden, hidden_multiple=_hidden_multiple(m) if use_hidden else 1,
+            experts=(metric == "params") if experts is None else bool(experts),
         )
         return _prune_once(m, example_inputs, text, batches, loss, seed, progress, input_shapes, measure, iterate,
                            allow_static=allow_static)

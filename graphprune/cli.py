@@ -151,6 +151,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="let the greedy allocator remove whole residual branches (off by default; the result takes the fx route)")
     pr.add_argument("--hidden", action=argparse.BooleanOptionalAction, default=None,
                     help="also prune the residual-stream (hidden) size of RMSNorm models, exact (docs/LLM.md)")
+    pr.add_argument("--experts", action=argparse.BooleanOptionalAction, default=None,
+                    help="mixture-of-experts models: remove whole experts too (default: only with --params; an "
+                         "expert removed saves parameters, not FLOPs)")
     pr.add_argument("--layers", type=_layers_arg, default=None, metavar="N|F",
                     help="transformers decoders: first remove N whole decoder layers (or a fraction F in (0, 1)), "
                          "least block influence on --calib first (ShortGPT; docs/LLM.md)")
@@ -323,7 +326,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             pipeline=args.pipeline, progress=progress,
             input_shapes=_input_shapes(args.input_shape),
             calib=calib, reconstruct=args.reconstruct, steps=args.steps, depth=args.depth, uniform=args.uniform,
-            hidden=args.hidden, layers=args.layers,
+            hidden=args.hidden, layers=args.layers, experts=args.experts,
             allow_static=args.allow_static,
         )
         progress(f"write {out}")

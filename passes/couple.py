@@ -19,7 +19,8 @@ class Couple:
     name: ClassVar[str] = "couple"
     hidden: bool = False  # hidden-size (residual-stream) pruning through RMSNorm (rules/hidden.py)
     multiple: int = 1  # the hidden size stays a multiple of it (transformers: num_attention_heads)
+    experts: bool = True  # whole MoE experts as units (rules/moe.py); api.prune turns it off unless params= is the budget
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        ctx.coupling = couple(graph, hidden=self.hidden, multiple=self.multiple)
+        ctx.coupling = couple(graph, hidden=self.hidden, multiple=self.multiple, experts=self.experts)
         return PassResult(graph, False)

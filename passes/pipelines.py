@@ -24,6 +24,7 @@ def default_pipeline(
     uniform_layers: bool = False,
     hidden: bool = False,
     hidden_multiple: int = 1,
+    experts: bool = True,
 ) -> str:
     """``couple,score,allocate,rewrite,verify`` then the chosen reconstruction passes.
 
@@ -39,8 +40,9 @@ def default_pipeline(
     extra = f",runtime={runtime},threads={threads}" if metric.startswith("latency") else ""
     extra += ",depth=true" if depth else ""
     extra += ",uniform-layers=true" if uniform_layers else ""
-    couple = (f"couple{{hidden=true{f',multiple={hidden_multiple}' if hidden_multiple > 1 else ''}}}," if hidden
-              else "couple,")
+    opts = (["hidden=true"] + ([f"multiple={hidden_multiple}"] if hidden_multiple > 1 else [])) if hidden else []
+    opts += [] if experts else ["experts=false"]
+    couple = f"couple{{{','.join(opts)}}}," if opts else "couple,"
     return (
         f"{couple}score{{criterion={criterion}{gram}}},"
         f"allocate{{{metric.replace('_', '-')}={fraction!r},policy={policy},round-to={round_to or 'auto'}{extra}}},"

@@ -44,11 +44,13 @@ Factor = tuple[int, str]  # (size, tag)
 class CouplingBuilder:
     """The API rules use to declare ties; owns element ids and the growing edge list."""
 
-    def __init__(self, graph: Graph, hidden: bool = False) -> None:
+    def __init__(self, graph: Graph, hidden: bool = False, experts: bool = True) -> None:
         self.graph = graph
         # hidden-size pruning: reductions such as RMSNorm's mean(x^2) may lose channels
         # (rules/hidden.py); their spaces are recorded in ``statistics``
         self.hidden = hidden
+        # whole MoE experts (with their router rows) as units (rules/moe.py); False pins them
+        self.experts = experts
         self.statistics: set[tuple[int, int]] = set()  # (value index, axis) a statistic reduces over
         self.std_weights: set[tuple[int, int]] = set()  # (weight index, input axis) standardized at every forward
         self.base = np.zeros(len(graph.values) + 1, dtype=np.int64)
@@ -453,12 +455,12 @@ class _Trace:
         return [f"{name(start)} is frozen: {self._reason(found)}", *reversed(steps)]
 
 
-def couple(graph: Graph, hidden: bool = False, multiple: int = 1) -> Coupling:
+def couple(graph: Graph, hidden: bool = False, multiple: int = 1, experts: bool = True) -> Coupling:
     """Run every node's coupling rule (in topological order) and solve the union-find.
     ``hidden``: statistics over the residual stream (RMSNorm) may lose channels (rules/hidden.py)."""
     from ..rules import COUPLING
 
-    b = CouplingBuilder(graph, hidden=hidden)
+    b = CouplingBuilder(graph, hidden=hidden, experts=experts)
     for i, node in enumerate(graph.nodes):
         rule = COUPLING.get(node.op)
         if rule is None:

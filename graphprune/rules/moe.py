@@ -90,6 +90,11 @@ def couple_topk(node: Node, b: CouplingBuilder) -> None:
         b.pin(x, x.rank - 1, f"topk node {node.name!r}: its indices reach no histc over the {x.shape[-1]} "
               f"entries (not an MoE router), or {k} does not divide them")
         return
+    if not b.experts:
+        b.pin(x, x.rank - 1, f"topk node {node.name!r}: whole experts are kept (experts=False: removing an expert "
+              "saves parameters, not FLOPs, since every token still runs k experts; pass experts=True or a params= "
+              "budget to remove them)")
+        return
     b.same(x, x.rank - 1, histc.output, 0)
     b.block(x, x.rank - 1, k)  # every selection keeps at least k experts
 

@@ -102,3 +102,16 @@ def test_fx_route_counts_the_kept_experts() -> None:
     got = got[0] if isinstance(got, (tuple, list)) else got
     got = got.logits if hasattr(got, "logits") else got
     torch.testing.assert_close(got, logits(res.model, x), atol=1e-5, rtol=1e-5)
+
+
+def test_experts_stay_whole_by_default_under_a_flops_budget() -> None:
+    """An expert removed saves parameters, not FLOPs (each token still runs k experts): under a
+    FLOPs budget the default keeps every expert (the router's axis pinned with that reason) and
+    prunes their channels; experts=True removes whole experts there too."""
+    model, x = build("mixtral")
+    e0 = model.config.num_local_experts
+    res = gp.prune(model, x, flops=0.5, uniform=True)
+    assert all(layer.mlp.gate.weight.shape[0] == e0 for layer in res.model.model.layers)
+    assert res.model.config.num_local_experts == e0 and res.report["achieved"]["flops"] <= 0.51
+    forced = gp.prune(model, x, flops=0.5, uniform=True, experts=True)
+    assert forced.model.config.num_local_experts < e0

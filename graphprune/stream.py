@@ -275,21 +275,10 @@ def load_ids_file(path: str | Path) -> list[torch.Tensor]:
     """Calibration token ids for a checkpoint directory (``--calib``): a ``.pt`` holding a list of
     [B, S] id tensors, one [N, S] tensor (split into batches of :data:`IDS_PER_BATCH` rows) or a dict
     with ``input_ids``; or an ``.npz`` with one array (or ``input_ids``)."""
+    from .frontends.calib import read_calib_file
+
     p = Path(path)
-    if not p.is_file():
-        raise CalibrationError(f"--calib {p}: no such file")
-    try:
-        if p.suffix == ".pt":
-            data: Any = torch.load(p, map_location="cpu", weights_only=True)
-        elif p.suffix == ".npz":
-            with np.load(p) as z:
-                data = torch.from_numpy(z["input_ids"] if "input_ids" in z.files else z[z.files[0]])
-        else:
-            raise CalibrationError(f"--calib {p}: use a .pt or .npz file of token ids")
-    except CalibrationError:
-        raise
-    except Exception as exc:  # torch/numpy raise many types for a corrupt file
-        raise CalibrationError(f"--calib {p}: cannot read it ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    data: Any = read_calib_file(p, "--calib", "token ids")
     if isinstance(data, Mapping) and "input_ids" in data:
         data = data["input_ids"]
     if isinstance(data, torch.Tensor):

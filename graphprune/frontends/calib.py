@@ -129,22 +129,20 @@ def _split(t: torch.Tensor, n: int) -> list[torch.Tensor]:
     return [c for c in torch.split(t, n, dim=0) if c.shape[0] == n]
 
 
-def load_calib_file(path: str | Path, example_inputs: ExampleInputs, option: str = "--calib") -> list[ExampleInputs]:
-    """Read calibration batches from ``.pt`` or ``.npz`` (see the module docstring)."""
+def read_calib_file(path: str | Path, option: str = "--calib", what: str = "input batches") -> Any:
+    """The payload of a ``.pt`` (``torch.load``, weights only) or ``.npz`` (one array, or a dict of
+    arrays by name) calibration file; a missing, unknown or unreadable file is one
+    CalibrationError line naming it."""
     p = Path(path)
     if not p.is_file():
         raise CalibrationError(f"{option} {p}: no such file")
     try:
         if p.suffix == ".pt":
-            data: Any = torch.load(p, map_location="cpu", weights_only=True)
-        elif p.suffix == ".npz":
+            return torch.load(p, map_location="cpu", weights_only=True)
+        if p.suffix == ".npz":
             with np.load(p) as z:
                 arrays = {k: torch.from_numpy(z[k]) for k in z.files}
-            data = next(iter(arrays.values())) if len(arrays) == 1 else arrays
-        else:
-            raise CalibrationError(f"{option} {p}: use a .pt or .npz file of input batches")
-    except CalibrationError:
-        raise
+            return next(iter(arrays.values())) if len(arrays) == 1 else arrays
     except Exception as exc:  # torch/numpy raise many types for a corrupt file
         # the exception's text (torch's weights_only advice, pickle internals) is not the user's concern
         kind = "a torch.save file" if p.suffix == ".pt" else "a numpy .npz file"
@@ -152,6 +150,13 @@ def load_calib_file(path: str | Path, example_inputs: ExampleInputs, option: str
             f"{option} {p}: cannot read it as {kind} of tensors ({type(exc).__name__}); "
             "is it truncated, or does it hold objects other than tensors?"
         ) from exc
+    raise CalibrationError(f"{option} {p}: use a .pt or .npz file of {what}")
+
+
+def load_calib_file(path: str | Path, example_inputs: ExampleInputs, option: str = "--calib") -> list[ExampleInputs]:
+    """Read calibration batches from ``.pt`` or ``.npz`` (see the module docstring)."""
+    p = Path(path)
+    data = read_calib_file(p, option)
     leaves = [t for t in tree_flatten(example_inputs)[0] if isinstance(t, torch.Tensor)]
     n = int(leaves[0].shape[0]) if leaves and leaves[0].dim() else 1
     if isinstance(data, torch.Tensor):

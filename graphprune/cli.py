@@ -94,6 +94,13 @@ def _threads(text: str) -> int:
     return v
 
 
+def _output_args(p: argparse.ArgumentParser, output_help: str) -> None:
+    """-o and --report, as prune and apply take them."""
+    p.add_argument("-o", "--output", required=True, help=output_help)
+    p.add_argument("--report", action="append", default=[], metavar="FILE.json|FILE.html",
+                   help="write the report here: .json (data) or .html (one self-contained page); repeatable")
+
+
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     from .cost.runtimes import RUNTIMES  # torch is already imported with graphprune
 
@@ -124,9 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--latency-ms", type=_positive, help="target latency in milliseconds on the runtime")
     _runtime_args(pr)
     pr.add_argument("--iterate", type=int, default=2, help="re-allocations when the measured latency misses by >5%%")
-    pr.add_argument("-o", "--output", required=True, help="output file: .pt or .onnx (a directory for a checkpoint directory)")
-    pr.add_argument("--report", action="append", default=[], metavar="FILE.json|FILE.html",
-                    help="write the report here: .json (data) or .html (one self-contained page); repeatable")
+    _output_args(pr, "output file: .pt or .onnx (a directory for a checkpoint directory)")
     pr.add_argument("--plots", metavar="DIR", help="also write the report's figures as PNG files here (needs matplotlib)")
     pr.add_argument("--plan-out", metavar="PLAN.json",
                     help="also write the pruning plan (the decision) here, for graphprune apply")
@@ -171,9 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("source", help="built-in model name, package.module:factory, or model.onnx (e.g. the export of "
                                    "the model the plan was made on, or another checkpoint of its architecture)")
     ap.add_argument("plan", help="plan.json written by graphprune prune --plan-out")
-    ap.add_argument("-o", "--output", required=True, help="output file: .pt or .onnx")
-    ap.add_argument("--report", action="append", default=[], metavar="FILE.json|FILE.html",
-                    help="write the report here: .json (data) or .html (one self-contained page); repeatable")
+    _output_args(ap, "output file: .pt or .onnx")
     ap.add_argument("--no-verify", action="store_true", help="write the model even if verification fails")
     ap.add_argument("--allow-static", action="store_true",
                     help="ONNX: write the model with fixed input shapes when its symbolic dims cannot stay symbolic")

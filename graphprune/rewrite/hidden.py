@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..analysis.coupling import Coupling
-from .module_attrs import NotRewritable
+from .module_attrs import NotRewritable, by_class_name
 from .slicing import pruned_shape
 
 __all__ = ["RMS_NORMS", "NormConvention", "rescale_statistics"]
@@ -60,11 +60,7 @@ GEMMA_EMBEDDING = "transformers.models.gemma.modeling_gemma.GemmaTextScaledWordE
 
 
 def convention(mod: nn.Module) -> NormConvention | None:
-    for cls in type(mod).__mro__:
-        got = RMS_NORMS.get(f"{cls.__module__}.{cls.__qualname__}")
-        if got is not None:
-            return got
-    return None
+    return by_class_name(RMS_NORMS, mod)
 
 
 def _qualname(mod: nn.Module) -> str:

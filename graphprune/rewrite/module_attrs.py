@@ -12,11 +12,14 @@ so named updaters derive everything from the current weights and are idempotent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from torch import nn
 
 from .slicing import scaled_groups
+
+T = TypeVar("T")
 
 __all__ = ["NAMED_UPDATERS", "UPDATERS", "NotRewritable", "named_updater", "update_module"]
 
@@ -38,13 +41,19 @@ def _register(cls: type[nn.Module]) -> Callable[[Updater], Updater]:
     return deco
 
 
+def by_class_name(table: Mapping[str, T], mod: nn.Module) -> T | None:
+    """``table``'s entry for ``mod``'s class or its nearest base class, keyed by qualified name
+    (``module.QualName``: no import of the library that defines the class)."""
+    for cls in type(mod).__mro__:
+        got = table.get(f"{cls.__module__}.{cls.__qualname__}")
+        if got is not None:
+            return got
+    return None
+
+
 def named_updater(mod: nn.Module) -> Updater | None:
     """The updater registered by qualified class name for ``mod``'s class or a base class."""
-    for cls in type(mod).__mro__:
-        fn = NAMED_UPDATERS.get(f"{cls.__module__}.{cls.__qualname__}")
-        if fn is not None:
-            return fn
-    return None
+    return by_class_name(NAMED_UPDATERS, mod)
 
 
 def update_module(mod: nn.Module) -> None:

@@ -21,7 +21,7 @@ from .slicing import scaled_groups
 
 T = TypeVar("T")
 
-__all__ = ["NAMED_UPDATERS", "UPDATERS", "NotRewritable", "named_updater", "update_module"]
+__all__ = ["NAMED_UPDATERS", "UPDATERS", "NotRewritable", "by_class_name", "named_updater", "update_module"]
 
 
 class NotRewritable(Exception):

@@ -72,7 +72,9 @@ def _err(exc: BaseException) -> str:
 
 
 def _flop_counter(model: torch.nn.Module, x: torch.Tensor) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+    # grad enabled: under no_grad nn.MultiheadAttention takes its fused fast path
+    # (_native_multi_head_attention), which flop_counter counts as 0
+    with torch.enable_grad(), FlopCounterMode(display=False) as fc:
         model(x)
     return int(fc.get_total_flops())
 

@@ -670,7 +670,7 @@ def prune_checkpoint(
             _replace_dir(write_to, out)
         timings["total"] = time.perf_counter() - t_start
         report = _report(graph, ctx, kept_list, worst, timings, recon, refit, loader, ckpt, len(batches))
-        plan = _plan(graph, ctx, kept_list)
+        plan = ctx.plan
         return StreamResult(out, report, plan, output is None, coupling, removed)
     except BaseException:
         partial = locals().get("write_to")  # ours: a temporary directory (renamed into place only at the end)
@@ -825,15 +825,6 @@ def _write_config(pruned: nn.Module, d: Path, weight_map: dict[str, str], ckpt: 
     return LOADER
 
 
-def _plan(graph: Any, ctx: Any, kept_list: list[Any]) -> Any:
-    """The run's PruningPlan: the one the allocate pass wrote."""
-    return ctx.plan
-
-
-def _target_and_round(ctx: Any) -> tuple[dict[str, float], int]:
-    return dict(ctx.plan.target), int(ctx.plan.round_to)
-
-
 def _report(graph: Any, ctx: Any, kept_list: list[Any], worst: dict[str, Any], timings: dict[str, float],
             recon: tuple[str, ...], refit: list[str], loader: str, ckpt: Checkpoint, n_batches: int) -> dict[str, Any]:
     from .analysis.allocation import ShapeTable
@@ -841,7 +832,7 @@ def _report(graph: Any, ctx: Any, kept_list: list[Any], worst: dict[str, Any], t
 
     removed = ctx.plan.removed_mask(ctx.coupling.n_units)
     before, after = count(graph), count(graph, ShapeTable(ctx.coupling).shapes(removed))
-    target, round_to = _target_and_round(ctx)
+    target, round_to = dict(ctx.plan.target), int(ctx.plan.round_to)
     metric, frac = next(iter(target.items()))
     kept = {"flops": after.flops / before.flops if before.flops else 1.0,
             "macs": after.macs / before.macs if before.macs else 1.0,

@@ -14,7 +14,8 @@ PyTorch route and through its ONNX export and returns the failed properties (eac
 - ``onnx_save``: the pruned module written as ``.onnx`` runs in onnxruntime and matches.
 - ``flops``: graphprune's FLOPs of the matmul-like ops (conv, linear, matmul/addmm, einsum) at
   the planned widths equal ``torch.utils.flop_counter`` on the pruned module, and each sdpa node's
-  equals flop_counter's ``sdpa_flop_count`` (its mode counts the CPU SDPA kernel as 0).
+  equals flop_counter's ``sdpa_flop_count``. Its mode counts the fused CPU SDPA kernel as 0;
+  a call whose pruned q/k and v head dims differ runs SDPA's math path, whose bmm's it counts.
   Convention: both count 2 x multiply-accumulates of those ops only; bias adds, norms and
   elementwise ops are not in flop_counter's count, so graphprune's total (which prices them too)
   is not compared.
@@ -88,14 +89,17 @@ def _check_flops(out: Outcome, res: Any, x: torch.Tensor) -> None:
     shapes = ShapeTable(res.coupling).shapes(res.removed)
     per_node = count(graph, shapes).per_node
     ours = sum(per_node.get(n.name, 0.0) for n in graph.nodes if n.op in MATMUL_OPS and n.op != "sdpa")
-    attention = sum(per_node.get(n.name, 0.0) for n in graph.nodes if n.op == "sdpa")
-    theirs = _flop_counter(res.model, x)
+    sdpa = [n for n in graph.nodes if n.op == "sdpa"]
+    attention = sum(per_node.get(n.name, 0.0) for n in sdpa)
     # the fused CPU SDPA kernel counts 0 in flop_counter; where pruning leaves q/k and v with
-    # different head dims, torch runs SDPA's math path instead, whose two bmm's flop_counter does
-    # count: then it must equal graphprune's sdpa FLOPs too
-    if int(round(ours)) != theirs and int(round(ours + attention)) != theirs:
-        out.fail("flops", f"graphprune {int(round(ours))} (+ sdpa {int(round(attention))}) vs flop_counter {theirs} "
-                          "(matmul-like ops, pruned)")
+    # different head dims, torch runs SDPA's math path for that call instead, whose two bmm's
+    # flop_counter does count: each such node must then equal graphprune's sdpa FLOPs too
+    math_path = sum(per_node.get(n.name, 0.0) for n in sdpa
+                    if shapes(n.inputs[0])[-1] != shapes(n.inputs[2])[-1])  # type: ignore[arg-type]
+    theirs = _flop_counter(res.model, x)
+    if int(round(ours + math_path)) != theirs:
+        out.fail("flops", f"graphprune {int(round(ours))} (+ sdpa {int(round(attention))}, math path "
+                          f"{int(round(math_path))}) vs flop_counter {theirs} (matmul-like ops, pruned)")
     for n in graph.nodes:
         if n.op == "sdpa":
             q, k, v = (shapes(t) for t in n.inputs[:3])  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import attention, concat_split, conv, elementwise, linear, moe, norm, pooling, reshape  # noqa: F401
+from . import attention, complex, concat_split, conv, elementwise, inplace, linear, moe, norm, pooling, reshape  # noqa: F401
 from .readers import READERS, Reads, reads
 from .registry import COST, COUPLING, MACS, register_cost, register_coupling, register_macs
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..ir import Node
 from .common import broadcast_ties, numel, pass_through
-from .families import BINARY, IDENTITY, SOURCES, UNARY
+from .families import BINARY, IDENTITY, SOURCES, UNARY, UNINITIALIZED
 from .registry import ShapeFn, register_cost, register_coupling
 
 if TYPE_CHECKING:
@@ -44,7 +44,12 @@ def couple_prelu(node: Node, b: CouplingBuilder) -> None:
 
 @register_coupling(*sorted(SOURCES))
 def couple_source(node: Node, b: CouplingBuilder) -> None:
-    """Constants (arange, zeros, ...) carry no channels: their axes stay pinned."""
+    """Constants (arange, zeros, ...) carry no channels: their axes stay pinned. An uninitialized
+    buffer (empty, new_empty) holds nothing until a copy_ writes it: its axes are declared free
+    and the writes tie them (rules/inplace.py)."""
+    if node.target.split(".")[1:2] and node.target.split(".")[1] in UNINITIALIZED:
+        for ax in range(node.output.rank):
+            b.block(node.output, ax, 1)
 
 
 @register_cost(*sorted(IDENTITY - {"identity", "dropout", "contiguous", "clone"} | UNARY | BINARY | {"prelu"}))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BINARY", "IDENTITY", "NORMS", "POOL", "REDUCE", "SOURCES", "UNARY"]
+__all__ = ["BINARY", "IDENTITY", "NORMS", "POOL", "REDUCE", "SOURCES", "UNARY", "UNINITIALIZED"]
 
 #: ops that return their input unchanged in shape and channel order
 IDENTITY = frozenset({"identity", "dropout", "clone", "contiguous", "cast"})
@@ -35,3 +35,6 @@ NORMS = frozenset({"batch_norm", "instance_norm", "group_norm", "layer_norm", "r
 
 #: ops that create tensors without tensor inputs (constants): nothing to tie, not a barrier
 SOURCES = frozenset({"constant"})
+
+#: factories (their ATen target's name) whose tensor holds no data until written (rules/inplace.py)
+UNINITIALIZED = frozenset({"empty", "new_empty"})

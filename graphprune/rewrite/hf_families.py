@@ -1,4 +1,4 @@
-"""More transformers families on the module route: Falcon and the mixture-of-experts decoders.
+"""More transformers families on the module route: Falcon, Mamba and the mixture-of-experts decoders.
 
 Registered into the same tables as :mod:`graphprune.rewrite.hf_attrs` (``NAMED_UPDATERS`` by
 qualified class name, ``SPECS`` by ``model_type``); imported by it, so nothing here imports
@@ -97,6 +97,15 @@ def _falcon_attention(m: nn.Module) -> None:
     m.num_kv_heads = kv
 
 
+@_register("transformers.models.mamba.modeling_mamba.MambaMixer")
+def _mamba_mixer(m: nn.Module) -> None:
+    """Mamba: d_inner channels (in_proj's two halves, conv1d, x_proj's input, dt_proj's output,
+    A_log, D, out_proj's input) and the dt rank (x_proj's first rows, dt_proj's input), which its
+    forward splits with ``self.time_step_rank``."""
+    m.intermediate_size = int(m.out_proj.in_features)
+    m.time_step_rank = int(m.dt_proj.in_features)
+
+
 def _falcon_qkv(c: object) -> int:
     hd = c.hidden_size // c.num_attention_heads  # type: ignore[attr-defined]
     if c.new_decoder_architecture:  # type: ignore[attr-defined]
@@ -121,6 +130,9 @@ _SPECS: dict[str, Callable[[], ModelSpec]] = {
     "falcon": lambda: ModelSpec(
         (Field("ffn_hidden_size", "FalconMLP", lambda m: int(m.dense_h_to_4h.weight.shape[0])),),
         fixed=(("FalconAttention", "query_key_value.weight", 0, _falcon_qkv),)),
+    "mamba": lambda: ModelSpec(
+        (Field("intermediate_size", "MambaMixer", lambda m: int(m.out_proj.in_features)),
+         Field("time_step_rank", "MambaMixer", lambda m: int(m.dt_proj.in_features)))),
 }
 for _t, _make in _SPECS.items():
     SPECS.setdefault(_t, _make())

@@ -11,10 +11,11 @@ one element, so dst keeps any subset of it exactly: the tie is made to the expan
 nothing to tie), not to the expanded axis. This is how DeepSeek-V2's multi-head latent attention
 builds its keys (``expand_kv``), so its heads can go.
 
-An uninitialized factory (``empty``, ``new_empty``: :data:`families.UNINITIALIZED`) declares its
-axes without tying or pinning them (rules/elementwise.py): whatever a model reads from it was
-written there first, by a copy_ whose ties decide its channels. Other constants (zeros, arange,
-full...) stay pinned. FLOPs: 0 (a copy).
+An uninitialized factory (``empty``, ``new_empty``) declares its axes without tying or pinning
+them (rules/elementwise.py, :data:`families.UNIFORM_FILL`): whatever a model reads from it was
+written there first, by a copy_ whose ties decide its channels. Uniform fills (zeros, ones, full)
+are free the same way: every element is equal, so any subset of an axis is exact. Other
+constants (arange, eye...) stay pinned. FLOPs: 0 (a copy).
 """
 
 from __future__ import annotations

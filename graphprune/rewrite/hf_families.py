@@ -97,6 +97,18 @@ def _falcon_attention(m: nn.Module) -> None:
     m.num_kv_heads = kv
 
 
+def _mla_heads(m: nn.Module) -> int:
+    return _heads(m.o_proj.in_features, m.v_head_dim, f"{type(m).__name__}.o_proj")
+
+
+@_register("transformers.models.deepseek_v2.modeling_deepseek_v2.DeepseekV2Attention")
+def _mla_attention(m: nn.Module) -> None:
+    """DeepSeek-V2's multi-head latent attention: q_proj, kv_b_proj and o_proj hold whole heads
+    (rules/inplace.py, rules/complex_views.py); its forward reshapes with -1, the count is kept true."""
+    heads = _mla_heads(m)
+    _set_heads(m, heads, heads)
+
+
 @_register("transformers.models.mamba.modeling_mamba.MambaMixer")
 def _mamba_mixer(m: nn.Module) -> None:
     """Mamba: d_inner channels (in_proj's two halves, conv1d, x_proj's input, dt_proj's output,
@@ -117,8 +129,10 @@ def _moe_spec(model_type: str) -> ModelSpec:
     prefix, key = MOE_FAMILIES[model_type]
     fields: tuple[Field, ...] = (Field(key, f"{prefix}Experts", experts_width),
                                  Field(EXPERT_COUNT[model_type], f"{prefix}Experts", experts_count))
-    if model_type == "deepseek_v2":
-        return ModelSpec(fields)
+    if model_type == "deepseek_v2":  # MLA: one latent KV expanded to every query head
+        heads = (Field("num_attention_heads", "DeepseekV2Attention", _mla_heads),
+                 Field("num_key_value_heads", "DeepseekV2Attention", _mla_heads))
+        return ModelSpec(fields + heads)
     attn = _llama_like(prefix).fields[1:]  # query / KV heads, head_dim explicit
     if model_type == "qwen2_moe":  # its shared expert is a Qwen2MoeMLP of shared_expert_intermediate_size
         fields += (Field("shared_expert_intermediate_size", "Qwen2MoeMLP", _mlp()),)

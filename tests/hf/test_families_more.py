@@ -1,11 +1,14 @@
 """DeepSeek-V2 (multi-head latent attention + MoE) and Mamba (selective scan, torch fallback) at
-flops=0.5 from tiny random configs (issue #12 item 5; no hub).
+flops=0.5 from tiny random configs (issue #12 item 5; no hub), and the MoE decoders' ``.onnx``.
 
 Oracles: the pruned model equals the masked original at two input sizes; exact structure (whole
 MLA heads, every expert kept under a FLOPs budget, Mamba's d_inner channels shared by in_proj's
 two halves, conv1d, x_proj, dt_proj, A_log, D and out_proj); the saved directory reloads to
 identical logits (Mamba with stock ``from_pretrained``, DeepSeek-V2 with ``gp.load_pretrained``:
-its dense MLP and shared expert widths have no config field of their own).
+its dense MLP and shared expert widths have no config field of their own); a pruned Mixtral's
+``.onnx`` runs in onnxruntime and matches (the experts' grouped matmul lowered by transformers' own
+ONNX translation); DeepSeek-V2's complex rotary table has no ONNX lowering: one ExportError line
+naming it, nothing written.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 pytest.importorskip("transformers")
 
 import graphprune as gp  # noqa: E402
+from graphprune.errors import ExportError  # noqa: E402
 from graphprune.rules.moe import removed_router_rows  # noqa: E402
 from graphprune.verification import masked_original  # noqa: E402
 
@@ -149,3 +153,26 @@ def test_mamba_prunes_d_inner_everywhere_and_reloads_stock(tmp_path: Path) -> No
         got = res.model.generate(ids, max_new_tokens=4, do_sample=False, use_cache=True)
         torch.testing.assert_close(got, masked.generate(ids, max_new_tokens=4, do_sample=False, use_cache=True),
                                    atol=0, rtol=0)
+
+
+def test_pruned_mixtral_writes_an_onnx_that_onnxruntime_runs(tmp_path: Path) -> None:
+    import onnxruntime as ort
+    from test_families import pruned as family_pruned  # shares test_families' pruned Mixtral
+
+    _, x, res = family_pruned("mixtral", True)
+    info = res.save(tmp_path / "mixtral.onnx")
+    assert info["exporter"] == "dynamo" and info["onnxruntime_max_abs_err"] < 1e-4
+    sess = ort.InferenceSession(str(tmp_path / "mixtral.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input_ids"]
+    got = sess.run(None, {"input_ids": x["input_ids"].numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), logits(res.model, x), atol=1e-4, rtol=1e-4)
+
+
+def test_deepseek_v2_onnx_names_the_complex_rope(tmp_path: Path) -> None:
+    _, _, res = pruned("deepseek_v2")
+    with pytest.raises(ExportError) as info:
+        res.save(tmp_path / "ds.onnx")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("ONNX export failed: ")
+    assert "complex-valued input" in msg
+    assert list(tmp_path.iterdir()) == []

@@ -15,6 +15,8 @@ from test_rules import canon, frozen, units
 from torch import nn
 
 import graphprune as gp
+from graphprune.frontends import capture
+from graphprune.rewrite import rewrite_fx
 from graphprune.verification import masked_original
 
 H, D, R = 4, 8, 4  # heads, per-head nope dim, shared rotary dim
@@ -127,8 +129,15 @@ def test_zero_state_recurrence_prunes_its_channels() -> None:
     u = units(ZeroState(), torch.randn(1, 5, 16))
     assert canon(u["inp.weight"][0]) == list(range(24)) and not frozen(u["a"][0])
     assert np.array_equal(u["inp.weight"][0], u["out.weight"][1]) and np.array_equal(u["a"][0], u["out.weight"][1])
-    res = _prunes_exactly(ZeroState(), torch.randn(1, 5, 16))
+    model = ZeroState()
+    res = _prunes_exactly(model, torch.randn(1, 5, 16))
     assert res.model.out.in_features < 24
+    # the fx route rewrites the zeros' size too (rewrite/to_fx.py), and equals the masked original
+    cap = capture(model, torch.randn(1, 5, 16))
+    gm = rewrite_fx(cap.program, cap.graph, res.coupling, res.removed)
+    x2 = torch.randn(1, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x2), masked_original(model, res.coupling, res.removed)(x2), atol=1e-5, rtol=1e-5)
 
 
 def test_arange_state_stays_whole() -> None:

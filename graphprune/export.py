@@ -167,12 +167,42 @@ def _exporters(model: nn.Module, dynamic: bool = False) -> tuple[bool, ...]:
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    """The line that names the cause: the dynamo exporter's opens with generic advice and states
+    the op it could not lower under ``## Exception summary``, which is the line kept then."""
+    text = str(exc)
+    if not text:
+        return type(exc).__name__
+    lines = text.splitlines()
+    if "## Exception summary" in lines:
+        cause = [ln for ln in lines[lines.index("## Exception summary") + 1:] if ln.strip()][:1]
+        if cause:
+            return re.sub(r"^<class '[\w.]+\.(\w+)'>: ", r"\1: ", cause[0])[:300]
+    return lines[0][:200]
+
+
+def moe_translations() -> dict[Any, Any]:
+    """ONNX lowerings for the grouped matmul of transformers' mixture-of-experts layers
+    (``transformers::grouped_mm_fallback``, ``aten._grouped_mm``), which torch's dynamo exporter
+    lacks: transformers' own ONNX exporter ships them (``transformers.exporters.exporter_onnx``),
+    and they are passed to ``torch.onnx.export`` as its ``custom_translation_table``. Empty when
+    transformers is not already imported or has no such table."""
+    if "transformers" not in sys.modules:
+        return {}
+    try:
+        from transformers.exporters.exporter_onnx import _ONNX_TRANSLATION_TABLE as table
+    except Exception:  # an older transformers, or onnxscript missing: nothing to add
+        return {}
+    ops = [getattr(getattr(torch.ops, ns, None), name, None) for ns, name in
+           (("transformers", "grouped_mm_fallback"), ("aten", "_grouped_mm"))]
+    keys = [getattr(op, "default", None) for op in ops if op is not None]
+    return {k: table[k] for k in keys if k is not None and k in table}
 
 
 def _run_exporter(model: nn.Module, path: Path, args: tuple[Any, ...], kwargs: dict[str, Any], opset: int | None,
                   dynamo: bool, **extra: Any) -> None:
     # the exporters print whole graphs on failure (from C++ too); keep them off the terminal
+    if dynamo and (table := moe_translations()):
+        extra.setdefault("custom_translation_table", table)
     with warnings.catch_warnings(), torch.no_grad(), _quiet_onnx_logs(), _silenced_fds():
         warnings.simplefilter("ignore")
         torch.onnx.export(

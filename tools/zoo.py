@@ -316,7 +316,9 @@ ZOO: dict[str, Factory] = {
                                                      "eos_token_id": 2, "pad_token_id": 1}),
     "phimoe": _hf("PhimoeConfig", "PhimoeForCausalLM", {**TINY_GQA, "num_local_experts": 4, "num_experts_per_tok": 2}),
     "deepseek_v2": _hf("DeepseekV2Config", "DeepseekV2ForCausalLM",
-                       {**TINY_GQA, "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128,
+                       # MLA expands its one latent KV to every query head: num_key_value_heads must equal
+                       # num_attention_heads (as in the released configs), else sdpa's repeat_kv doubles the heads
+                       {**TINY_GQA, "num_key_value_heads": 4, "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 128,
                         "n_shared_experts": 1, "first_k_dense_replace": 1, "kv_lora_rank": 32, "q_lora_rank": None,
                         "qk_rope_head_dim": 16, "qk_nope_head_dim": 16, "v_head_dim": 32, "n_group": 1,
                         "topk_group": 1}),

@@ -73,7 +73,7 @@ def check(name: str, flops: float, onnx: bool) -> dict:
                     info = res.save(Path(d) / f"{name}.onnx")
                     row["onnx"] = f"ok ({info['onnxruntime_max_abs_err']:.2g})"
                 except gp.GraphpruneError as exc:
-                    row["onnx"] = f"FAIL: {str(exc)[:160]}"
+                    row["onnx"] = f"FAIL: {str(exc)[:400]}"
     except gp.GraphpruneError as exc:
         row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     except Exception as exc:  # a benchmark row, not a crash

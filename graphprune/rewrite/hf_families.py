@@ -1,4 +1,4 @@
-"""More transformers families on the module route: Falcon and the mixture-of-experts decoders.
+"""More transformers families on the module route: Falcon, Mamba and the mixture-of-experts decoders.
 
 Registered into the same tables as :mod:`graphprune.rewrite.hf_attrs` (``NAMED_UPDATERS`` by
 qualified class name, ``SPECS`` by ``model_type``); imported by it, so nothing here imports
@@ -97,6 +97,27 @@ def _falcon_attention(m: nn.Module) -> None:
     m.num_kv_heads = kv
 
 
+def _mla_heads(m: nn.Module) -> int:
+    return _heads(m.o_proj.in_features, m.v_head_dim, f"{type(m).__name__}.o_proj")
+
+
+@_register("transformers.models.deepseek_v2.modeling_deepseek_v2.DeepseekV2Attention")
+def _mla_attention(m: nn.Module) -> None:
+    """DeepSeek-V2's multi-head latent attention: q_proj, kv_b_proj and o_proj hold whole heads
+    (rules/inplace.py, rules/complex_views.py); its forward reshapes with -1, the count is kept true."""
+    heads = _mla_heads(m)
+    _set_heads(m, heads, heads)
+
+
+@_register("transformers.models.mamba.modeling_mamba.MambaMixer")
+def _mamba_mixer(m: nn.Module) -> None:
+    """Mamba: d_inner channels (in_proj's two halves, conv1d, x_proj's input, dt_proj's output,
+    A_log, D, out_proj's input) and the dt rank (x_proj's first rows, dt_proj's input), which its
+    forward splits with ``self.time_step_rank``."""
+    m.intermediate_size = int(m.out_proj.in_features)
+    m.time_step_rank = int(m.dt_proj.in_features)
+
+
 def _falcon_qkv(c: object) -> int:
     hd = c.hidden_size // c.num_attention_heads  # type: ignore[attr-defined]
     if c.new_decoder_architecture:  # type: ignore[attr-defined]
@@ -108,8 +129,10 @@ def _moe_spec(model_type: str) -> ModelSpec:
     prefix, key = MOE_FAMILIES[model_type]
     fields: tuple[Field, ...] = (Field(key, f"{prefix}Experts", experts_width),
                                  Field(EXPERT_COUNT[model_type], f"{prefix}Experts", experts_count))
-    if model_type == "deepseek_v2":
-        return ModelSpec(fields)
+    if model_type == "deepseek_v2":  # MLA: one latent KV expanded to every query head
+        heads = (Field("num_attention_heads", "DeepseekV2Attention", _mla_heads),
+                 Field("num_key_value_heads", "DeepseekV2Attention", _mla_heads))
+        return ModelSpec(fields + heads)
     attn = _llama_like(prefix).fields[1:]  # query / KV heads, head_dim explicit
     if model_type == "qwen2_moe":  # its shared expert is a Qwen2MoeMLP of shared_expert_intermediate_size
         fields += (Field("shared_expert_intermediate_size", "Qwen2MoeMLP", _mlp()),)
@@ -121,6 +144,9 @@ _SPECS: dict[str, Callable[[], ModelSpec]] = {
     "falcon": lambda: ModelSpec(
         (Field("ffn_hidden_size", "FalconMLP", lambda m: int(m.dense_h_to_4h.weight.shape[0])),),
         fixed=(("FalconAttention", "query_key_value.weight", 0, _falcon_qkv),)),
+    "mamba": lambda: ModelSpec(
+        (Field("intermediate_size", "MambaMixer", lambda m: int(m.out_proj.in_features)),
+         Field("time_step_rank", "MambaMixer", lambda m: int(m.dt_proj.in_features)))),
 }
 for _t, _make in _SPECS.items():
     SPECS.setdefault(_t, _make())

@@ -113,10 +113,18 @@ def _sizes(fx: torch.fx.Node, sizes: Any, old: tuple[int, ...], new: tuple[int, 
     return out
 
 
-@_reg("view", "reshape", "_unsafe_view", "expand")
+@_reg("view", "reshape", "_unsafe_view", "expand", "new_zeros", "new_ones", "new_full", "new_empty")
 def _shape_arg(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
     size = _get_arg(fx, 1, "size")
     _set_arg(fx, 1, "size", _sizes(fx, size, node.output.shape, ctx.shape(node.output)))
+
+
+@_reg("zeros", "ones", "full", "empty")
+def _factory_size(fx: torch.fx.Node, node: Node, ctx: _Ctx) -> None:
+    """Uniform fills and empty buffers whose axes were pruned (rules/inplace.py): size is arg 0."""
+    size = _get_arg(fx, 0, "size")
+    if isinstance(size, (list, tuple)) and len(size) == node.output.rank:
+        _set_arg(fx, 0, "size", _sizes(fx, size, node.output.shape, ctx.shape(node.output)))
 
 
 @_reg("unflatten")

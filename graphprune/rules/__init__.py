@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from . import attention, concat_split, conv, elementwise, linear, moe, norm, pooling, reshape  # noqa: F401
+from . import (  # noqa: F401
+    attention,
+    complex_views,
+    concat_split,
+    conv,
+    elementwise,
+    inplace,
+    linear,
+    moe,
+    norm,
+    pooling,
+    reshape,
+)
 from .readers import READERS, Reads, reads
 from .registry import COST, COUPLING, MACS, register_cost, register_coupling, register_macs
 

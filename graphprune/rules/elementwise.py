@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..ir import Node
 from .common import broadcast_ties, numel, pass_through
-from .families import BINARY, IDENTITY, SOURCES, UNARY
+from .families import BINARY, IDENTITY, SOURCES, UNARY, UNIFORM_FILL
 from .registry import ShapeFn, register_cost, register_coupling
 
 if TYPE_CHECKING:
@@ -44,7 +44,14 @@ def couple_prelu(node: Node, b: CouplingBuilder) -> None:
 
 @register_coupling(*sorted(SOURCES))
 def couple_source(node: Node, b: CouplingBuilder) -> None:
-    """Constants (arange, zeros, ...) carry no channels: their axes stay pinned."""
+    """Constants (arange, eye, ...) carry no channels: their axes stay pinned. A uniform fill
+    (zeros, ones, full: every element equal) or an uninitialized buffer (empty, new_empty, which
+    holds nothing until a copy_ writes it) is the same tensor on any subset of any axis: its axes
+    are declared free, and what it meets ties them (Mamba's zero scan state, rules/inplace.py)."""
+    parts = node.target.split(".")
+    if len(parts) > 1 and parts[1] in UNIFORM_FILL:
+        for ax in range(node.output.rank):
+            b.block(node.output, ax, 1)
 
 
 @register_cost(*sorted(IDENTITY - {"identity", "dropout", "contiguous", "clone"} | UNARY | BINARY | {"prelu"}))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["BINARY", "IDENTITY", "NORMS", "POOL", "REDUCE", "SOURCES", "UNARY"]
+__all__ = ["BINARY", "IDENTITY", "NORMS", "POOL", "REDUCE", "SOURCES", "UNARY", "UNIFORM_FILL"]
 
 #: ops that return their input unchanged in shape and channel order
 IDENTITY = frozenset({"identity", "dropout", "clone", "contiguous", "cast"})
@@ -35,3 +35,7 @@ NORMS = frozenset({"batch_norm", "instance_norm", "group_norm", "layer_norm", "r
 
 #: ops that create tensors without tensor inputs (constants): nothing to tie, not a barrier
 SOURCES = frozenset({"constant"})
+
+#: factories (their ATen target's name) whose elements are all equal (zeros, ones, full) or hold
+#: nothing until written (empty): any subset of any axis is the same tensor, smaller (rules/inplace.py)
+UNIFORM_FILL = frozenset({"empty", "new_empty", "zeros", "new_zeros", "ones", "new_ones", "full", "new_full"})

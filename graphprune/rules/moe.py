@@ -91,9 +91,11 @@ def couple_topk(node: Node, b: CouplingBuilder) -> None:
               f"entries (not an MoE router), or {k} does not divide them")
         return
     if not b.experts:
-        b.pin(x, x.rank - 1, f"topk node {node.name!r}: whole experts are kept (experts=False: removing an expert "
-              "saves parameters, not FLOPs, since every token still runs k experts; pass experts=True or a params= "
-              "budget to remove them)")
+        why = (f"topk node {node.name!r}: whole experts are kept (experts=False: removing an expert "
+               "saves parameters, not FLOPs, since every token still runs k experts; pass experts=True or a params= "
+               "budget to remove them)")
+        b.pin(x, x.rank - 1, why)
+        b.pin(histc.output, 0, why)  # the counts (and the experts' axis 0 through the offsets) too
         return
     b.same(x, x.rank - 1, histc.output, 0)
     b.block(x, x.rank - 1, k)  # every selection keeps at least k experts
@@ -204,10 +206,17 @@ def removed_router_rows(coupling: Coupling, removed: np.ndarray) -> dict[str, li
         while p is not None and p.op in ("softmax", "identity"):  # Mixtral: softmax(logits.float())
             x = p.inputs[0]
             p = x.producer if x is not None else None
-        if p is None or p.op != "linear" or p.inputs[1] is None or p.inputs[1].source is None:
+        if p is None or p.op != "linear" or p.inputs[1] is None:
+            continue
+        w = p.inputs[1]
+        while w.source is None and w.producer is not None and w.producer.op == "identity":
+            w = w.producer.inputs[0]  # DeepSeek-V2: linear(x.float(), weight.float())
+            if w is None:
+                break
+        if w is None or w.source is None:
             continue
         kept = coupling.kept(x, x.rank - 1, removed)
         gone = sorted(set(range(x.shape[-1])) - {int(i) for i in kept})
         if gone:
-            out[p.inputs[1].source] = gone
+            out[w.source] = gone
     return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -84,14 +85,14 @@ class Verify:
         if ctx.masked is None:
             ctx.masked = masked_original(ctx.model, ctx.coupling, removed)
         if ctx.verification is None:
-            ctx.verification = verify_pruned(ctx.model, ctx.pruned, ctx.coupling, removed, ctx.example_inputs,
-                                             rtol=self.rtol, masked=ctx.masked)
+            ctx.verification = _run_check(lambda: verify_pruned(
+                ctx.model, ctx.pruned, ctx.coupling, removed, ctx.example_inputs, rtol=self.rtol, masked=ctx.masked))
         if ctx.verification.ok and self.trials > 0:
             step(ctx.progress, self.name, 1, 1 + self.trials)
-            extra = verify_pruned(
+            extra = _run_check(lambda: verify_pruned(
                 ctx.model, ctx.pruned, ctx.coupling, removed, ctx.example_inputs, random_trials=self.trials,
                 rtol=self.rtol, include_example=False, masked=ctx.masked,
-            )
+            ))
             ctx.verification = merge_results(ctx.verification, extra)
 
     def _pin_culprits(self, graph: Graph, ctx: PassContext, round_: int) -> bool:
@@ -186,3 +187,13 @@ class Verify:
                 "please report this model; pass verify=False / --no-verify to keep the unverified model"
             )
         return PassResult(graph, False)
+
+
+def _run_check(check: Callable[[], VerifyResult]) -> VerifyResult:
+    """The oracle's result; a pruned model that does not even run (a rule that gave some op a
+    shape it refuses) is a failed check like any other, so the repair bisects for its group."""
+    try:
+        return check()
+    except Exception as exc:  # the pruned model's forward raising: a wrong rule, not the user's input
+        text = str(exc).splitlines()[0][:200] if str(exc) else ""
+        return VerifyResult(False, math.inf, 0.0, 0.0, 1, f"the pruned model failed to run: {type(exc).__name__}: {text}")

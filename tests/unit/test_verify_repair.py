@@ -88,3 +88,20 @@ def test_correct_rules_pin_nothing() -> None:
     res = gp.prune(model, torch.randn(2, 3, 8, 8), flops=0.5)
     assert res.report["pinned_after_check"] == []
     assert not np.isnan(res.report["achieved"]["flops"])
+
+
+
+def test_pruned_model_that_raises_is_a_failed_check_not_a_crash() -> None:
+    """DeepSeek-V2-style keys (a shared rotary part expanded over the heads, copied into a fresh
+    buffer): on the fx route the expand keeps its traced head count, so the pruned GraphModule
+    raises inside ``copy_``. That is a failed check: its group is pinned and the model re-planned,
+    not an InternalError."""
+    from test_rules_families import CopyKeys
+
+    torch.manual_seed(0)
+    model, x = CopyKeys().eval(), torch.randn(2, 5, 16)
+    res = gp.prune(model, x, pipeline="couple,score,allocate{flops=0.5},rewrite{route=fx},verify")
+    pins = res.report["pinned_after_check"]
+    assert [p["weights"] for p in pins] == [["q.weight[0]", "kv.weight[0]", "o.weight[1]"]]
+    assert res.report["verification"]["ok"]
+    torch.testing.assert_close(res.model(x), model(x))  # the heads were the only group: nothing removed

@@ -64,10 +64,14 @@ def load_model() -> torch.nn.Module:
     return LlamaForCausalLM.from_pretrained(tt.DEFAULT_OUT).eval()
 
 
-def data(n_eval: int, n_calib: int) -> tuple[torch.Tensor, list[dict[str, Any]], dict[str, Any]]:
+def data(n_eval: int, n_calib: int, seed: int = 0) -> tuple[torch.Tensor, list[dict[str, Any]], dict[str, Any]]:
+    """Held-out windows (``n_eval`` <= 0: every disjoint window of the held-out text) and ``n_calib``
+    calibration windows of the training split drawn with ``seed``."""
     tr, held, _ = tt.corpus()
+    if n_eval <= 0:
+        n_eval = (len(held) - 1) // (tt.SEQ + 1)  # evenly spaced windows of SEQ+1 bytes that do not overlap
     evalb = tt.heldout_batches(held, n_eval)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(tr) - tt.SEQ - 1, (n_calib,), generator=g)
     windows = torch.stack([tr[s : s + tt.SEQ] for s in starts])
     calib = [{"input_ids": windows[i : i + BATCH], "use_cache": False} for i in range(0, n_calib, BATCH)]
@@ -87,11 +91,29 @@ def ce_loss(out: Any, batch: Any) -> torch.Tensor:
 def tp_prune(dense: torch.nn.Module, example: torch.Tensor, ratio: float) -> torch.nn.Module:
     """Torch-Pruning's examples/LLMs/prune_llm.py recipe (see the module docstring)."""
     import torch_pruning as tp
+    from torch_pruning.dependency import constants as tp_constants
 
     # the recipe's GroupNormImportance is named GroupMagnitudeImportance in torch-pruning 1.6
     imp = getattr(tp.importance, "GroupNormImportance", None) or tp.importance.GroupMagnitudeImportance
     model = copy.deepcopy(dense)
     model.config.use_cache = False  # its tracer needs tensor outputs (a DynamicCache is not one)
+    # Torch-Pruning maps channel indices through a torch.cat only when the cat runs over the feature
+    # dim; it tells from grad_fn._saved_dim (`!= 1 and < MAX_VALID_DIM`, 100; the bound guards against
+    # garbage dims of torch 1.11). Under torch 2.14 a cat over dim=-1 saves 2**64 - 1, so the rotary
+    # rotate_half cat (over head_dim) is taken for a feature cat: its offsets (+64) feed a cycle
+    # (q -> slice -> cat -> mul -> add -> mul -> q) in which the indices grow without bound and
+    # get_all_groups never returns (the "first prune did not finish in 5 minutes" of the last run).
+    # Raising the bound above 2**64 makes the guard read a negative dim as "not the feature dim",
+    # which is what it meant; it is restored afterwards.
+    saved_bound = tp_constants.MAX_VALID_DIM
+    tp_constants.MAX_VALID_DIM = 2**64 + 1
+    try:
+        return _tp_prune(tp, imp, model, example, ratio)
+    finally:
+        tp_constants.MAX_VALID_DIM = saved_bound
+
+
+def _tp_prune(tp: Any, imp: Any, model: torch.nn.Module, example: torch.Tensor, ratio: float) -> torch.nn.Module:
     cfg = model.config
     num_heads = {}
     for name, m in model.named_modules():
@@ -142,8 +164,8 @@ def tp_at(dense: torch.nn.Module, example: torch.Tensor, keep: float) -> tuple[t
 def run_row(row: str, dense: torch.nn.Module, x: dict[str, Any], calib: list[dict[str, Any]], removed: float,
             n_layers: int) -> tuple[torch.nn.Module, dict[str, Any]]:
     keep = round(1.0 - removed, 4)
-    if row == "tp":
-        m, ratio = tp_at(dense, x["input_ids"], keep)
+    if row == "tp":  # the recipe's example input is one short sequence ("Hello world."): one window here
+        m, ratio = tp_at(dense, x["input_ids"][:1], keep)
         return m, {"tp_pruning_ratio": round(ratio, 4)}
     kw: dict[str, Any] = {"params": keep, "calib": calib}
     if row == "hidden":
@@ -184,70 +206,118 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levels", type=float, nargs="+", default=[0.2, 0.3, 0.5], help="fractions of parameters removed")
     ap.add_argument("--rows", default=",".join(LABELS), help=f"comma-separated subset of {','.join(LABELS)}")
-    ap.add_argument("--eval", type=int, default=256, help="held-out windows of 64 bytes")
-    ap.add_argument("--calib", type=int, default=64, help="calibration windows (training split)")
+    ap.add_argument("--eval", type=int, default=0, help="held-out windows of 64 bytes (0: every disjoint window)")
+    ap.add_argument("--calib", type=int, default=32, help="calibration windows (training split)")
+    ap.add_argument("--seeds", type=int, default=3, help="calibration draws for the --seed-rows rows")
+    ap.add_argument("--seed-rows", default="default,flap", help="rows measured on every calibration draw")
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "bench" / "llm_quality.json")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
     rows = [r.strip() for r in a.rows.split(",") if r.strip()]
+    seed_rows = {r.strip() for r in a.seed_rows.split(",") if r.strip()}
     dense = load_model()
-    evalb, calib, x = data(a.eval, a.calib)
-    dense_ppl = tt.perplexity(dense, evalb)
+    draws = {seed: data(a.eval, a.calib, seed) for seed in range(max(1, a.seeds))}
+    evalb = draws[0][0]
+    dense_ppl = tt.perplexity(dense, evalb, bs=64)
     base = n_params(dense)
     n_layers = dense.config.num_hidden_layers
-    print(f"dense: {base} params, held-out ppl {dense_ppl:.4f}", flush=True)
+    print(f"dense: {base} params, held-out ppl {dense_ppl:.4f} on {len(evalb)} windows", flush=True)
     results: list[dict[str, Any]] = []
     train_info = json.loads((tt.DEFAULT_OUT / "train.json").read_text()) if (tt.DEFAULT_OUT / "train.json").exists() else {}
     out = {
         "model": {"path": str(tt.DEFAULT_OUT.relative_to(ROOT)), "params": base, "layers": n_layers,
                   "hidden_size": dense.config.hidden_size, "heldout_ppl": round(dense_ppl, 4),
                   "train": {k: v for k, v in train_info.items() if k != "curve"}},
-        "eval_windows": a.eval, "calib_windows": a.calib, "seq": tt.SEQ, "levels": a.levels,
+        "eval_windows": len(evalb), "eval_tokens": len(evalb) * tt.SEQ, "calib_windows": a.calib,
+        "calib_seeds": sorted(draws), "seed_rows": sorted(seed_rows), "seq": tt.SEQ, "levels": a.levels,
         "command": "python tools/bench_llm_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpu_threads": a.threads, "python": platform.python_version(), "torch": torch.__version__},
+        "machine": {"cpu_threads": a.threads, "python": platform.python_version(), "torch": torch.__version__,
+                    "torch_pruning": _version("torch-pruning"), "transformers": _version("transformers"),
+                    "loadavg_start": _loadavg()},
         "results": results,
     }
     a.json.parent.mkdir(parents=True, exist_ok=True)
-    for row in rows:  # row by row: a slow row (Torch-Pruning's tracing) last leaves the others complete
+    for row in rows:  # row by row: a slow row last leaves the others complete
+        seeds = sorted(draws) if row in seed_rows else [0]
         for removed in a.levels:
-            t0 = time.time()
-            try:
-                m, info = run_row(row, dense, x, calib, removed, n_layers)
-            except Exception as exc:  # a row that fails is reported, not hidden
-                results.append({"row": row, "label": LABELS[row], "removed_target": removed, "error": f"{type(exc).__name__}: {exc}"[:300]})
-                print(f"{removed:.0%} {LABELS[row]:<40} ERROR {results[-1]['error']}", flush=True)
-                a.json.write_text(json.dumps(out, indent=1) + "\n")
-                continue
-            ppl = tt.perplexity(m, evalb)
-            rec = {"row": row, "label": LABELS[row], "removed_target": removed,
-                   "params_kept": round(n_params(m) / base, 4), "ppl": round(ppl, 4),
-                   "ppl_rel": round(ppl / dense_ppl, 4), "seconds": round(time.time() - t0, 1), **info}
-            results.append(rec)
-            print(f"{removed:.0%} {LABELS[row]:<40} kept {rec['params_kept']:.3f} ppl {ppl:.3f} x{rec['ppl_rel']:.3f} "
-                  f"({rec['seconds']}s)", flush=True)
-            a.json.write_text(json.dumps(out, indent=1) + "\n")  # after every row: a long run keeps what it has
+            for seed in seeds:
+                _, calib, x = draws[seed]
+                t0 = time.time()
+                try:
+                    m, info = run_row(row, dense, x, calib, removed, n_layers)
+                except Exception as exc:  # a row that fails is reported, not hidden
+                    results.append({"row": row, "label": LABELS[row], "removed_target": removed, "seed": seed,
+                                    "error": f"{type(exc).__name__}: {exc}"[:300]})
+                    print(f"{removed:.0%} {LABELS[row]:<40} ERROR {results[-1]['error']}", flush=True)
+                    a.json.write_text(json.dumps(out, indent=1) + "\n")
+                    continue
+                ppl = tt.perplexity(m, evalb, bs=64)
+                rec = {"row": row, "label": LABELS[row], "removed_target": removed, "seed": seed,
+                       "params_kept": round(n_params(m) / base, 4), "ppl": round(ppl, 4),
+                       "ppl_rel": round(ppl / dense_ppl, 4), "seconds": round(time.time() - t0, 1), **info}
+                results.append(rec)
+                print(f"{removed:.0%} {LABELS[row]:<40} seed {seed} kept {rec['params_kept']:.3f} ppl {ppl:.4f} "
+                      f"x{rec['ppl_rel']:.4f} ({rec['seconds']}s)", flush=True)
+                a.json.write_text(json.dumps(out, indent=1) + "\n")  # after every prune: a long run keeps what it has
+    out["machine"]["loadavg_end"] = _loadavg()
+    out["summary"] = summary(out)
     a.json.write_text(json.dumps(out, indent=1) + "\n")
     print(table(out))
     return 0
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        import os
+
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def summary(out: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per (row, level): mean, min and max of ppl/dense over the calibration draws."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in out["results"]:
+        if "error" not in r:
+            groups.setdefault((r["row"], r["removed_target"]), []).append(r)
+    res = []
+    for (row, lv), rs in groups.items():
+        rel = [r["ppl_rel"] for r in rs]
+        ppl = [r["ppl"] for r in rs]
+        res.append({"row": row, "removed_target": lv, "draws": len(rs), "ppl_mean": round(sum(ppl) / len(ppl), 4),
+                    "ppl_rel_mean": round(sum(rel) / len(rel), 4), "ppl_rel_min": min(rel), "ppl_rel_max": max(rel),
+                    "params_kept_mean": round(sum(r["params_kept"] for r in rs) / len(rs), 4)})
+    return res
 
 
 def table(out: dict[str, Any]) -> str:
     levels = out["levels"]
     lines = ["| row | " + " | ".join(f"{lv:.0%} removed: ppl/dense (kept)" for lv in levels) + " |",
              "|---|" + "---|" * len(levels)]
-    by = {(r["row"], r["removed_target"]): r for r in out["results"]}
+    by = {(r["row"], r["removed_target"]): r for r in summary(out)}
+    errors = {(r["row"], r["removed_target"]) for r in out["results"] if "error" in r}
     for row, label in LABELS.items():
         cells = []
         for lv in levels:
             r = by.get((row, lv))
             if r is None:
-                cells.append("")
-            elif "error" in r:
-                cells.append("error")
+                cells.append("error" if (row, lv) in errors else "")
+            elif r["draws"] > 1:
+                cells.append(f"{r['ppl_rel_mean']:.4f} [{r['ppl_rel_min']:.4f}-{r['ppl_rel_max']:.4f}] ({r['params_kept_mean']:.3f})")
             else:
-                cells.append(f"{r['ppl_rel']:.3f} ({r['params_kept']:.3f})")
+                cells.append(f"{r['ppl_rel_mean']:.4f} ({r['params_kept_mean']:.3f})")
         if any(cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

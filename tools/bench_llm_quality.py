@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib", type=int, default=32, help="calibration windows (training split)")
     ap.add_argument("--seeds", type=int, default=3, help="calibration draws for the --seed-rows rows")
     ap.add_argument("--seed-rows", default="default,flap", help="rows measured on every calibration draw")
+    ap.add_argument("--seed-levels", type=float, nargs="*", default=None,
+                    help="levels at which the --seed-rows take every draw (default: all levels)")
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "bench" / "llm_quality.json")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
@@ -231,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                   "hidden_size": dense.config.hidden_size, "heldout_ppl": round(dense_ppl, 4),
                   "train": {k: v for k, v in train_info.items() if k != "curve"}},
         "eval_windows": len(evalb), "eval_tokens": len(evalb) * tt.SEQ, "calib_windows": a.calib,
-        "calib_seeds": sorted(draws), "seed_rows": sorted(seed_rows), "seq": tt.SEQ, "levels": a.levels,
+        "calib_seeds": sorted(draws), "seed_rows": sorted(seed_rows),
+        "seed_levels": a.levels if a.seed_levels is None else a.seed_levels, "seq": tt.SEQ, "levels": a.levels,
         "command": "python tools/bench_llm_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpu_threads": a.threads, "python": platform.python_version(), "torch": torch.__version__,
                     "torch_pruning": _version("torch-pruning"), "transformers": _version("transformers"),
@@ -240,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     a.json.parent.mkdir(parents=True, exist_ok=True)
     for row in rows:  # row by row: a slow row last leaves the others complete
-        seeds = sorted(draws) if row in seed_rows else [0]
         for removed in a.levels:
-            for seed in seeds:
+            multi = row in seed_rows and (a.seed_levels is None or removed in a.seed_levels)
+            for seed in sorted(draws) if multi else [0]:
                 _, calib, x = draws[seed]
                 t0 = time.time()
                 try:

@@ -2,8 +2,11 @@
 
 Model: ``models/checkpoints/tiny_llama`` (``tools/train_tiny_llama.py``; trained here if missing),
 a byte-level ``transformers.LlamaForCausalLM``. Held-out text: the training script's held-out
-Python stdlib files, ``--eval`` windows of 64 bytes (evenly spaced, deterministic). Calibration:
-``--calib`` windows of the TRAINING split (seeded), in batches shaped like the example input.
+Python stdlib files, ``--eval`` windows of 64 bytes (evenly spaced, deterministic; 0 = every
+disjoint window, 6362). Calibration: ``--calib`` windows of the TRAINING split, drawn with seed
+0, 1, ... (``--seeds`` draws for the ``--seed-rows`` rows at ``--seed-levels``; one draw, seed 0,
+elsewhere), in batches shaped like the example input. The JSON's ``summary`` has the mean, min and
+max of ppl/dense over the draws.
 
 Rows (each at 20%, 30% and 50% of the parameters removed, ``params=0.8/0.7/0.5``):
 
@@ -21,12 +24,15 @@ Rows (each at 20%, 30% and 50% of the parameters removed, ``params=0.8/0.7/0.5``
 - ``Torch-Pruning LLM recipe``: examples/LLMs/prune_llm.py of Torch-Pruning: MetaPruner,
   GroupNormImportance(p=2, group_reduction="mean"), lm_head ignored, num_heads for q/k/v,
   prune_num_heads, no head dims, head_pruning_ratio = pruning_ratio, round_to 4 (it prunes the
-  hidden size too); its pruning_ratio is bisected so the kept parameters land on the target.
+  hidden size too); example input one window of the calibration batch (the recipe's is one short
+  sequence); its pruning_ratio is bisected so the kept parameters land on the target. Needs
+  ``torch-pruning`` (a second venv: it pins another torch); see ``tp_prune`` for the one setting
+  made so its dependency graph terminates under torch 2.13 and 2.14.
 
 Every pruned model is evaluated in memory; ``ppl/dense`` is its held-out perplexity over the dense
 model's (1.0 = no loss). Writes ``--json`` (default docs/bench/llm_quality.json) and prints a table.
 
-    python tools/bench_llm_quality.py [--levels 0.2 0.3 0.5] [--rows default,hidden,...]
+    python tools/bench_llm_quality.py [--levels 0.2 0.3 0.5] [--rows default,hidden,...] [--eval 0] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -99,7 +105,7 @@ def tp_prune(dense: torch.nn.Module, example: torch.Tensor, ratio: float) -> tor
     model.config.use_cache = False  # its tracer needs tensor outputs (a DynamicCache is not one)
     # Torch-Pruning maps channel indices through a torch.cat only when the cat runs over the feature
     # dim; it tells from grad_fn._saved_dim (`!= 1 and < MAX_VALID_DIM`, 100; the bound guards against
-    # garbage dims of torch 1.11). Under torch 2.14 a cat over dim=-1 saves 2**64 - 1, so the rotary
+    # garbage dims of torch 1.11). Under torch 2.13 and 2.14 a cat over dim=-1 saves 2**64 - 1, so the rotary
     # rotate_half cat (over head_dim) is taken for a feature cat: its offsets (+64) feed a cycle
     # (q -> slice -> cat -> mul -> add -> mul -> q) in which the indices grow without bound and
     # get_all_groups never returns (the "first prune did not finish in 5 minutes" of the last run).

@@ -18,7 +18,11 @@ Rows (each at 20%, 30% and 50% of the parameters removed, ``params=0.8/0.7/0.5``
   pair measures what the hidden size itself costs
 - ``+ layers (ShortGPT)``: ``layers=max(1, floor(removed * n_layers))`` whole decoder layers first
   (block influence on calib), widths take the rest of the budget
-- ``FLAP-style``: ``criterion="flap", reconstruct="bias"`` (fluctuation + bias compensation)
+- ``FLAP-style``: ``criterion="flap", reconstruct="bias"`` (fluctuation + bias compensation),
+  with the allocation a user gets by default for a criterion they set (uniform: every layer keeps
+  the same share)
+- ``FLAP-style, global``: the same with ``allocation="global"`` (one ranking of group-normalized
+  scores across layers and modules: closer to FLAP's adaptive structure search)
 - ``Wanda-sp``: ``criterion="wanda"``, no reconstruction
 - ``Taylor``: ``criterion="taylor"`` with the next-byte cross-entropy as the loss (LLM-Pruner-style)
 - ``Torch-Pruning LLM recipe``: examples/LLMs/prune_llm.py of Torch-Pruning: MetaPruner,
@@ -184,6 +188,8 @@ def run_row(row: str, dense: torch.nn.Module, x: dict[str, Any], calib: list[dic
         kw["layers"] = max(1, int(math.floor(removed * n_layers)))
     elif row == "flap":
         kw.update(criterion="flap", reconstruct="bias")
+    elif row == "flap_global":
+        kw.update(criterion="flap", reconstruct="bias", allocation="global")
     elif row == "wanda":
         kw.update(criterion="wanda")
     elif row == "taylor":
@@ -202,6 +208,7 @@ LABELS = {
     "hidden_uniform": "graphprune wanda+lsq,bias, uniform + hidden",
     "layers": "graphprune default + layers (ShortGPT)",
     "flap": "FLAP-style (flap + bias)",
+    "flap_global": "FLAP-style, global allocation",
     "wanda": "Wanda-sp (wanda)",
     "taylor": "Taylor (LLM-Pruner-style)",
     "tp": "Torch-Pruning LLM recipe",
@@ -220,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="levels at which the --seed-rows take every draw (default: all levels)")
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "bench" / "llm_quality.json")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--append", action="store_true",
+                    help="add these rows to --json (same eval windows, calibration draws and dense model)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
@@ -247,6 +256,16 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_start": _loadavg()},
         "results": results,
     }
+    prev_end = None
+    if a.append and a.json.exists():
+        prev = json.loads(a.json.read_text())
+        same = ("model", "eval_windows", "calib_windows", "calib_seeds", "seq")
+        if any(prev.get(k) != out[k] for k in same):
+            raise SystemExit(f"--append: {a.json} was measured with other settings ({', '.join(same)} differ)")
+        results[:0] = [r for r in prev["results"] if r["row"] not in rows]
+        out["command"] = [*([prev["command"]] if isinstance(prev["command"], str) else prev["command"]), out["command"]]
+        out["machine"]["loadavg_start"] = [prev["machine"].get("loadavg_start"), out["machine"]["loadavg_start"]]
+        prev_end = prev["machine"].get("loadavg_end")
     a.json.parent.mkdir(parents=True, exist_ok=True)
     for row in rows:  # row by row: a slow row last leaves the others complete
         for removed in a.levels:
@@ -270,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{removed:.0%} {LABELS[row]:<40} seed {seed} kept {rec['params_kept']:.3f} ppl {ppl:.4f} "
                       f"x{rec['ppl_rel']:.4f} ({rec['seconds']}s)", flush=True)
                 a.json.write_text(json.dumps(out, indent=1) + "\n")  # after every prune: a long run keeps what it has
-    out["machine"]["loadavg_end"] = _loadavg()
+    out["machine"]["loadavg_end"] = _loadavg() if prev_end is None else [prev_end, _loadavg()]
     out["summary"] = summary(out)
     a.json.write_text(json.dumps(out, indent=1) + "\n")
     print(table(out))

@@ -49,6 +49,7 @@ import math
 import platform
 import sys
 import time
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -256,21 +257,27 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_start": _loadavg()},
         "results": results,
     }
+    def plan_seeds(row: str, removed: float) -> list[int]:
+        multi = row in seed_rows and (a.seed_levels is None or removed in a.seed_levels)
+        return sorted(draws) if multi else [0]
+
     prev_end = None
     if a.append and a.json.exists():
         prev = json.loads(a.json.read_text())
         same = ("model", "eval_windows", "calib_windows", "calib_seeds", "seq")
         if any(prev.get(k) != out[k] for k in same):
             raise SystemExit(f"--append: {a.json} was measured with other settings ({', '.join(same)} differ)")
-        results[:0] = [r for r in prev["results"] if r["row"] not in rows]
+        redo = {(r, lv, sd) for r, lv in product(rows, a.levels) for sd in plan_seeds(r, lv)}
+        results[:0] = [r for r in prev["results"] if (r["row"], r["removed_target"], r.get("seed", 0)) not in redo]
         out["command"] = [*([prev["command"]] if isinstance(prev["command"], str) else prev["command"]), out["command"]]
         out["machine"]["loadavg_start"] = [prev["machine"].get("loadavg_start"), out["machine"]["loadavg_start"]]
         prev_end = prev["machine"].get("loadavg_end")
+        out["levels"] = sorted({*prev["levels"], *a.levels})
+        out["seed_rows"] = sorted({*prev.get("seed_rows", []), *seed_rows})
     a.json.parent.mkdir(parents=True, exist_ok=True)
     for row in rows:  # row by row: a slow row last leaves the others complete
         for removed in a.levels:
-            multi = row in seed_rows and (a.seed_levels is None or removed in a.seed_levels)
-            for seed in sorted(draws) if multi else [0]:
+            for seed in plan_seeds(row, removed):
                 _, calib, x = draws[seed]
                 t0 = time.time()
                 try:

@@ -6,7 +6,10 @@ Python stdlib files, ``--eval`` windows of 64 bytes (evenly spaced, deterministi
 disjoint window, 6362). Calibration: ``--calib`` windows of the TRAINING split, drawn with seed
 0, 1, ... (``--seeds`` draws for the ``--seed-rows`` rows at ``--seed-levels``; one draw, seed 0,
 elsewhere), in batches shaped like the example input. The JSON's ``summary`` has the mean, min and
-max of ppl/dense over the draws.
+max of ppl/dense over the draws; ``--paired ROW`` adds ``paired``: ROW's perplexity over each other
+row's at the same level and draw, with a 95% interval and the share of resamples in which ROW is
+lower, from a paired bootstrap over the held-out windows (2000 resamples). ``--append`` adds rows
+to an existing JSON measured with the same windows, draws and dense model.
 
 Rows (each at 20%, 30% and 50% of the parameters removed, ``params=0.8/0.7/0.5``):
 
@@ -87,6 +90,31 @@ def data(n_eval: int, n_calib: int, seed: int = 0) -> tuple[torch.Tensor, list[d
     windows = torch.stack([tr[s : s + tt.SEQ] for s in starts])
     calib = [{"input_ids": windows[i : i + BATCH], "use_cache": False} for i in range(0, n_calib, BATCH)]
     return evalb, calib, calib[0]
+
+
+@torch.no_grad()
+def window_nll(model: torch.nn.Module, batches: torch.Tensor, bs: int = 64) -> torch.Tensor:
+    """Summed next-byte negative log-likelihood of every held-out window ([n_windows], float64)."""
+    model.eval()
+    out = []
+    for i in range(0, len(batches), bs):
+        b = batches[i : i + bs]
+        logits = model(input_ids=b[:, :-1]).logits.float()
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1), reduction="none")
+        out.append(nll.view(len(b), -1).sum(1).double())
+    return torch.cat(out)
+
+
+def paired(base: torch.Tensor, other: torch.Tensor, n_tokens: int, resamples: int = 2000) -> dict[str, float]:
+    """Paired bootstrap over held-out windows of ppl(base) / ppl(other): the ratio, its 95% interval
+    and the share of resamples in which ``base`` has the lower perplexity."""
+    g = torch.Generator().manual_seed(12345)
+    idx = torch.randint(0, len(base), (resamples, len(base)), generator=g)
+    diff = (base[idx].sum(1) - other[idx].sum(1)) / (n_tokens * len(base))  # log ppl(base) - log ppl(other)
+    ratio = torch.exp(diff)
+    return {"ratio": round(math.exp(float(base.sum() - other.sum()) / (n_tokens * len(base))), 5),
+            "ci95": [round(float(ratio.quantile(0.025)), 5), round(float(ratio.quantile(0.975)), 5)],
+            "base_better_share": round(float((diff < 0).double().mean()), 4)}
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -228,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="levels at which the --seed-rows take every draw (default: all levels)")
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "bench" / "llm_quality.json")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--paired", default=None, metavar="ROW",
+                    help="paired bootstrap over held-out windows of ROW against every other row, same level and draw")
     ap.add_argument("--append", action="store_true",
                     help="add these rows to --json (same eval windows, calibration draws and dense model)")
     a = ap.parse_args(argv)
@@ -238,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     dense = load_model()
     draws = {seed: data(a.eval, a.calib, seed) for seed in range(max(1, a.seeds))}
     evalb = draws[0][0]
-    dense_ppl = tt.perplexity(dense, evalb, bs=64)
+    dense_ppl = math.exp(float(window_nll(dense, evalb).sum()) / (len(evalb) * tt.SEQ))
+    per_window: dict[tuple[str, float, int], torch.Tensor] = {}
     base = n_params(dense)
     n_layers = dense.config.num_hidden_layers
     print(f"dense: {base} params, held-out ppl {dense_ppl:.4f} on {len(evalb)} windows", flush=True)
@@ -288,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{removed:.0%} {LABELS[row]:<40} ERROR {results[-1]['error']}", flush=True)
                     a.json.write_text(json.dumps(out, indent=1) + "\n")
                     continue
-                ppl = tt.perplexity(m, evalb, bs=64)
+                nll = window_nll(m, evalb)
+                ppl = math.exp(float(nll.sum()) / (len(evalb) * tt.SEQ))
+                if a.paired:
+                    per_window[(row, removed, seed)] = nll
                 rec = {"row": row, "label": LABELS[row], "removed_target": removed, "seed": seed,
                        "params_kept": round(n_params(m) / base, 4), "ppl": round(ppl, 4),
                        "ppl_rel": round(ppl / dense_ppl, 4), "seconds": round(time.time() - t0, 1), **info}
@@ -296,6 +330,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{removed:.0%} {LABELS[row]:<40} seed {seed} kept {rec['params_kept']:.3f} ppl {ppl:.4f} "
                       f"x{rec['ppl_rel']:.4f} ({rec['seconds']}s)", flush=True)
                 a.json.write_text(json.dumps(out, indent=1) + "\n")  # after every prune: a long run keeps what it has
+    if a.paired:
+        out["paired"] = [{"row": a.paired, "vs": r, "removed_target": lv, "seed": sd,
+                          **paired(per_window[(a.paired, lv, sd)], nll, tt.SEQ)}
+                         for (r, lv, sd), nll in per_window.items() if r != a.paired and (a.paired, lv, sd) in per_window]
+        for q in out["paired"]:
+            print(f"{q['removed_target']:.0%} seed {q['seed']} {q['row']} / {q['vs']}: x{q['ratio']:.5f} "
+                  f"[{q['ci95'][0]:.5f}, {q['ci95'][1]:.5f}], {q['row']} lower in {q['base_better_share']:.1%} of resamples")
     out["machine"]["loadavg_end"] = _loadavg() if prev_end is None else [prev_end, _loadavg()]
     out["summary"] = summary(out)
     a.json.write_text(json.dumps(out, indent=1) + "\n")

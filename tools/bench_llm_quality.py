@@ -21,6 +21,10 @@ Rows (each at 20%, 30% and 50% of the parameters removed, ``params=0.8/0.7/0.5``
   pair measures what the hidden size itself costs
 - ``+ layers (ShortGPT)``: ``layers=max(1, floor(removed * n_layers))`` whole decoder layers first
   (block influence on calib), widths take the rest of the budget
+- ``default + lsq{rounds=1}``: the default pipeline with ``reconstruct-lsq{rounds=1}`` (each refit
+  consumer refit once more on the pruned model's own inputs against the dense outputs, the
+  SparseGPT/FLAP sequential target; off by default, docs/QUALITY.md)
+- ``default + lsq{ridge=0.001}``: the default pipeline with the refit's ridge at 1e-3 (default 1e-2)
 - ``FLAP-style``: ``criterion="flap", reconstruct="bias"`` (fluctuation + bias compensation),
   with the allocation a user gets by default for a criterion they set (uniform: every layer keeps
   the same share)
@@ -207,6 +211,11 @@ def run_row(row: str, dense: torch.nn.Module, x: dict[str, Any], calib: list[dic
         m, ratio = tp_at(dense, x["input_ids"][:1], keep)
         return m, {"tp_pruning_ratio": round(ratio, 4)}
     kw: dict[str, Any] = {"params": keep, "calib": calib}
+    if row in LSQ_OPTION:  # the default pipeline with one option of its least-squares refit changed
+        from graphprune.passes import default_pipeline
+
+        text = default_pipeline("params", keep, "wanda", "global", None, reconstruct=("lsq", "bias"))
+        kw = {"pipeline": text.replace("reconstruct-lsq,", f"reconstruct-lsq{{{LSQ_OPTION[row]}}},"), "calib": calib}
     if row == "hidden":
         kw["hidden"] = True
     elif row == "hidden_uniform":
@@ -230,12 +239,16 @@ def run_row(row: str, dense: torch.nn.Module, x: dict[str, Any], calib: list[dic
     return res.model.eval(), info
 
 
+LSQ_OPTION = {"lsq_rounds1": "rounds=1", "lsq_ridge1e-3": "ridge=0.001"}
+
 LABELS = {
     "default": "graphprune default (calib=)",
     "hidden": "graphprune default + hidden=True",
     "uniform": "graphprune wanda+lsq,bias, uniform",
     "hidden_uniform": "graphprune wanda+lsq,bias, uniform + hidden",
     "layers": "graphprune default + layers (ShortGPT)",
+    "lsq_rounds1": "graphprune default + lsq{rounds=1}",
+    "lsq_ridge1e-3": "graphprune default + lsq{ridge=0.001}",
     "flap": "FLAP-style (flap + bias)",
     "flap_global": "FLAP-style, global allocation",
     "wanda": "Wanda-sp (wanda)",

@@ -71,7 +71,7 @@ class Score:
         if crit.needs == "activations":
             if ctx.calib_stats.sites is None:
                 ctx.calib_stats.sites = reader_sites(ctx.coupling)
-            want = frozenset(s.node for s in ctx.calib_stats.sites if s.linear_like or s.op in ("matmul", "addmm")) if self.gram \
+            want = frozenset(s.node for s in ctx.calib_stats.sites if s.linear_like or s.op in ("matmul", "addmm")) if self.gram or crit.gram \
                 else frozenset()
             ensure_stats(ctx, want, who=f"criterion {self.criterion!r}")
             inputs = CriterionInputs(ctx.coupling, inputs.weights, ctx.calib_stats.sites or [], ctx.calib_stats.stats, seed=ctx.seed)

@@ -60,7 +60,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for flops in args.flops:
         for crit in args.criteria:
-            for recon in ("",) if crit in ("default", "nocalib") else ("", "lsq,bias"):
+            for recon in ("",) if crit in ("default", "nocalib") else args.reconstruct:
                 t0 = time.perf_counter()
                 if crit == "default":
                     res = gp.prune(model, calib[0], flops=flops, calib=calib)
@@ -113,8 +113,10 @@ def main() -> None:
     p.add_argument("--criteria", nargs="+", default=list(CRITERIA))
     p.add_argument("--eval", type=int, default=512, help="evaluation sentences")
     p.add_argument("--calib", type=int, default=128, help="calibration sequences of 64 tokens")
-    p.add_argument("--allocation", default="uniform", choices=["uniform", "global"],
+    p.add_argument("--allocation", default="uniform", choices=["uniform", "global", "greedy"],
                    help="for the named criteria (default/nocalib use the library's defaults)")
+    p.add_argument("--reconstruct", nargs="+", default=["", "lsq,bias"], type=lambda v: "" if v == "-" else v,
+                   help="reconstruction settings of the named criteria ('-': none)")
     p.add_argument("--lsq-rounds", type=int, default=0,
                    help="reconstruct-lsq correction rounds on the pruned inputs (named criteria with lsq)")
     p.add_argument("--json", help="write results here")

@@ -56,7 +56,7 @@ def _dead_channel_model() -> MLP:
     return m
 
 
-@pytest.mark.parametrize("criterion", ["wanda", "flap", "taylor", "fisher"])
+@pytest.mark.parametrize("criterion", ["wanda", "flap", "obs", "taylor", "fisher"])
 def test_data_aware_criteria_remove_the_dead_channel(criterion: str) -> None:
     m = _dead_channel_model()
     calib = _calib()
@@ -103,6 +103,53 @@ def test_duplicated_channel_is_removed_and_lsq_loses_nothing() -> None:
         assert torch.allclose(res.model(x), m(x), atol=1e-3)
 
 
+def test_obs_removes_a_twin_with_the_largest_weights_that_wanda_keeps() -> None:
+    """Channels 1 and 4 are identical and the strongest: dropping one costs nothing once the consumer
+    is refit (its twin takes its column), which only obs sees; wanda drops a weak channel instead."""
+    m = _mlp()
+    with torch.no_grad():
+        m.fc1.weight[4] = m.fc1.weight[1] = torch.tensor([2.0, -2.0, 2.0, 2.0])
+        m.fc1.bias[4] = m.fc1.bias[1] = 0.5
+        m.fc2.weight[:, 1] = m.fc2.weight[:, 4] = 2.0
+        m.fc1.bias[[0, 2, 3, 5]] = 3.0  # every other channel active (none is free to drop)
+    calib = _calib()
+    text = f"allocate{{flops={ONE_UNIT}}},rewrite,verify,reconstruct-lsq{{ridge=1e-9}}"
+    obs = gp.prune(m, calib[0], pipeline="couple,score{criterion=obs}," + text, calib=calib)
+    wanda = gp.prune(m, calib[0], pipeline="couple,score{criterion=wanda}," + text, calib=calib)
+    assert len(_removed_hidden(obs)) == 1 and _removed_hidden(obs) <= {1, 4}
+    assert len(_removed_hidden(wanda)) == 1 and not _removed_hidden(wanda) & {1, 4}
+    x = _calib(1, seed=9)[0]
+    with torch.no_grad():
+        assert torch.allclose(obs.model(x), m(x), atol=1e-3)
+
+
+def test_obs_cost_is_the_refit_error_of_removing_the_unit() -> None:
+    """Per unit, the obs score equals the least-squares error of the consumer refit without that
+    unit's columns, measured against the consumer's dense outputs with the same regularized Gram
+    (closed form vs. an explicit constrained solve, for a one-column unit and a two-column unit)."""
+    from graphprune.analysis.calibration import ChannelStats, Site
+    from graphprune.analysis.importance import _obs_site
+    from graphprune.ir import Value
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(200, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    gram, gsum = z.T @ z, z.sum(0)
+    st = ChannelStats(n=200, gram=gram, gsum=gsum, gn=200)
+    val = Value("w", (3, 5), "float32", kind="param")
+    site = Site("fc", "linear", val, 1, val, 0, 1, None, out_axis=0)
+    units = np.array([0, 1, 1, 2, 3])
+    ids, cost = _obs_site(w, site, st, units, ridge=0.0)
+    assert list(ids) == [0, 1, 2, 3]
+    za = torch.cat([z, torch.ones(200, 1, dtype=torch.float64)], 1)
+    target = z @ w.T
+    for u, c in zip(ids, cost, strict=True):
+        keep = [j for j in range(5) if units[j] != u] + [5]
+        sol = torch.linalg.lstsq(za[:, keep], target).solution
+        err = float(((za[:, keep] @ sol - target) ** 2).sum())
+        assert np.isclose(c, err, rtol=1e-6, atol=1e-8)
+
+
 def test_bn_scale_removes_the_channel_whose_gamma_is_zero() -> None:
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
@@ -128,7 +175,7 @@ def test_taylor_with_a_user_loss() -> None:
     assert _removed_hidden(res) == {2}
 
 
-@pytest.mark.parametrize("criterion", ["wanda", "flap", "taylor", "fisher"])
+@pytest.mark.parametrize("criterion", ["wanda", "flap", "obs", "taylor", "fisher"])
 def test_data_aware_criterion_without_calib_names_the_option(criterion: str) -> None:
     with pytest.raises(CalibrationError, match=rf"(?s)'{criterion}'.*calib="):
         gp.prune(_mlp(), _calib()[0], flops=0.5, criterion=criterion)

@@ -66,10 +66,12 @@ def bench(args: argparse.Namespace) -> list[dict[str, object]]:
                     res = gp.prune(model, calib[0], flops=flops, calib=calib)
                 elif crit == "nocalib":
                     res = gp.prune(model, calib[0], flops=flops)
-                elif recon and args.lsq_rounds:
-                    text = default_pipeline("flops", flops, crit, args.allocation, reconstruct=recon.split(","))
-                    res = gp.prune(model, calib[0], calib=calib, pipeline=text.replace(
-                        "reconstruct-lsq", f"reconstruct-lsq{{rounds={args.lsq_rounds}}}"))
+                elif args.lsq_rounds or args.normalize != "group":
+                    text = default_pipeline("flops", flops, crit, args.allocation, reconstruct=recon.split(",") if recon else ())
+                    text = text.replace(f"criterion={crit}", f"criterion={crit},normalize={args.normalize}")
+                    if args.lsq_rounds:
+                        text = text.replace("reconstruct-lsq", f"reconstruct-lsq{{rounds={args.lsq_rounds}}}")
+                    res = gp.prune(model, calib[0], calib=calib, pipeline=text)
                 else:
                     res = gp.prune(model, calib[0], flops=flops, criterion=crit, calib=calib, reconstruct=recon,
                                    allocation=args.allocation)
@@ -119,6 +121,8 @@ def main() -> None:
                    help="reconstruction settings of the named criteria ('-': none)")
     p.add_argument("--lsq-rounds", type=int, default=0,
                    help="reconstruct-lsq correction rounds on the pruned inputs (named criteria with lsq)")
+    p.add_argument("--normalize", default="group", choices=["group", "kind"],
+                   help="score normalization of the named criteria (the score pass's normalize= option)")
     p.add_argument("--json", help="write results here")
     p.add_argument("--rss", action="store_true", help="only measure calibration memory on a 12-layer model")
     p.add_argument("--threads", type=int, default=1)

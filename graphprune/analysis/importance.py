@@ -48,6 +48,7 @@ __all__ = [
     "magnitude",
     "normalize_global",
     "normalize_per_group",
+    "normalize_per_kind",
     "register_criterion",
 ]
 
@@ -135,6 +136,21 @@ def normalize_per_group(coupling: Coupling, scores: np.ndarray) -> np.ndarray:
         s = out[g.units]
         mean = float(s.mean()) if len(s) else 0.0
         out[g.units] = s / mean if mean > 0 else 1.0
+    return out
+
+
+def normalize_per_kind(coupling: Coupling, scores: np.ndarray) -> np.ndarray:
+    """Scores divided by the mean over every group of the unit's layer kind (the same role in
+    repeated blocks: :func:`graphprune.analysis.allocation.layer_kinds`), per group where a group has
+    no kind: blocks then compete on their raw scores, heads against heads and FFN channels against
+    FFN channels, instead of each group getting mean 1."""
+    from .allocation import layer_kinds
+
+    out = normalize_per_group(coupling, scores)
+    for kind in layer_kinds(coupling):
+        units = np.concatenate([coupling.groups[g].units for g in kind])
+        mean = float(scores[units].mean()) if len(units) else 0.0
+        out[units] = scores[units] / mean if mean > 0 else 1.0
     return out
 
 

@@ -203,3 +203,49 @@ def test_scores_are_normalized_per_group() -> None:
     norm = normalize_per_group(c, raw)
     for g in c.groups:
         assert np.isclose(norm[g.units].mean(), 1.0)
+
+
+class _Blocks(nn.Module):
+    """Two residual MLP blocks of one kind (``layers.#.fc1``/``layers.#.fc2``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(MLP(4, HIDDEN, 4) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = x + layer(x)
+        return x
+
+
+def test_scores_normalized_per_kind_keep_the_ratio_between_blocks() -> None:
+    from graphprune.passes.score import weights_of
+
+    from graphprune.analysis import CRITERIA, CriterionInputs, couple, normalize_per_kind
+    from graphprune.analysis.allocation import layer_kinds
+    from graphprune.frontends.torch_export import capture
+
+    torch.manual_seed(0)
+    m = _Blocks().eval()
+    with torch.no_grad():
+        m.layers[1].fc1.weight.mul_(5.0)  # block 1's channels weigh more
+    cap = capture(m, _calib()[0])
+    c = couple(cap.graph)
+    raw = CRITERIA["l1"](CriterionInputs(c, weights_of(cap.graph, m)))
+    norm = normalize_per_kind(c, raw)
+    kinds = layer_kinds(c)
+    assert len(kinds) == 1 and len(kinds[0]) == 2
+    units = np.concatenate([c.groups[g].units for g in kinds[0]])
+    assert np.isclose(norm[units].mean(), 1.0)
+    assert np.allclose(norm[units] / raw[units], norm[units][0] / raw[units][0])  # one scale for the whole kind
+    res = gp.prune(m, _calib()[0], calib=_calib(), pipeline="couple,score{criterion=l1,normalize=kind},"
+                   "allocate{flops=0.75,policy=global,round-to=1},rewrite,verify")
+    kept = [len(res.plan.kept.get(f"layers.{i}.fc1.weight", {}).get(0, range(HIDDEN))) for i in range(2)]
+    assert kept[1] == HIDDEN and kept[0] < HIDDEN  # the light block pays for the whole budget
+
+
+def test_unknown_score_normalization_names_the_option() -> None:
+    from graphprune.errors import OptionError
+
+    with pytest.raises(OptionError, match="normalize='layer'.*group or kind"):
+        gp.prune(_mlp(), _calib()[0], pipeline="couple,score{criterion=l2,normalize=layer},allocate{flops=0.5},rewrite")

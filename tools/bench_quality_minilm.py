@@ -132,13 +132,16 @@ def main() -> None:
         out: object = rss_check()
         print(json.dumps(out, indent=2))
     else:
+        load_before = os.getloadavg()
         rows = bench(args)
         print("\n| FLOPs | allocation | criterion | reconstruct | cosine | nn@1 | achieved | s |\n|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['flops']} | {r['allocation']} | {r['criterion']} | {r['reconstruct']} | {r['cosine']:.4f} | {r['nn@1']:.3f} "
                   f"| {r['achieved']:.3f} | {r['seconds']} |")
         out = {"command": "python tools/bench_quality_minilm.py " + " ".join(sys.argv[1:]),
-               "eval_sentences": args.eval, "calib_sequences": args.calib, "seq_len": SEQ, "rows": rows}
+               "eval_sentences": args.eval, "calib_sequences": args.calib, "seq_len": SEQ, "threads": args.threads,
+               "load_average_1_5_15_before": [round(v, 2) for v in load_before],
+               "load_average_1_5_15_after": [round(v, 2) for v in os.getloadavg()], "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -16,7 +16,13 @@ from typing import ClassVar
 
 import torch
 
-from graphprune.analysis import CRITERIA, CriterionInputs, normalize_global, normalize_per_group, normalize_per_kind
+from graphprune.analysis import (
+    CRITERIA,
+    CriterionInputs,
+    normalize_global,
+    normalize_per_group,
+    normalize_per_kind,
+)
 from graphprune.analysis.calibration import collect_stats, reader_sites
 from graphprune.analysis.gradients import gradient_scores
 from graphprune.errors import CalibrationError, OptionError

@@ -341,7 +341,7 @@ def prune(
             metric, float(1.0 if fraction is None else fraction), criterion, policy, round_to, strict=verify,
             runtime=runtime, threads=threads or 0, reconstruct=recon, depth=use_depth, uniform_layers=uniform,
             hidden=use_hidden, hidden_multiple=_hidden_multiple(m) if use_hidden else 1,
-            experts=(metric == "params") if experts is None else bool(experts),
+            experts=(metric == "params") if experts is None else bool(experts), normalize=recipe.normalize,
         )
         return _prune_once(m, example_inputs, text, batches, loss, seed, progress, input_shapes, measure, iterate,
                            allow_static=allow_static)
@@ -444,7 +444,7 @@ def target_verdict(report: dict[str, Any]) -> dict[str, Any]:
 NO_CALIB_NOTE = (
     "no calibration data: channels were ranked by weight magnitude (l2) and nothing was refit; on "
     "all-MiniLM-L6-v2 at 0.8 FLOPs that keeps 0.81 cosine to the dense embeddings against 0.97 with "
-    "calibration (0.53 against 0.88 at 0.5): pass calib=[batch, ...] (CLI: --calib batches.pt)"
+    "calibration (0.53 against 0.89 at 0.5): pass calib=[batch, ...] (CLI: --calib batches.pt)"
 )
 
 
@@ -456,17 +456,19 @@ class Recipe:
     reconstruct: Sequence[str] | str
     allocation: str | None  # None: default_allocation decides
     note: str = ""
+    normalize: str = "group"  # the score pass's normalize= (kind: repeated blocks compete on raw scores)
 
 
 def default_recipe(criterion: str | None, reconstruct: Sequence[str] | str | None, allocation: str | None,
                    calibrated: bool, onnx: bool = False) -> Recipe:
     """The defaults: with calibration data and nothing chosen, the best measured recipe (``wanda``
-    scores, ``lsq,bias`` reconstruction, ``global`` allocation: docs/QUALITY.md, on MiniLM, the digits
-    CNN and the byte LM); otherwise ``l2`` and no reconstruction, and, when no calibration data was
+    scores normalized per layer kind, ``lsq,bias`` reconstruction, ``global`` allocation: docs/QUALITY.md,
+    on MiniLM, the digits CNN and the byte LM); otherwise ``l2`` and no reconstruction, and, when no calibration data was
     given and no criterion chosen, a note on what that costs (:data:`NO_CALIB_NOTE`; not for an
     ONNX model, which takes no calibration data yet)."""
     if criterion is None and calibrated:
-        return Recipe("wanda", ("lsq", "bias") if reconstruct is None else reconstruct, allocation or "global")
+        return Recipe("wanda", ("lsq", "bias") if reconstruct is None else reconstruct, allocation or "global",
+                      normalize="kind")
     note = NO_CALIB_NOTE if criterion is None and not calibrated and not onnx else ""
     return Recipe(criterion or "l2", () if reconstruct is None else reconstruct, allocation, note)
 

@@ -25,6 +25,7 @@ def default_pipeline(
     hidden: bool = False,
     hidden_multiple: int = 1,
     experts: bool = True,
+    normalize: str = "group",
 ) -> str:
     """``couple,score,allocate,rewrite,verify`` then the chosen reconstruction passes.
 
@@ -36,7 +37,8 @@ def default_pipeline(
         raise OptionError(f"reconstruct={unknown[0]!r} is unknown; choose from {', '.join(RECONSTRUCT)}")
     tail = "".join(f",{p}" for name, p in RECONSTRUCT.items() if name in reconstruct)
     crit = CRITERIA.get(criterion)
-    gram = ",gram=true" if "lsq" in reconstruct and crit is not None and crit.needs == "activations" else ""
+    gram = "" if normalize == "group" else f",normalize={normalize}"
+    gram += ",gram=true" if "lsq" in reconstruct and crit is not None and crit.needs == "activations" else ""
     extra = f",runtime={runtime},threads={threads}" if metric.startswith("latency") else ""
     extra += ",depth=true" if depth else ""
     extra += ",uniform-layers=true" if uniform_layers else ""

@@ -16,7 +16,13 @@ from typing import ClassVar
 
 import torch
 
-from graphprune.analysis import CRITERIA, CriterionInputs, normalize_global, normalize_per_group
+from graphprune.analysis import (
+    CRITERIA,
+    CriterionInputs,
+    normalize_global,
+    normalize_per_group,
+    normalize_per_kind,
+)
 from graphprune.analysis.calibration import collect_stats, reader_sites
 from graphprune.analysis.gradients import gradient_scores
 from graphprune.errors import CalibrationError, OptionError
@@ -60,6 +66,7 @@ class Score:
     name: ClassVar[str] = "score"
     criterion: str = "l2"
     gram: bool = False  # also take the Gram matrices reconstruct-lsq needs, in the same pass over calib
+    normalize: str = "group"  # group: mean 1 per group; kind: mean 1 per layer kind (groups compete on raw scores)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if ctx.coupling is None:
@@ -71,7 +78,7 @@ class Score:
         if crit.needs == "activations":
             if ctx.calib_stats.sites is None:
                 ctx.calib_stats.sites = reader_sites(ctx.coupling)
-            want = frozenset(s.node for s in ctx.calib_stats.sites if s.linear_like or s.op in ("matmul", "addmm")) if self.gram \
+            want = frozenset(s.node for s in ctx.calib_stats.sites if s.linear_like or s.op in ("matmul", "addmm")) if self.gram or crit.gram \
                 else frozenset()
             ensure_stats(ctx, want, who=f"criterion {self.criterion!r}")
             inputs = CriterionInputs(ctx.coupling, inputs.weights, ctx.calib_stats.sites or [], ctx.calib_stats.stats, seed=ctx.seed)
@@ -83,8 +90,10 @@ class Score:
                 )
             grads = gradient_scores(ctx.program, ctx.coupling, ctx.calib, ctx.loss, ctx.seed)
             inputs = CriterionInputs(ctx.coupling, inputs.weights, gradients=grads, seed=ctx.seed)
+        if self.normalize not in ("group", "kind"):
+            raise OptionError(f"score option normalize={self.normalize!r} is unknown; use group or kind")
         raw = crit(inputs)
-        ctx.scores = normalize_per_group(ctx.coupling, raw)
+        ctx.scores = (normalize_per_kind if self.normalize == "kind" else normalize_per_group)(ctx.coupling, raw)
         ctx.loss_scores = normalize_global(raw) if crit.loss_based else None
         ctx.criterion = self.criterion
         return PassResult(graph, False)

@@ -60,16 +60,18 @@ def bench(args: argparse.Namespace) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for flops in args.flops:
         for crit in args.criteria:
-            for recon in ("",) if crit in ("default", "nocalib") else ("", "lsq,bias"):
+            for recon in ("",) if crit in ("default", "nocalib") else args.reconstruct:
                 t0 = time.perf_counter()
                 if crit == "default":
                     res = gp.prune(model, calib[0], flops=flops, calib=calib)
                 elif crit == "nocalib":
                     res = gp.prune(model, calib[0], flops=flops)
-                elif recon and args.lsq_rounds:
-                    text = default_pipeline("flops", flops, crit, args.allocation, reconstruct=recon.split(","))
-                    res = gp.prune(model, calib[0], calib=calib, pipeline=text.replace(
-                        "reconstruct-lsq", f"reconstruct-lsq{{rounds={args.lsq_rounds}}}"))
+                elif args.lsq_rounds or args.normalize != "group":
+                    text = default_pipeline("flops", flops, crit, args.allocation, reconstruct=recon.split(",") if recon else ())
+                    text = text.replace(f"criterion={crit}", f"criterion={crit},normalize={args.normalize}")
+                    if args.lsq_rounds:
+                        text = text.replace("reconstruct-lsq", f"reconstruct-lsq{{rounds={args.lsq_rounds}}}")
+                    res = gp.prune(model, calib[0], calib=calib, pipeline=text)
                 else:
                     res = gp.prune(model, calib[0], flops=flops, criterion=crit, calib=calib, reconstruct=recon,
                                    allocation=args.allocation)
@@ -113,10 +115,14 @@ def main() -> None:
     p.add_argument("--criteria", nargs="+", default=list(CRITERIA))
     p.add_argument("--eval", type=int, default=512, help="evaluation sentences")
     p.add_argument("--calib", type=int, default=128, help="calibration sequences of 64 tokens")
-    p.add_argument("--allocation", default="uniform", choices=["uniform", "global"],
+    p.add_argument("--allocation", default="uniform", choices=["uniform", "global", "greedy"],
                    help="for the named criteria (default/nocalib use the library's defaults)")
+    p.add_argument("--reconstruct", nargs="+", default=["", "lsq,bias"], type=lambda v: "" if v == "-" else v,
+                   help="reconstruction settings of the named criteria ('-': none)")
     p.add_argument("--lsq-rounds", type=int, default=0,
                    help="reconstruct-lsq correction rounds on the pruned inputs (named criteria with lsq)")
+    p.add_argument("--normalize", default="group", choices=["group", "kind"],
+                   help="score normalization of the named criteria (the score pass's normalize= option)")
     p.add_argument("--json", help="write results here")
     p.add_argument("--rss", action="store_true", help="only measure calibration memory on a 12-layer model")
     p.add_argument("--threads", type=int, default=1)
@@ -126,13 +132,16 @@ def main() -> None:
         out: object = rss_check()
         print(json.dumps(out, indent=2))
     else:
+        load_before = os.getloadavg()
         rows = bench(args)
         print("\n| FLOPs | allocation | criterion | reconstruct | cosine | nn@1 | achieved | s |\n|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['flops']} | {r['allocation']} | {r['criterion']} | {r['reconstruct']} | {r['cosine']:.4f} | {r['nn@1']:.3f} "
                   f"| {r['achieved']:.3f} | {r['seconds']} |")
         out = {"command": "python tools/bench_quality_minilm.py " + " ".join(sys.argv[1:]),
-               "eval_sentences": args.eval, "calib_sequences": args.calib, "seq_len": SEQ, "rows": rows}
+               "eval_sentences": args.eval, "calib_sequences": args.calib, "seq_len": SEQ, "threads": args.threads,
+               "load_average_1_5_15_before": [round(v, 2) for v in load_before],
+               "load_average_1_5_15_after": [round(v, 2) for v in os.getloadavg()], "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

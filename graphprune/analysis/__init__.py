@@ -10,10 +10,11 @@ from .importance import (
     magnitude,
     normalize_global,
     normalize_per_group,
+    normalize_per_kind,
     register_criterion,
 )
 
 __all__ = [
     "CHANNEL", "CRITERIA", "FIXED", "Coupling", "CouplingBuilder", "Criterion", "CriterionInputs", "Group", "couple",
-    "magnitude", "normalize_global", "normalize_per_group", "register_criterion",
+    "magnitude", "normalize_global", "normalize_per_group", "normalize_per_kind", "register_criterion",
 ]

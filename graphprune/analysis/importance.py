@@ -48,6 +48,7 @@ __all__ = [
     "magnitude",
     "normalize_global",
     "normalize_per_group",
+    "normalize_per_kind",
     "register_criterion",
 ]
 
@@ -71,6 +72,7 @@ class Criterion:
     name: str
     needs: Need
     fn: Callable[[CriterionInputs], np.ndarray]
+    gram: bool = False  # also needs the consumers' input Gram matrices (activations criteria only)
 
     def __call__(self, inputs: CriterionInputs) -> np.ndarray:
         return self.fn(inputs)
@@ -85,11 +87,11 @@ class Criterion:
 CRITERIA: dict[str, Criterion] = {}
 
 
-def register_criterion(name: str, needs: Need) -> Callable[[Callable[[CriterionInputs], np.ndarray]], Criterion]:
+def register_criterion(name: str, needs: Need, gram: bool = False) -> Callable[[Callable[[CriterionInputs], np.ndarray]], Criterion]:
     def deco(fn: Callable[[CriterionInputs], np.ndarray]) -> Criterion:
         if name in CRITERIA:
             raise ValueError(f"criterion {name!r} registered twice")
-        CRITERIA[name] = Criterion(name, needs, fn)
+        CRITERIA[name] = Criterion(name, needs, fn, gram)
         return CRITERIA[name]
 
     return deco
@@ -134,6 +136,21 @@ def normalize_per_group(coupling: Coupling, scores: np.ndarray) -> np.ndarray:
         s = out[g.units]
         mean = float(s.mean()) if len(s) else 0.0
         out[g.units] = s / mean if mean > 0 else 1.0
+    return out
+
+
+def normalize_per_kind(coupling: Coupling, scores: np.ndarray) -> np.ndarray:
+    """Scores divided by the mean over every group of the unit's layer kind (the same role in
+    repeated blocks: :func:`graphprune.analysis.allocation.layer_kinds`), per group where a group has
+    no kind: blocks then compete on their raw scores, heads against heads and FFN channels against
+    FFN channels, instead of each group getting mean 1."""
+    from .allocation import layer_kinds
+
+    out = normalize_per_group(coupling, scores)
+    for kind in layer_kinds(coupling):
+        units = np.concatenate([coupling.groups[g].units for g in kind])
+        mean = float(scores[units].mean()) if len(units) else 0.0
+        out[units] = scores[units] / mean if mean > 0 else 1.0
     return out
 
 
@@ -205,6 +222,66 @@ def _wanda(inp: CriterionInputs) -> np.ndarray:
 @register_criterion("flap", "activations")
 def _flap(inp: CriterionInputs) -> np.ndarray:
     return _site_columns(inp, lambda w, ax, st: _slice_norms(w * w, ax) * st.var)
+
+
+OBS_RIDGE = 1e-8  # numerical damping only: a ridge lambda charges every unit about lambda * ||w||^2 more
+
+
+def _obs_site(w: torch.Tensor, site: Site, st: ChannelStats, units: np.ndarray,
+              ridge: float = OBS_RIDGE) -> tuple[np.ndarray, np.ndarray] | None:
+    """(unit ids, OBS cost) of removing each unit's columns of one consumer, the rest refit: with
+    H = G~ + lambda I (the intercept-augmented Gram) and J a unit's columns, tr(W_J (H^-1)_JJ^-1 W_J^T)."""
+    from ..rewrite.reconstruct import as_matrix
+
+    mat = as_matrix(site, w.detach())
+    if mat is None or st.gram is None or st.gsum is None:
+        return None
+    d = mat.shape[1]
+    per = d // len(units)  # kernel positions per channel (1 for linear)
+    h = torch.empty(d + 1, d + 1, dtype=torch.float64)
+    h[:d, :d], h[:d, d], h[d, :d], h[d, d] = st.gram, st.gsum, st.gsum, float(max(st.gn, 1))
+    lam = max(ridge * float(st.gram.diagonal().mean()), 1e-12)
+    h.diagonal()[:d] += lam
+    h.diagonal()[d] += 1e-12
+    try:
+        hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))[:d, :d]
+    except RuntimeError:  # not positive definite even with the ridge: leave the site to the others
+        return None
+    ok = np.flatnonzero(units >= 0)
+    ids, cols = np.unique(units[ok], return_inverse=True)
+    out = np.zeros(len(ids))
+    members = [ok[cols == i] for i in range(len(ids))]
+    by_width: dict[int, list[int]] = {}
+    for i, m in enumerate(members):
+        by_width.setdefault(len(m), []).append(i)
+    for width, which in by_width.items():
+        ch = np.stack([members[i] for i in which])  # [U, width] channels
+        j = torch.as_tensor((ch[:, :, None] * per + np.arange(per)).reshape(len(which), width * per))
+        hjj = hinv[j[:, :, None], j[:, None, :]]  # [U, k, k]
+        wj = mat.T[j]  # [U, k, out]
+        cost = (wj * torch.linalg.solve(hjj, wj)).sum(dim=(1, 2))
+        out[which] = cost.clamp(min=0).numpy()
+    return ids, out
+
+
+@register_criterion("obs", "activations", gram=True)
+def _obs(inp: CriterionInputs) -> np.ndarray:
+    """Structured OBS (ZipLM / SlimGPT style): the output error of removing a unit when the consumer
+    is then refit by least squares on the calibration Gram, summed over the unit's consumers."""
+    c = inp.coupling
+    scores = np.zeros(c.n_units)
+    covered = np.zeros(c.n_units, dtype=bool)
+    for site in inp.sites:
+        st = (inp.stats or {}).get(site.node)
+        w = inp.weights.get(site.weight.name)
+        if st is None or w is None:
+            continue
+        got = _obs_site(w.detach().double(), site, st, c.units_of(site.weight, site.w_axis))
+        if got is None:
+            continue
+        np.add.at(scores, got[0], got[1])
+        covered[got[0]] = True
+    return _fallback_l2(inp, scores, covered)
 
 
 @register_criterion("taylor", "gradients")

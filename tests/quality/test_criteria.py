@@ -56,7 +56,7 @@ def _dead_channel_model() -> MLP:
     return m
 
 
-@pytest.mark.parametrize("criterion", ["wanda", "flap", "taylor", "fisher"])
+@pytest.mark.parametrize("criterion", ["wanda", "flap", "obs", "taylor", "fisher"])
 def test_data_aware_criteria_remove_the_dead_channel(criterion: str) -> None:
     m = _dead_channel_model()
     calib = _calib()
@@ -103,6 +103,53 @@ def test_duplicated_channel_is_removed_and_lsq_loses_nothing() -> None:
         assert torch.allclose(res.model(x), m(x), atol=1e-3)
 
 
+def test_obs_removes_a_twin_with_the_largest_weights_that_wanda_keeps() -> None:
+    """Channels 1 and 4 are identical and the strongest: dropping one costs nothing once the consumer
+    is refit (its twin takes its column), which only obs sees; wanda drops a weak channel instead."""
+    m = _mlp()
+    with torch.no_grad():
+        m.fc1.weight[4] = m.fc1.weight[1] = torch.tensor([2.0, -2.0, 2.0, 2.0])
+        m.fc1.bias[4] = m.fc1.bias[1] = 0.5
+        m.fc2.weight[:, 1] = m.fc2.weight[:, 4] = 2.0
+        m.fc1.bias[[0, 2, 3, 5]] = 3.0  # every other channel active (none is free to drop)
+    calib = _calib()
+    text = f"allocate{{flops={ONE_UNIT}}},rewrite,verify,reconstruct-lsq{{ridge=1e-9}}"
+    obs = gp.prune(m, calib[0], pipeline="couple,score{criterion=obs}," + text, calib=calib)
+    wanda = gp.prune(m, calib[0], pipeline="couple,score{criterion=wanda}," + text, calib=calib)
+    assert len(_removed_hidden(obs)) == 1 and _removed_hidden(obs) <= {1, 4}
+    assert len(_removed_hidden(wanda)) == 1 and not _removed_hidden(wanda) & {1, 4}
+    x = _calib(1, seed=9)[0]
+    with torch.no_grad():
+        assert torch.allclose(obs.model(x), m(x), atol=1e-3)
+
+
+def test_obs_cost_is_the_refit_error_of_removing_the_unit() -> None:
+    """Per unit, the obs score equals the least-squares error of the consumer refit without that
+    unit's columns, measured against the consumer's dense outputs with the same regularized Gram
+    (closed form vs. an explicit constrained solve, for a one-column unit and a two-column unit)."""
+    from graphprune.analysis.calibration import ChannelStats, Site
+    from graphprune.analysis.importance import _obs_site
+    from graphprune.ir import Value
+
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(200, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    gram, gsum = z.T @ z, z.sum(0)
+    st = ChannelStats(n=200, gram=gram, gsum=gsum, gn=200)
+    val = Value("w", (3, 5), "float32", kind="param")
+    site = Site("fc", "linear", val, 1, val, 0, 1, None, out_axis=0)
+    units = np.array([0, 1, 1, 2, 3])
+    ids, cost = _obs_site(w, site, st, units, ridge=0.0)
+    assert list(ids) == [0, 1, 2, 3]
+    za = torch.cat([z, torch.ones(200, 1, dtype=torch.float64)], 1)
+    target = z @ w.T
+    for u, c in zip(ids, cost, strict=True):
+        keep = [j for j in range(5) if units[j] != u] + [5]
+        sol = torch.linalg.lstsq(za[:, keep], target).solution
+        err = float(((za[:, keep] @ sol - target) ** 2).sum())
+        assert np.isclose(c, err, rtol=1e-6, atol=1e-8)
+
+
 def test_bn_scale_removes_the_channel_whose_gamma_is_zero() -> None:
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
@@ -128,7 +175,7 @@ def test_taylor_with_a_user_loss() -> None:
     assert _removed_hidden(res) == {2}
 
 
-@pytest.mark.parametrize("criterion", ["wanda", "flap", "taylor", "fisher"])
+@pytest.mark.parametrize("criterion", ["wanda", "flap", "obs", "taylor", "fisher"])
 def test_data_aware_criterion_without_calib_names_the_option(criterion: str) -> None:
     with pytest.raises(CalibrationError, match=rf"(?s)'{criterion}'.*calib="):
         gp.prune(_mlp(), _calib()[0], flops=0.5, criterion=criterion)
@@ -156,3 +203,49 @@ def test_scores_are_normalized_per_group() -> None:
     norm = normalize_per_group(c, raw)
     for g in c.groups:
         assert np.isclose(norm[g.units].mean(), 1.0)
+
+
+class _Blocks(nn.Module):
+    """Two residual MLP blocks of one kind (``layers.#.fc1``/``layers.#.fc2``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(MLP(4, HIDDEN, 4) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = x + layer(x)
+        return x
+
+
+def test_scores_normalized_per_kind_keep_the_ratio_between_blocks() -> None:
+    from graphprune.passes.score import weights_of
+
+    from graphprune.analysis import CRITERIA, CriterionInputs, couple, normalize_per_kind
+    from graphprune.analysis.allocation import layer_kinds
+    from graphprune.frontends.torch_export import capture
+
+    torch.manual_seed(0)
+    m = _Blocks().eval()
+    with torch.no_grad():
+        m.layers[1].fc1.weight.mul_(5.0)  # block 1's channels weigh more
+    cap = capture(m, _calib()[0])
+    c = couple(cap.graph)
+    raw = CRITERIA["l1"](CriterionInputs(c, weights_of(cap.graph, m)))
+    norm = normalize_per_kind(c, raw)
+    kinds = layer_kinds(c)
+    assert len(kinds) == 1 and len(kinds[0]) == 2
+    units = np.concatenate([c.groups[g].units for g in kinds[0]])
+    assert np.isclose(norm[units].mean(), 1.0)
+    assert np.allclose(norm[units] / raw[units], norm[units][0] / raw[units][0])  # one scale for the whole kind
+    res = gp.prune(m, _calib()[0], calib=_calib(), pipeline="couple,score{criterion=l1,normalize=kind},"
+                   "allocate{flops=0.75,policy=global,round-to=1},rewrite,verify")
+    kept = [len(res.plan.kept.get(f"layers.{i}.fc1.weight", {}).get(0, range(HIDDEN))) for i in range(2)]
+    assert kept[1] == HIDDEN and kept[0] < HIDDEN  # the light block pays for the whole budget
+
+
+def test_unknown_score_normalization_names_the_option() -> None:
+    from graphprune.errors import OptionError
+
+    with pytest.raises(OptionError, match="normalize='layer'.*group or kind"):
+        gp.prune(_mlp(), _calib()[0], pipeline="couple,score{criterion=l2,normalize=layer},allocate{flops=0.5},rewrite")

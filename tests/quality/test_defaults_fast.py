@@ -242,9 +242,10 @@ def test_row_subsampling_keeps_the_refit_quality() -> None:
 
 def test_default_recipe_table() -> None:
     r = default_recipe(None, None, None, calibrated=True)
-    assert (r.criterion, tuple(r.reconstruct), r.allocation, r.note) == ("wanda", ("lsq", "bias"), "global", "")
+    assert (r.criterion, tuple(r.reconstruct), r.allocation, r.note, r.normalize) == (
+        "wanda", ("lsq", "bias"), "global", "", "kind")
     r = default_recipe("l2", None, None, calibrated=True)  # the user chose: nothing added
-    assert (r.criterion, tuple(r.reconstruct), r.allocation, r.note) == ("l2", (), None, "")
+    assert (r.criterion, tuple(r.reconstruct), r.allocation, r.note, r.normalize) == ("l2", (), None, "", "group")
     r = default_recipe(None, "bn", "uniform", calibrated=True)
     assert (r.criterion, r.reconstruct, r.allocation) == ("wanda", "bn", "uniform")
     assert default_recipe(None, None, None, calibrated=False).note == NO_CALIB_NOTE

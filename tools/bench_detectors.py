@@ -382,7 +382,8 @@ def bench(name: str, a: argparse.Namespace) -> dict[str, Any]:
     base_macs = macs(model, inputs)
     row: dict[str, Any] = {"model": name, "class": type(model).__name__, "image": size, "macs": base_macs,
                            "run": {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="minutes"),
-                                   "torch": torch.__version__, "threads": torch.get_num_threads()}}
+                                   "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                   "warmup": a.warmup, "runs": a.runs, "tp_steps": a.tp_steps}}
     if a.capture:
         row["capture"] = capture_comparison(model, inputs, base_macs)
     pruned: dict[str, nn.Module] = {"original": model}

@@ -465,6 +465,11 @@ def _ms(row: dict[str, Any], key: str, tool: str | None = None) -> str:
     return f"{info[key]:.0f}" if key in info else "-"
 
 
+def _name(row: dict[str, Any]) -> str:
+    """The model, marked when its row is from an earlier run of this bench (no ``run`` record)."""
+    return row["model"] if "run" in row else f"{row['model']} (earlier run)"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Three tables: what each tool kept (graphprune's capture beside it), the latency figures, and
     (rows measured with ``--capture``) the capture comparison."""
@@ -474,7 +479,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         cells = []
         for t in tools:
-            info = r.get(t, {"error": "not run"})
+            info = r.get(t)
+            if info is None:
+                cells.append("not in that run")
+                continue
             if "error" in info:
                 cells.append("FAILED " + info["error"][:90])
                 continue
@@ -487,7 +495,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             elif "pruning_ratio" in info:
                 c += f" (ratio {info['pruning_ratio']:.3f})"
             cells.append(c)
-        lines.append(f"| {r['model']} | " + " | ".join(cells) + f" | {_capture_cell(r.get('graphprune', {}))} |")
+        lines.append(f"| {_name(r)} | " + " | ".join(cells) + f" | {_capture_cell(r.get('graphprune', {}))} |")
     lines += ["", "| model | threads | load (1 min, start/end) | original: ms / tensor ms | "
               + " | ".join(f"{LABELS[t]}: ms / tensor ms" for t in tools) + " |", "|---" * (len(tools) + 4) + "|"]
     for r in rows:
@@ -495,7 +503,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         load = "/".join(f"{x:.1f}" for x in run.get("loadavg_1m", [])) or "?"
         cells = [f"{_ms(r, 'latency_ms', t)} / {_ms(r, 'tensor_ms', t)}" if t in r and "error" not in r[t] else "-"
                  for t in tools]
-        lines.append(f"| {r['model']} | {run.get('threads', '?')} | {load} | {_ms(r, 'latency_ms')} / {_ms(r, 'tensor_ms')} | "
+        lines.append(f"| {_name(r)} | {run.get('threads', '?')} | {load} | {_ms(r, 'latency_ms')} / {_ms(r, 'tensor_ms')} | "
                      + " | ".join(cells) + " |")
     if any("capture" in r for r in rows):
         lines += ["", "| model | prunable MACs, graphprune PyTorch capture (torch.export, else fragments) | prunable MACs, TorchScript tracer (.onnx) |", "|---|---|---|"]

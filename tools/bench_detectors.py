@@ -483,6 +483,9 @@ def table(rows: list[dict[str, Any]]) -> str:
             if info is None:
                 cells.append("not in that run")
                 continue
+            if "not_tried" in info:
+                cells.append("not tried (" + info["not_tried"] + ")")
+                continue
             if "error" in info:
                 cells.append("FAILED " + info["error"][:90])
                 continue

@@ -748,7 +748,7 @@ def _reconstruct(sites: list[Any], dense: dict[str, torch.Tensor], pre: str, sta
                  removed: np.ndarray, recon: tuple[str, ...], player: nn.Module, refit: list[str]) -> dict[str, torch.Tensor]:
     """The refit weights (and biases) of the layer's shrunk consumers, as the in-memory
     reconstruct-lsq then reconstruct-bias passes compute them."""
-    from .rewrite.reconstruct import as_matrix, bias_delta, lsq_refit, shrunk_sites
+    from .rewrite.reconstruct import LSQ_RIDGE, as_matrix, bias_delta, lsq_refit, shrunk_sites
 
     out: dict[str, torch.Tensor] = {}
     todo = shrunk_sites(sites, coupling, removed)
@@ -765,7 +765,7 @@ def _reconstruct(sites: list[Any], dense: dict[str, torch.Tensor], pre: str, sta
         can_bias = isinstance(mod, nn.Linear) and mod.bias is None
         intercept = site.bias is not None or can_bias
         got = lsq_refit(site, w, dense.get(bname) if site.bias is not None else None, stats[site.node], coupling,
-                        removed, 1e-2, intercept, factors)
+                        removed, LSQ_RIDGE, intercept, factors)
         if got is None:
             continue
         shape = player.get_parameter(wname).shape

@@ -22,6 +22,7 @@ from graphprune.errors import OptionError
 from graphprune.ir import Graph
 from graphprune.progress import step
 from graphprune.rewrite.reconstruct import (
+    LSQ_RIDGE,
     as_matrix,
     can_create_bias,
     lsq_refit,
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ReconstructLsq:
     name: ClassVar[str] = "reconstruct-lsq"
-    ridge: float = 1e-2
+    ridge: float = LSQ_RIDGE
     rounds: int = 0  # correction rounds on the pruned model's own inputs against the dense outputs
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:

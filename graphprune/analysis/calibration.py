@@ -187,12 +187,16 @@ class GramAcc:
     skipped: str = ""
     last_batch: int = -1
     order: torch.Tensor | None = None  # columns accumulated kernel-major: the channel-major permutation
+    taps: int = 1  # kernel positions of a kernel-major accumulator (d = taps * C)
 
     def finish(self) -> None:
         """Put a conv's kernel-major sums into the channel-major order of ``W.reshape(out, -1)``."""
         if self.order is not None and self.gram is not None and self.gsum is not None:
             p = self.order
-            self.gram = self.gram.index_select(0, p).index_select(1, p)
+            d, k = self.gram.shape[0], self.taps
+            c = d // k
+            # one strided copy: G_cm[c*k + i, c'*k + j] = G_km[i*C + c, j*C + c']
+            self.gram = self.gram.view(k, c, k, c).permute(1, 0, 3, 2).reshape(d, d)
             self.gsum = self.gsum.index_select(0, p)
         self.order = None
 
@@ -371,9 +375,12 @@ def _bands(size: int, starts: list[int], span: int, pad: int, inner: int) -> lis
 
 
 def shift_gram(x: torch.Tensor, kernel: tuple[int, ...], padding: Any, dilation: Any,
-               chunk: int = SHIFT_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor, int]:
+               chunk: int = SHIFT_CHUNK_ELEMENTS, out: torch.Tensor | None = None,
+               weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(G, gsum, n) over every patch row of a stride-1 2-d conv on ``x`` [B, C, H, W], kernel-major
-    columns (``j * C + c`` for tap j = ky * kw + kx), float64; exact (see above)."""
+    columns (``j * C + c`` for tap j = ky * kw + kx), float64; exact (see above). With ``out`` (a
+    float64 [d, d] running sum) ``weight * G`` is added into it block by block and ``out`` is
+    returned as G (no d x d temporary); gsum is never weighted."""
     (ph, pw), (dh, dw) = _pair(padding), _pair(dilation)
     kh, kw = kernel
     bsz, c, h, w = x.shape
@@ -393,16 +400,27 @@ def shift_gram(x: torch.Tensor, kernel: tuple[int, ...], padding: Any, dilation:
         (r0, r1), (c0, c1) = cell
         return a[0] <= r0 and r1 <= a[0] + oh and a[1] <= c0 and c1 <= a[1] + ow
 
-    def rect(cell: tuple[tuple[int, int], tuple[int, int]], dy: int, dx: int) -> torch.Tensor:
+    def rect(cell: tuple[tuple[int, int], tuple[int, int]], dy: int, dx: int,
+             into: torch.Tensor | None = None) -> torch.Tensor:
         """The cell displaced by (dy, dx) as a [C, n] matrix (a transposed view of [n, C] rows
-        for a channels-last input: BLAS takes either without another copy)."""
+        for a channels-last input: BLAS takes either without another copy), copied into the
+        front of ``into`` when given (a scratch buffer reused for every shifted cell: no fresh
+        activation-sized allocation, so no page faults, per product)."""
         (r0, r1), (c0, c1) = cell
         part = xp[:, :, ry + r0 + dy:ry + r1 + dy, rx + c0 + dx:rx + c1 + dx]
-        return part.permute(0, 2, 3, 1).reshape(-1, c).T if rows_major else part.reshape(c, -1)
+        if into is None:
+            return part.permute(0, 2, 3, 1).reshape(-1, c).T if rows_major else part.reshape(c, -1)
+        dst = into[:part.numel()]
+        if rows_major:
+            dst.view(bsz, r1 - r0, c1 - c0, c).copy_(part.permute(0, 2, 3, 1))
+            return dst.view(-1, c).T
+        dst.view(c, bsz, r1 - r0, c1 - c0).copy_(part)
+        return dst.view(c, -1)
 
     base = {cell: rect(cell, 0, 0) for cell in cells}  # one copy per cell
+    scratch = torch.empty(max(t.numel() for t in base.values()), dtype=x.dtype)
     k = kh * kw
-    g = torch.empty(k * c, k * c, dtype=torch.float64)
+    g = torch.zeros(k * c, k * c, dtype=torch.float64) if out is None else out
     pairs: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for i, a in enumerate(taps):
         for j, b in enumerate(taps):
@@ -416,7 +434,7 @@ def shift_gram(x: torch.Tensor, kernel: tuple[int, ...], padding: Any, dilation:
             need = cells[:1]
         prods = torch.empty(len(need), c, c, dtype=torch.float64)
         for n_, cell in enumerate(need):
-            a_rows, b_rows = base[cell], rect(cell, dy, dx)
+            a_rows, b_rows = base[cell], rect(cell, dy, dx, scratch)
             step = max(1, chunk // max(c, 1))
             prods[n_] = torch.mm(a_rows[:, :step], b_rows[:, :step].T)
             for st in range(step, a_rows.shape[1], step):  # long rows: float32 partial products
@@ -425,11 +443,10 @@ def shift_gram(x: torch.Tensor, kernel: tuple[int, ...], padding: Any, dilation:
         member = torch.tensor([[1.0 if inside(cell, taps[i]) else 0.0 for cell in need] for i, _ in ij],
                               dtype=torch.float64)
         blocks = (member @ prods.view(len(need), -1)).view(len(ij), c, c)
-        ii, jj = torch.tensor([i for i, _ in ij]), torch.tensor([j for _, j in ij])
-        g4[ii, :, jj, :] = blocks
-        off = ii != jj
-        if bool(off.any()):
-            g4[jj[off], :, ii[off], :] = blocks[off].transpose(1, 2)
+        for t, (i, j) in enumerate(ij):  # added in place: no d x d temporary, no scatter copy
+            g4[i, :, j, :].add_(blocks[t], alpha=weight)
+            if i != j:
+                g4[j, :, i, :].add_(blocks[t].T, alpha=weight)
     csum = {cell: base[cell].sum(dim=1, dtype=torch.float64) for cell in cells}
     gs = torch.cat([sum((csum[cell] for cell in cells if inside(cell, a)), torch.zeros(c, dtype=torch.float64))
                     for a in taps])
@@ -535,7 +552,7 @@ class _Recorder(torch.fx.Interpreter):
             stride, padding, dilation = params
             kernel = tuple(int(k) for k in site.weight.shape[2:])
             k = kernel[0] * kernel[1]
-            acc.order = kernel_to_channel_major(xf.shape[1], k)
+            acc.order, acc.taps = kernel_to_channel_major(xf.shape[1], k), k
             if self._add_shift_gram(acc, xf, kernel, stride, padding, dilation):
                 return
             add_gram(acc, lambda idx: conv_patches(xf, kernel, stride, padding, dilation, idx, channel_major=False),
@@ -565,13 +582,11 @@ class _Recorder(torch.fx.Interpreter):
         if m < b:
             pick = torch.randperm(b, generator=torch.Generator().manual_seed(2_000_003 * (self.batch + 1)))[:m]
             x = x.index_select(0, pick.sort().values)
-        g, gs, rows = shift_gram(x, kernel, padding, dilation)
+        d_ = c * kernel[0] * kernel[1]
         weight = b / m
-        if acc.gram is None or acc.gsum is None:
-            acc.gram, acc.gsum = g.mul_(weight), gs.mul_(weight)
-        else:
-            acc.gram.add_(g, alpha=weight)
-            acc.gsum.add_(gs, alpha=weight)
+        acc.gram, gs, _ = shift_gram(x, kernel, padding, dilation, weight=weight,
+                                     out=torch.zeros(d_, d_, dtype=torch.float64) if acc.gram is None else acc.gram)
+        acc.gsum = gs.mul_(weight) if acc.gsum is None else acc.gsum.add_(gs, alpha=weight)
         acc.gn, acc.last_batch = acc.gn + n, self.batch
         return True
 

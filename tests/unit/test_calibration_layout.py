@@ -124,3 +124,17 @@ def test_a_graph_with_a_flatten_keeps_the_inputs_format() -> None:
     torch.manual_seed(0)
     safe, _ = _stats(WithHead().eval(), [torch.randn(2, 3, 8, 10)])
     assert not safe
+
+
+def test_shift_gram_adds_weighted_blocks_into_a_running_sum() -> None:
+    """The calibration pass adds each batch's shift Gram in place (``out``, ``weight``)."""
+    gen = torch.Generator().manual_seed(2)
+    x1, x2 = torch.randn(2, 4, 6, 7, generator=gen).double(), torch.randn(1, 4, 6, 7, generator=gen).double()
+    g1, _, _ = shift_gram(x1, (3, 3), 1, 1)
+    g2, gs2, n2 = shift_gram(x2, (3, 3), 1, 1)
+    acc = torch.zeros(36, 36, dtype=torch.float64)
+    shift_gram(x1, (3, 3), 1, 1, out=acc, weight=2.0)
+    got, gs, n = shift_gram(x2, (3, 3), 1, 1, out=acc, weight=0.5)
+    assert got is acc and n == n2
+    torch.testing.assert_close(acc, 2.0 * g1 + 0.5 * g2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gs, gs2, rtol=0, atol=0)

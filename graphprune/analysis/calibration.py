@@ -494,11 +494,37 @@ def channels_last_safe(gm: torch.fx.GraphModule) -> bool:
     return four_d
 
 
+_aten = torch.ops.aten
+# Activations the calibration forward applies in place (same values, no activation-sized allocation)
+# when their input is a fresh result of one of FRESH_RESULT (never a view, a user input or a
+# weight) that nothing else reads.
+INPLACE_ACTIVATIONS = {
+    _aten.relu.default: _aten.relu_.default, _aten.silu.default: _aten.silu_.default,
+    _aten.sigmoid.default: _aten.sigmoid_.default, _aten.tanh.default: _aten.tanh_.default,
+    _aten.hardswish.default: _aten.hardswish_.default,
+}
+FRESH_RESULT = frozenset({"conv2d", "convolution", "_convolution", "batch_norm", "linear", "addmm", "add", "mul", "cat"})
+
+
+def inplace_nodes(gm: torch.fx.GraphModule) -> frozenset[str]:
+    """Nodes of ``gm`` the calibration forward may run in place (see :data:`INPLACE_ACTIVATIONS`)."""
+    out = set()
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.target not in INPLACE_ACTIVATIONS or len(n.args) != 1 or n.kwargs:
+            continue
+        src = n.args[0]
+        name = getattr(getattr(getattr(src, "target", None), "_overloadpacket", None), "__name__", None)
+        if isinstance(src, torch.fx.Node) and src.op == "call_function" and name in FRESH_RESULT and len(src.users) == 1:
+            out.add(n.name)
+    return frozenset(out)
+
+
 class _Recorder(torch.fx.Interpreter):
     def __init__(self, gm: torch.fx.GraphModule, sites: dict[str, list[tuple[Site, ChannelStats]]],
                  n_batches: int = 1) -> None:
         super().__init__(gm)
         self.channels_last = channels_last_safe(gm)
+        self.inplace = inplace_nodes(gm)
         self.sites = sites
         self.n_batches = max(1, n_batches)
         self.grams: dict[tuple[Any, ...], GramAcc] = {}
@@ -513,6 +539,11 @@ class _Recorder(torch.fx.Interpreter):
         return super().run(*args, **kwargs)
 
     def run_node(self, n: torch.fx.Node) -> Any:
+        if n.name in self.inplace:
+            with self._set_current_node(n):
+                (x,), _ = self.fetch_args_kwargs_from_env(n)
+                if isinstance(x, torch.Tensor) and not x._is_view():
+                    return INPLACE_ACTIVATIONS[n.target](x)
         todo = self.sites.get(n.name)
         if todo and n.op == "call_function":
             args, _ = self.fetch_args_kwargs_from_env(n)

@@ -19,6 +19,7 @@ from graphprune.analysis.calibration import (
     channels_last_safe,
     collect_stats,
     conv_patches,
+    inplace_nodes,
     kernel_to_channel_major,
     reader_sites,
     shift_gram,
@@ -102,13 +103,15 @@ def _stats(net: nn.Module, xs: list[torch.Tensor]) -> tuple[bool, dict]:
     return channels_last_safe(cap.program.module()), collect_stats(cap.program, sites, xs, gram_for)
 
 
-def test_channels_last_forward_gives_the_nchw_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_channels_last_in_place_forward_gives_the_nchw_statistics(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     net = ConvNet().eval()
     xs = [torch.randn(2, 3, 8, 10), torch.randn(3, 3, 8, 10)]
     safe, fast = _stats(net, xs)
     assert safe
+    assert len(inplace_nodes(capture(net, (xs[0],)).program.module())) == 3  # the three ReLUs
     monkeypatch.setattr(calibration, "channels_last_safe", lambda gm: False)
+    monkeypatch.setattr(calibration, "inplace_nodes", lambda gm: frozenset())
     _, ref = _stats(net, xs)
     assert set(fast) == set(ref) == {"conv2d_1", "conv2d_2", "conv2d_3"}
     for name, st in ref.items():
@@ -138,3 +141,30 @@ def test_shift_gram_adds_weighted_blocks_into_a_running_sum() -> None:
     assert got is acc and n == n2
     torch.testing.assert_close(acc, 2.0 * g1 + 0.5 * g2, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(gs, gs2, rtol=0, atol=0)
+
+
+class InputRelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 6, 1)
+        self.d = nn.Conv2d(6, 4, 1)
+        self.e = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.c(torch.relu(x))
+        return self.d(torch.relu(y)) + self.e(y)  # y has two readers: its ReLU must not run in place
+
+
+def test_in_place_activations_never_touch_inputs_or_shared_tensors() -> None:
+    torch.manual_seed(0)
+    net = InputRelu().eval()
+    xs = [torch.randn(2, 3, 4, 5)]
+    keep = xs[0].clone()
+    cap = capture(net, (xs[0],))
+    assert inplace_nodes(cap.program.module()) == frozenset()
+    _, stats = _stats(net, xs)
+    assert torch.equal(xs[0], keep)
+    with torch.no_grad():
+        y = net.c(torch.relu(xs[0])).double()
+    np.testing.assert_allclose(stats["conv2d_1"].sum, torch.relu(y).sum((0, 2, 3)).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(stats["conv2d_2"].sum, y.sum((0, 2, 3)).numpy(), rtol=1e-6)

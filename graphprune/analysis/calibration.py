@@ -31,6 +31,7 @@ live activations plus O(C) per site and O(d^2) per distinct Gram input, never th
 from __future__ import annotations
 
 import logging
+import math
 import operator
 import time
 from collections.abc import Callable, Iterable, Sized
@@ -607,7 +608,7 @@ class _Recorder(torch.fx.Interpreter):
         budget = -(-GRAM_ROWS_PER_DIM // self.n_batches) * d
         gather = float(min(n, budget)) * d * d
         per_image = n // max(b, 1)
-        m = b if n <= budget else min(b, max(1, -(-SHIFT_OVERSAMPLE * budget // max(per_image, 1))))
+        m = b if n <= budget else min(b, max(1, math.ceil(SHIFT_OVERSAMPLE * budget / max(per_image, 1))))
         if per_image <= 0 or shift_gram_cost(c, m, h, w, kernel) >= gather:
             return False
         if m < b:

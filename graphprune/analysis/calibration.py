@@ -614,10 +614,9 @@ class _Recorder(torch.fx.Interpreter):
         if m < b:
             pick = torch.randperm(b, generator=torch.Generator().manual_seed(2_000_003 * (self.batch + 1)))[:m]
             x = x.index_select(0, pick.sort().values)
-        d_ = c * kernel[0] * kernel[1]
         weight = b / m
         acc.gram, gs, _ = shift_gram(x, kernel, padding, dilation, weight=weight,
-                                     out=torch.zeros(d_, d_, dtype=torch.float64) if acc.gram is None else acc.gram)
+                                     out=torch.zeros(d, d, dtype=torch.float64) if acc.gram is None else acc.gram)
         acc.gsum = gs.mul_(weight) if acc.gsum is None else acc.gsum.add_(gs, alpha=weight)
         acc.gn, acc.last_batch = acc.gn + n, self.batch
         return True

@@ -24,8 +24,14 @@ float32 by BLAS, ``GRAM_CHUNK_ROWS`` rows at a time, and summed in float64). Sit
 same tensor the same way (q/k/v projections of one hidden state; two convs with one input and one
 kernel geometry) share one Gram accumulator. A conv's patch rows are gathered only at the sampled
 output positions (at most ``GRAM_ROWS_PER_DIM * d`` over the calibration set, weighted ``n / m``), never unfolded
-whole. The interpreter frees every intermediate after its last use, so memory holds one batch's
-live activations plus O(C) per site and O(d^2) per distinct Gram input, never the activation set.
+whole (gathered straight from the activation, in whatever memory format it has; a stride-1 conv
+may take the exact shift Gram instead, :func:`shift_gram`). The interpreter frees every
+intermediate after its last use, so memory holds one batch's live activations plus O(C) per site
+and O(d^2) per distinct Gram input, never the activation set. A graph made only of
+memory-format-agnostic ops (:data:`CHANNELS_LAST_SAFE`) runs its 4-d inputs channels-last, and
+activations reading a fresh single-use intermediate run in place (:func:`inplace_nodes`): the
+same statistics up to float rounding, less forward time and no activation-sized allocation per
+activation.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
 import time
 from pathlib import Path
 
@@ -30,6 +31,19 @@ import graphprune as gp
 def _cpu() -> tuple[float, float]:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime, ru.ru_stime
+
+
+def _commit() -> str:
+    """The checked-out commit (``+dirty`` with uncommitted changes), for the JSON record."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def main() -> None:
@@ -77,6 +91,7 @@ def main() -> None:
     print(f"{'wall':<28}{wall:>10.2f}")
     print(f"{'cpu user':<28}{u1 - u0:>10.2f}")
     print(f"{'cpu system':<28}{s1 - s0:>10.2f}")
+    print(f"{'cpu total':<28}{u1 - u0 + s1 - s0:>10.2f}")
     print(f"achieved flops {res.report['achieved']}, held-out relative output error {rel_err:.4f}")
     out = {
         "params": n_params, "batches": len(calib), "batch_shape": list(shape), "flops": args.flops,
@@ -84,6 +99,7 @@ def main() -> None:
         "threads": args.threads, "achieved": res.report["achieved"], "timings": timings,
         "example_batch": args.example_batch, "heldout_rel_err": round(rel_err, 5),
         "wall_s": round(wall, 2), "cpu_user_s": round(u1 - u0, 2), "cpu_system_s": round(s1 - s0, 2),
+        "cpu_total_s": round(u1 - u0 + s1 - s0, 2), "commit": _commit(),
         "reconstruction": res.report["reconstruction"], "notes": res.report["notes"],
     }
     if args.json:

@@ -24,13 +24,21 @@ float32 by BLAS, ``GRAM_CHUNK_ROWS`` rows at a time, and summed in float64). Sit
 same tensor the same way (q/k/v projections of one hidden state; two convs with one input and one
 kernel geometry) share one Gram accumulator. A conv's patch rows are gathered only at the sampled
 output positions (at most ``GRAM_ROWS_PER_DIM * d`` over the calibration set, weighted ``n / m``), never unfolded
-whole. The interpreter frees every intermediate after its last use, so memory holds one batch's
-live activations plus O(C) per site and O(d^2) per distinct Gram input, never the activation set.
+whole (gathered straight from the activation, in whatever memory format it has; a stride-1 conv
+may take the exact shift Gram instead, :func:`shift_gram`). The interpreter frees every
+intermediate after its last use, so memory holds one batch's live activations plus O(C) per site
+and O(d^2) per distinct Gram input, never the activation set. A graph made only of
+memory-format-agnostic ops (:data:`CHANNELS_LAST_SAFE`) runs its 4-d inputs channels-last, and
+activations reading a fresh single-use intermediate run in place (:func:`inplace_nodes`): the
+same statistics up to float rounding, less forward time and no activation-sized allocation per
+activation.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import operator
 import time
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
@@ -186,12 +194,16 @@ class GramAcc:
     skipped: str = ""
     last_batch: int = -1
     order: torch.Tensor | None = None  # columns accumulated kernel-major: the channel-major permutation
+    taps: int = 1  # kernel positions of a kernel-major accumulator (d = taps * C)
 
     def finish(self) -> None:
         """Put a conv's kernel-major sums into the channel-major order of ``W.reshape(out, -1)``."""
         if self.order is not None and self.gram is not None and self.gsum is not None:
             p = self.order
-            self.gram = self.gram.index_select(0, p).index_select(1, p)
+            d, k = self.gram.shape[0], self.taps
+            c = d // k
+            # one strided copy: G_cm[c*k + i, c'*k + j] = G_km[i*C + c, j*C + c']
+            self.gram = self.gram.view(k, c, k, c).permute(1, 0, 3, 2).reshape(d, d)
             self.gsum = self.gsum.index_select(0, p)
         self.order = None
 
@@ -202,12 +214,17 @@ def _float(x: torch.Tensor) -> torch.Tensor:
 
 
 SUM_BLOCK = 4096  # rows per float32 partial sum (cascade-summed by torch) before the float64 total
+NORM_BLOCK = 1024  # entries per float32 partial sum of squares (a 2-norm, squared in float64)
+SQUARE_CHUNK = 1 << 18  # entries squared at once into a reused buffer (channels-last sums of squares)
 
 
 def channel_sums(x: torch.Tensor, axis: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(sum_r X[r, j], sum_r X[r, j]^2, n) over every axis but ``axis``, reduced in float64."""
     xf = _float(x)
-    fast = _channel_sums_blocked(xf, axis % max(xf.dim(), 1)) if xf.dtype == torch.float32 else None
+    axis = axis % max(xf.dim(), 1)
+    if xf.dim() > 1 and axis != xf.dim() - 1 and not xf.is_contiguous() and xf.movedim(axis, -1).is_contiguous():
+        xf, axis = xf.movedim(axis, -1), xf.dim() - 1  # channels-last memory: a free view, channel axis last
+    fast = _channel_sums_blocked(xf, axis) if xf.dtype == torch.float32 else None
     if fast is not None:
         return fast
     dims = [d for d in range(xf.dim()) if d != axis]
@@ -229,20 +246,27 @@ def _channel_sums_blocked(x: torch.Tensor, axis: int) -> tuple[np.ndarray, np.nd
     if tail > 1:  # [lead, C, tail]: one float32 partial per (lead, channel) over the contiguous tail
         v = x.reshape(lead, c, tail)
         s = v.sum(2).double().sum(0)
-        q = torch.linalg.vecdot(v, v, dim=2).double().sum(0)  # no squared copy; float32 dot products
+        # squares: float32 2-norms of NORM_BLOCK-long runs (a vectorized reduction, no squared copy,
+        # ~6x faster than vecdot), squared and summed in float64
+        full = tail - tail % NORM_BLOCK
+        q = torch.zeros(c, dtype=torch.float64)
+        if full:
+            q += torch.linalg.vector_norm(v[:, :, :full].reshape(lead, c, -1, NORM_BLOCK), dim=3).double().square().sum((0, 2))
+        if tail > full:
+            q += torch.linalg.vector_norm(v[:, :, full:], dim=2).double().square().sum(0)
         return s.numpy(), q.numpy(), lead * tail
     rows = lead  # channels last: [rows, C]
-    full = rows - rows % SUM_BLOCK
     v = x.reshape(rows, c)
     s = torch.zeros(c, dtype=torch.float64)
     q = torch.zeros(c, dtype=torch.float64)
-    if full:
-        blk = v[:full].reshape(-1, SUM_BLOCK, c)
-        s += blk.sum(1).double().sum(0)
-        q += torch.linalg.vecdot(blk, blk, dim=1).double().sum(0)
-    if rows > full:
-        s += v[full:].sum(0, dtype=torch.float64)
-        q += v[full:].square().sum(0, dtype=torch.float64)
+    step = max(1, min(SUM_BLOCK, SQUARE_CHUNK // max(c, 1)))
+    buf = torch.empty(min(step, rows), c)
+    for start in range(0, rows, step):  # float32 partials of at most SUM_BLOCK rows, summed in float64
+        part = v[start:start + step]
+        sq = buf[:part.shape[0]]
+        torch.mul(part, part, out=sq)
+        s += part.sum(0).double()
+        q += sq.sum(0).double()
     return s.numpy(), q.numpy(), rows
 
 
@@ -252,31 +276,34 @@ def conv_patches(
 ) -> torch.Tensor:
     """Rows ``index`` (flat over batch x out_h x out_w) of the unfolded patches of a 2-d conv input:
     ``[len(index), C * kh * kw]``, channel-major like ``F.unfold(...).transpose(1, 2)`` (or
-    kernel-major, ``[m, kh * kw * C]``, with ``channel_major=False``: one gather, no transpose),
-    without materializing the other rows."""
-    xl = F.pad(x, _pads(padding)).permute(0, 2, 3, 1).contiguous()  # [B, Hp, Wp, C]
-    z = xl.view(-1, x.shape[1]).index_select(0, _patch_rows(x, kernel, stride, padding, dilation, index))
-    z = z.view(len(index), kernel[0] * kernel[1], x.shape[1])
+    kernel-major, ``[m, kh * kw * C]``, with ``channel_major=False``: no transpose), gathered
+    straight from ``x`` in whatever memory format it has (no padded or channels-last copy of the
+    whole input): taps that fall in the zero padding are zero-filled."""
+    bi, yy, xx, inside = _patch_sources(x, kernel, stride, padding, dilation, index)
+    h, w = x.shape[2], x.shape[3]
+    z = x.permute(0, 2, 3, 1)[bi, yy.clamp(0, h - 1), xx.clamp(0, w - 1)]  # [m, k, C]
+    if not bool(inside.all()):
+        z.masked_fill_(~inside[..., None], 0.0)
     return (z.transpose(1, 2) if channel_major else z).reshape(len(index), -1)
 
 
-def _pads(padding: Any) -> tuple[int, int, int, int]:
-    ph, pw = _pair(padding)
-    return (pw, pw, ph, ph)
-
-
-def _patch_rows(x: torch.Tensor, kernel: tuple[int, ...], stride: Any, padding: Any, dilation: Any,
-                index: torch.Tensor) -> torch.Tensor:
-    """Row numbers in the padded channels-last input of every (output position, kernel offset)."""
+def _patch_sources(x: torch.Tensor, kernel: tuple[int, ...], stride: Any, padding: Any, dilation: Any,
+                   index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image, row, column, inside-the-input) ``[m, kh * kw]`` of every (output position, tap): the
+    input pixel each patch entry reads, in unpadded coordinates (``inside`` is False in the padding)."""
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     kh, kw = kernel
-    hp, wp = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
-    oh, ow = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+    h, w = x.shape[2], x.shape[3]
+    oh, ow = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     bi = torch.div(index, oh * ow, rounding_mode="floor")
     rest = index - bi * (oh * ow)
-    base = (bi * hp + torch.div(rest, ow, rounding_mode="floor") * sh) * wp + (rest % ow) * sw
-    offs = torch.tensor([ky * dh * wp + kx * dw for ky in range(kh) for kx in range(kw)], dtype=base.dtype)
-    return (base[:, None] + offs[None, :]).reshape(-1)
+    oy, ox = torch.div(rest, ow, rounding_mode="floor"), rest % ow
+    ty = (torch.arange(kh, dtype=index.dtype) * dh).repeat_interleave(kw)
+    tx = (torch.arange(kw, dtype=index.dtype) * dw).repeat(kh)
+    yy = (oy * sh - ph)[:, None] + ty[None, :]
+    xx = (ox * sw - pw)[:, None] + tx[None, :]
+    inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+    return bi[:, None].expand_as(yy), yy, xx, inside
 
 
 def kernel_to_channel_major(c: int, k: int) -> torch.Tensor:
@@ -355,9 +382,12 @@ def _bands(size: int, starts: list[int], span: int, pad: int, inner: int) -> lis
 
 
 def shift_gram(x: torch.Tensor, kernel: tuple[int, ...], padding: Any, dilation: Any,
-               chunk: int = SHIFT_CHUNK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor, int]:
+               chunk: int = SHIFT_CHUNK_ELEMENTS, out: torch.Tensor | None = None,
+               weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(G, gsum, n) over every patch row of a stride-1 2-d conv on ``x`` [B, C, H, W], kernel-major
-    columns (``j * C + c`` for tap j = ky * kw + kx), float64; exact (see above)."""
+    columns (``j * C + c`` for tap j = ky * kw + kx), float64; exact (see above). With ``out`` (a
+    float64 [d, d] running sum) ``weight * G`` is added into it block by block and ``out`` is
+    returned as G (no d x d temporary); gsum is never weighted."""
     (ph, pw), (dh, dw) = _pair(padding), _pair(dilation)
     kh, kw = kernel
     bsz, c, h, w = x.shape
@@ -365,7 +395,10 @@ def shift_gram(x: torch.Tensor, kernel: tuple[int, ...], padding: Any, dilation:
     hp, wp = h + 2 * ph, w + 2 * pw
     # pad by the kernel's reach as well, so that u + delta never leaves the array (zeros there)
     ry, rx = (kh - 1) * dh, (kw - 1) * dw
-    xp = F.pad(x, (pw + rx, pw + rx, ph + ry, ph + ry)).transpose(0, 1).contiguous()  # [C, B, Hp+2ry, Wp+2rx]
+    xp = F.pad(x, (pw + rx, pw + rx, ph + ry, ph + ry))  # [B, C, Hp+2ry, Wp+2rx], x's memory format
+    rows_major = xp.permute(0, 2, 3, 1).is_contiguous()  # channels-last: cells are copied as [n, C]
+    if not rows_major:
+        xp = xp.transpose(0, 1).contiguous()  # [C, B, ...]: cells are copied as [C, n]
     taps = [(ky * dh, kx * dw) for ky in range(kh) for kx in range(kw)]
     cells = [(r, q) for r in _bands(hp, [t[0] for t in taps], oh, ph, h)
              for q in _bands(wp, [t[1] for t in taps], ow, pw, w)]
@@ -374,13 +407,27 @@ def shift_gram(x: torch.Tensor, kernel: tuple[int, ...], padding: Any, dilation:
         (r0, r1), (c0, c1) = cell
         return a[0] <= r0 and r1 <= a[0] + oh and a[1] <= c0 and c1 <= a[1] + ow
 
-    def rect(cell: tuple[tuple[int, int], tuple[int, int]], dy: int, dx: int) -> torch.Tensor:
+    def rect(cell: tuple[tuple[int, int], tuple[int, int]], dy: int, dx: int,
+             into: torch.Tensor | None = None) -> torch.Tensor:
+        """The cell displaced by (dy, dx) as a [C, n] matrix (a transposed view of [n, C] rows
+        for a channels-last input: BLAS takes either without another copy), copied into the
+        front of ``into`` when given (a scratch buffer reused for every shifted cell: no fresh
+        activation-sized allocation, so no page faults, per product)."""
         (r0, r1), (c0, c1) = cell
-        return xp[:, :, ry + r0 + dy:ry + r1 + dy, rx + c0 + dx:rx + c1 + dx]
+        part = xp[:, :, ry + r0 + dy:ry + r1 + dy, rx + c0 + dx:rx + c1 + dx]
+        if into is None:
+            return part.permute(0, 2, 3, 1).reshape(-1, c).T if rows_major else part.reshape(c, -1)
+        dst = into[:part.numel()]
+        if rows_major:
+            dst.view(bsz, r1 - r0, c1 - c0, c).copy_(part.permute(0, 2, 3, 1))
+            return dst.view(-1, c).T
+        dst.view(c, bsz, r1 - r0, c1 - c0).copy_(part)
+        return dst.view(c, -1)
 
-    base = {cell: rect(cell, 0, 0).reshape(c, -1) for cell in cells}  # one copy per cell
+    base = {cell: rect(cell, 0, 0) for cell in cells}  # one copy per cell
+    scratch = torch.empty(max(t.numel() for t in base.values()), dtype=x.dtype)
     k = kh * kw
-    g = torch.empty(k * c, k * c, dtype=torch.float64)
+    g = torch.zeros(k * c, k * c, dtype=torch.float64) if out is None else out
     pairs: dict[tuple[int, int], list[tuple[int, int]]] = {}
     for i, a in enumerate(taps):
         for j, b in enumerate(taps):
@@ -394,7 +441,7 @@ def shift_gram(x: torch.Tensor, kernel: tuple[int, ...], padding: Any, dilation:
             need = cells[:1]
         prods = torch.empty(len(need), c, c, dtype=torch.float64)
         for n_, cell in enumerate(need):
-            a_rows, b_rows = base[cell], rect(cell, dy, dx).reshape(c, -1)
+            a_rows, b_rows = base[cell], rect(cell, dy, dx, scratch)
             step = max(1, chunk // max(c, 1))
             prods[n_] = torch.mm(a_rows[:, :step], b_rows[:, :step].T)
             for st in range(step, a_rows.shape[1], step):  # long rows: float32 partial products
@@ -403,11 +450,10 @@ def shift_gram(x: torch.Tensor, kernel: tuple[int, ...], padding: Any, dilation:
         member = torch.tensor([[1.0 if inside(cell, taps[i]) else 0.0 for cell in need] for i, _ in ij],
                               dtype=torch.float64)
         blocks = (member @ prods.view(len(need), -1)).view(len(ij), c, c)
-        ii, jj = torch.tensor([i for i, _ in ij]), torch.tensor([j for _, j in ij])
-        g4[ii, :, jj, :] = blocks
-        off = ii != jj
-        if bool(off.any()):
-            g4[jj[off], :, ii[off], :] = blocks[off].transpose(1, 2)
+        for t, (i, j) in enumerate(ij):  # added in place: no d x d temporary, no scatter copy
+            g4[i, :, j, :].add_(blocks[t], alpha=weight)
+            if i != j:
+                g4[j, :, i, :].add_(blocks[t].T, alpha=weight)
     csum = {cell: base[cell].sum(dim=1, dtype=torch.float64) for cell in cells}
     gs = torch.cat([sum((csum[cell] for cell in cells if inside(cell, a)), torch.zeros(c, dtype=torch.float64))
                     for a in taps])
@@ -421,10 +467,71 @@ def gram_key(site: Site, fx_node: torch.fx.Node) -> tuple[Any, ...]:
     return ("rows", site.act.name, site.a_axis)
 
 
+# Ops whose results do not depend on their inputs' memory format (values equal up to float rounding
+# of a different summation order in conv) and that accept channels-last tensors. When every
+# call in the captured graph is one of these, the calibration forward runs its 4-d float inputs in
+# channels-last memory (oneDNN's native conv layout on CPU: no reorder around each conv; about 20%
+# less forward time on a VGG-style detector, docs/QUALITY.md "Reconstruction speed"). A graph with
+# anything else (a view, a flatten, a linear, a matmul) runs in the inputs' own format.
+CHANNELS_LAST_SAFE = frozenset({
+    "conv2d", "convolution", "_convolution",
+    "batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit", "native_batch_norm",
+    "relu", "relu_", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "hardtanh",
+    "leaky_relu", "elu", "add", "sub", "mul", "div", "max_pool2d", "max_pool2d_with_indices", "avg_pool2d",
+    "cat", "upsample_bilinear2d", "upsample_nearest2d", "dropout", "clone", "alias", "detach",
+})
+
+
+def channels_last_safe(gm: torch.fx.GraphModule) -> bool:
+    """True when every call in ``gm`` is in :data:`CHANNELS_LAST_SAFE` (``getitem`` of a tuple too)
+    and some user input is 4-d (see above)."""
+    four_d = False
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            val = n.meta.get("val")
+            four_d = four_d or (isinstance(val, torch.Tensor) and val.dim() == 4 and val.is_floating_point())
+        elif n.op == "call_function":
+            if n.target is operator.getitem:
+                continue
+            name = getattr(getattr(n.target, "_overloadpacket", None), "__name__", None)
+            if name not in CHANNELS_LAST_SAFE:
+                return False
+        elif n.op == "call_method" or (n.op == "call_module" and n.target != "_guards_fn"):  # export's shape guards
+            return False
+    return four_d
+
+
+_aten = torch.ops.aten
+# Activations the calibration forward applies in place (same values, no activation-sized allocation)
+# when their input is a fresh result of one of FRESH_RESULT (never a view, a user input or a
+# weight) that nothing else reads.
+INPLACE_ACTIVATIONS = {
+    _aten.relu.default: _aten.relu_.default, _aten.silu.default: _aten.silu_.default,
+    _aten.sigmoid.default: _aten.sigmoid_.default, _aten.tanh.default: _aten.tanh_.default,
+    _aten.hardswish.default: _aten.hardswish_.default,
+}
+FRESH_RESULT = frozenset({"conv2d", "convolution", "_convolution", "batch_norm", "linear", "addmm", "add", "mul", "cat"})
+
+
+def inplace_nodes(gm: torch.fx.GraphModule) -> frozenset[str]:
+    """Nodes of ``gm`` the calibration forward may run in place (see :data:`INPLACE_ACTIVATIONS`)."""
+    out = set()
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.target not in INPLACE_ACTIVATIONS or len(n.args) != 1 or n.kwargs:
+            continue
+        src = n.args[0]
+        name = getattr(getattr(getattr(src, "target", None), "_overloadpacket", None), "__name__", None)
+        if isinstance(src, torch.fx.Node) and src.op == "call_function" and name in FRESH_RESULT and len(src.users) == 1:
+            out.add(n.name)
+    return frozenset(out)
+
+
 class _Recorder(torch.fx.Interpreter):
     def __init__(self, gm: torch.fx.GraphModule, sites: dict[str, list[tuple[Site, ChannelStats]]],
                  n_batches: int = 1) -> None:
         super().__init__(gm)
+        self.channels_last = channels_last_safe(gm)
+        self.inplace = inplace_nodes(gm)
         self.sites = sites
         self.n_batches = max(1, n_batches)
         self.grams: dict[tuple[Any, ...], GramAcc] = {}
@@ -432,7 +539,18 @@ class _Recorder(torch.fx.Interpreter):
         self.batch = 0
         self.seconds = {"sums": 0.0, "gram": 0.0}  # time inside the statistics (the rest is the forward)
 
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        if self.channels_last:
+            args = tuple(a.contiguous(memory_format=torch.channels_last)
+                         if isinstance(a, torch.Tensor) and a.dim() == 4 and a.is_floating_point() else a for a in args)
+        return super().run(*args, **kwargs)
+
     def run_node(self, n: torch.fx.Node) -> Any:
+        if n.name in self.inplace:
+            with self._set_current_node(n):
+                (x,), _ = self.fetch_args_kwargs_from_env(n)
+                if isinstance(x, torch.Tensor) and not x._is_view():
+                    return INPLACE_ACTIVATIONS[n.target](x)
         todo = self.sites.get(n.name)
         if todo and n.op == "call_function":
             args, _ = self.fetch_args_kwargs_from_env(n)
@@ -472,12 +590,11 @@ class _Recorder(torch.fx.Interpreter):
             stride, padding, dilation = params
             kernel = tuple(int(k) for k in site.weight.shape[2:])
             k = kernel[0] * kernel[1]
-            acc.order = kernel_to_channel_major(xf.shape[1], k)
+            acc.order, acc.taps = kernel_to_channel_major(xf.shape[1], k), k
             if self._add_shift_gram(acc, xf, kernel, stride, padding, dilation):
                 return
-            xl = F.pad(xf, _pads(padding)).permute(0, 2, 3, 1).contiguous().view(-1, xf.shape[1])
-            add_gram(acc, lambda idx: xl.index_select(0, _patch_rows(xf, kernel, stride, padding, dilation, idx))
-                     .view(len(idx), -1), conv_out_positions(xf, kernel, stride, padding, dilation), xf.shape[1] * k,
+            add_gram(acc, lambda idx: conv_patches(xf, kernel, stride, padding, dilation, idx, channel_major=False),
+                     conv_out_positions(xf, kernel, stride, padding, dilation), xf.shape[1] * k,
                      self.batch, rows_per_dim=-(-GRAM_ROWS_PER_DIM // self.n_batches))
         else:
             flat = xf.movedim(axis, -1).reshape(-1, xf.shape[axis])
@@ -497,19 +614,16 @@ class _Recorder(torch.fx.Interpreter):
         budget = -(-GRAM_ROWS_PER_DIM // self.n_batches) * d
         gather = float(min(n, budget)) * d * d
         per_image = n // max(b, 1)
-        m = b if n <= budget else min(b, max(1, -(-SHIFT_OVERSAMPLE * budget // max(per_image, 1))))
+        m = b if n <= budget else min(b, max(1, math.ceil(SHIFT_OVERSAMPLE * budget / max(per_image, 1))))
         if per_image <= 0 or shift_gram_cost(c, m, h, w, kernel) >= gather:
             return False
         if m < b:
             pick = torch.randperm(b, generator=torch.Generator().manual_seed(2_000_003 * (self.batch + 1)))[:m]
             x = x.index_select(0, pick.sort().values)
-        g, gs, rows = shift_gram(x, kernel, padding, dilation)
         weight = b / m
-        if acc.gram is None or acc.gsum is None:
-            acc.gram, acc.gsum = g.mul_(weight), gs.mul_(weight)
-        else:
-            acc.gram.add_(g, alpha=weight)
-            acc.gsum.add_(gs, alpha=weight)
+        acc.gram, gs, _ = shift_gram(x, kernel, padding, dilation, weight=weight,
+                                     out=torch.zeros(d, d, dtype=torch.float64) if acc.gram is None else acc.gram)
+        acc.gsum = gs.mul_(weight) if acc.gsum is None else acc.gsum.add_(gs, alpha=weight)
         acc.gn, acc.last_batch = acc.gn + n, self.batch
         return True
 

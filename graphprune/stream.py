@@ -491,6 +491,9 @@ def prune_checkpoint(
     if crit.needs == "gradients":
         raise OptionError(f"criterion {recipe.criterion!r} needs gradients through the whole model; a streamed "
                           "checkpoint takes a weight or activation criterion (l1, l2, wanda, flap)")
+    if crit.gram:
+        raise OptionError(f"criterion {recipe.criterion!r} needs every consumer's Gram matrix before scoring; a "
+                          "streamed checkpoint keeps one layer's Grams at a time: use wanda (the default), flap, l1 or l2")
     recon = recipe.reconstruct
     recon = tuple(r.strip() for r in recon.split(",") if r.strip()) if isinstance(recon, str) else tuple(recon)
     if "bn" in recon:

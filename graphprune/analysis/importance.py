@@ -29,7 +29,7 @@ more, which is what the knapsack needs).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -197,14 +197,21 @@ def _bn_scale(inp: CriterionInputs) -> np.ndarray:
     return _fallback_l2(inp, scores, covered)
 
 
+def _measured_sites(inp: CriterionInputs) -> Iterator[tuple[Site, ChannelStats, torch.Tensor]]:
+    """Each consumer site with its calibration statistics and dense weight (sites without either skipped)."""
+    for site in inp.sites:
+        st = (inp.stats or {}).get(site.node)
+        w = inp.weights.get(site.weight.name)
+        if st is not None and w is not None:
+            yield site, st, w
+
+
 def _site_columns(inp: CriterionInputs, column_score: Callable[[torch.Tensor, int, ChannelStats], np.ndarray]) -> np.ndarray:
     c = inp.coupling
     scores = np.zeros(c.n_units)
     covered = np.zeros(c.n_units, dtype=bool)
-    for site in inp.sites:
-        st = (inp.stats or {}).get(site.node)
-        w = inp.weights.get(site.weight.name)
-        if st is None or st.sum is None or w is None:
+    for site, st, w in _measured_sites(inp):
+        if st.sum is None:
             continue
         units = c.units_of(site.weight, site.w_axis)
         ok = units >= 0
@@ -271,11 +278,7 @@ def _obs(inp: CriterionInputs) -> np.ndarray:
     c = inp.coupling
     scores = np.zeros(c.n_units)
     covered = np.zeros(c.n_units, dtype=bool)
-    for site in inp.sites:
-        st = (inp.stats or {}).get(site.node)
-        w = inp.weights.get(site.weight.name)
-        if st is None or w is None:
-            continue
+    for site, st, w in _measured_sites(inp):
         got = _obs_site(w.detach().double(), site, st, c.units_of(site.weight, site.w_axis))
         if got is None:
             continue

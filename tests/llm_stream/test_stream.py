@@ -145,3 +145,14 @@ def test_cli_checkpoint_plan_out_replays_in_memory(tmp_path: Path) -> None:
     res = gp.apply(model, plan, {"input_ids": calib_ids(n=1)[0], "use_cache": False})
     assert res.plan.kept == plan.kept and plan.removed_units
     assert res.report["verification"]["ok"]
+
+
+def test_gram_criterion_is_refused_on_a_checkpoint_directory(tmp_path: Path) -> None:
+    """obs scores from every consumer's Gram, which the streamed route never holds all at once:
+    refused by name (it used to fall back to l2 scores without a word)."""
+    from graphprune.errors import OptionError
+
+    make_checkpoint(tmp_path / "ckpt", "llama")
+    with pytest.raises(OptionError, match=r"criterion 'obs' needs every consumer's Gram matrix"):
+        gp.prune(tmp_path / "ckpt", flops=0.7, calib=calib_ids(), criterion="obs")
+    assert not (tmp_path / "out").exists()

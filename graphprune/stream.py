@@ -455,13 +455,7 @@ def prune_checkpoint(
     from graphprune.passes.pipelines import default_pipeline
 
     from .analysis.calibration import ChannelStats, reader_sites
-    from .analysis.importance import (
-        CRITERIA,
-        CriterionInputs,
-        normalize_global,
-        normalize_per_group,
-        normalize_per_kind,
-    )
+    from .analysis.importance import CRITERIA, NORMALIZERS, CriterionInputs, normalize_global
     from .api import default_allocation, default_recipe
     from .frontends import capture
     from .progress import as_progress
@@ -584,7 +578,7 @@ def prune_checkpoint(
         lazy = LazyWeights({v.name: v.source for v in graph.weights() if v.source}, reader)
         inp = CriterionInputs(coupling, lazy, sites if crit.needs == "activations" else (), stats, seed=seed)
         raw = crit(inp)
-        ctx.scores = (normalize_per_kind if recipe.normalize == "kind" else normalize_per_group)(coupling, raw)
+        ctx.scores = NORMALIZERS[recipe.normalize](coupling, raw)
         ctx.loss_scores = normalize_global(raw) if crit.loss_based else None
         ctx.criterion = recipe.criterion
         timings["score"] = time.perf_counter() - t0

@@ -37,8 +37,8 @@ def default_pipeline(
         raise OptionError(f"reconstruct={unknown[0]!r} is unknown; choose from {', '.join(RECONSTRUCT)}")
     tail = "".join(f",{p}" for name, p in RECONSTRUCT.items() if name in reconstruct)
     crit = CRITERIA.get(criterion)
-    gram = "" if normalize == "group" else f",normalize={normalize}"
-    gram += ",gram=true" if "lsq" in reconstruct and crit is not None and crit.needs == "activations" else ""
+    score_opts = "" if normalize == "group" else f",normalize={normalize}"
+    score_opts += ",gram=true" if "lsq" in reconstruct and crit is not None and crit.needs == "activations" else ""
     extra = f",runtime={runtime},threads={threads}" if metric.startswith("latency") else ""
     extra += ",depth=true" if depth else ""
     extra += ",uniform-layers=true" if uniform_layers else ""
@@ -46,7 +46,7 @@ def default_pipeline(
     opts += [] if experts else ["experts=false"]
     couple = f"couple{{{','.join(opts)}}}," if opts else "couple,"
     return (
-        f"{couple}score{{criterion={criterion}{gram}}},"
+        f"{couple}score{{criterion={criterion}{score_opts}}},"
         f"allocate{{{metric.replace('_', '-')}={fraction!r},policy={policy},round-to={round_to or 'auto'}{extra}}},"
         f"rewrite,verify{{strict={str(strict).lower()}}}{tail}"
     )

@@ -16,13 +16,7 @@ from typing import ClassVar
 
 import torch
 
-from graphprune.analysis import (
-    CRITERIA,
-    CriterionInputs,
-    normalize_global,
-    normalize_per_group,
-    normalize_per_kind,
-)
+from graphprune.analysis import CRITERIA, NORMALIZERS, CriterionInputs, normalize_global
 from graphprune.analysis.calibration import collect_stats, reader_sites
 from graphprune.analysis.gradients import gradient_scores
 from graphprune.errors import CalibrationError, OptionError
@@ -90,10 +84,10 @@ class Score:
                 )
             grads = gradient_scores(ctx.program, ctx.coupling, ctx.calib, ctx.loss, ctx.seed)
             inputs = CriterionInputs(ctx.coupling, inputs.weights, gradients=grads, seed=ctx.seed)
-        if self.normalize not in ("group", "kind"):
-            raise OptionError(f"score option normalize={self.normalize!r} is unknown; use group or kind")
+        if self.normalize not in NORMALIZERS:
+            raise OptionError(f"score option normalize={self.normalize!r} is unknown; use {' or '.join(NORMALIZERS)}")
         raw = crit(inputs)
-        ctx.scores = (normalize_per_kind if self.normalize == "kind" else normalize_per_group)(ctx.coupling, raw)
+        ctx.scores = NORMALIZERS[self.normalize](ctx.coupling, raw)
         ctx.loss_scores = normalize_global(raw) if crit.loss_based else None
         ctx.criterion = self.criterion
         return PassResult(graph, False)

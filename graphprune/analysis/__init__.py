@@ -5,6 +5,7 @@ from __future__ import annotations
 from .coupling import CHANNEL, FIXED, Coupling, CouplingBuilder, Group, couple
 from .importance import (
     CRITERIA,
+    NORMALIZERS,
     Criterion,
     CriterionInputs,
     magnitude,
@@ -15,6 +16,6 @@ from .importance import (
 )
 
 __all__ = [
-    "CHANNEL", "CRITERIA", "FIXED", "Coupling", "CouplingBuilder", "Criterion", "CriterionInputs", "Group", "couple",
+    "CHANNEL", "CRITERIA", "FIXED", "NORMALIZERS", "Coupling", "CouplingBuilder", "Criterion", "CriterionInputs", "Group", "couple",
     "magnitude", "normalize_global", "normalize_per_group", "normalize_per_kind", "register_criterion",
 ]

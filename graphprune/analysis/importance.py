@@ -49,6 +49,7 @@ __all__ = [
     "normalize_global",
     "normalize_per_group",
     "normalize_per_kind",
+    "NORMALIZERS",
     "register_criterion",
 ]
 
@@ -152,6 +153,12 @@ def normalize_per_kind(coupling: Coupling, scores: np.ndarray) -> np.ndarray:
         mean = float(scores[units].mean()) if len(units) else 0.0
         out[units] = scores[units] / mean if mean > 0 else 1.0
     return out
+
+
+#: the score pass's ``normalize=`` choices (``passes/score.py``, the streamed route)
+NORMALIZERS: dict[str, Callable[[Coupling, np.ndarray], np.ndarray]] = {
+    "group": normalize_per_group, "kind": normalize_per_kind,
+}
 
 
 def _fallback_l2(inp: CriterionInputs, scores: np.ndarray, covered: np.ndarray) -> np.ndarray:

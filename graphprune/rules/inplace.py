@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..ir import Node, Value
+from .families import IDENTITY
 from .registry import register_coupling
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def _broadcast_source(src: Value, axis: int) -> bool:
     """True when ``src``'s ``axis`` is a size-1 axis broadcast by an ``expand`` (looking through
     identities): its elements are copies of one element."""
     v, ax = src, axis
-    while v.producer is not None and v.producer.op in ("identity", "contiguous", "clone", "cast"):
+    while v.producer is not None and v.producer.op in IDENTITY:
         nxt = v.producer.inputs[0]
         if nxt is None or nxt.rank != v.rank:
             return False

@@ -20,6 +20,7 @@ import torch
 from graphprune.analysis.calibration import GRAM_ROWS_PER_DIM
 from graphprune.errors import OptionError
 from graphprune.ir import Graph
+from graphprune.memory import reuse_freed_memory
 from graphprune.progress import step
 from graphprune.rewrite.reconstruct import (
     LSQ_RIDGE,
@@ -48,6 +49,10 @@ class ReconstructLsq:
     rounds: int = 0  # correction rounds on the pruned model's own inputs against the dense outputs
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        with reuse_freed_memory():  # the solves' Gram-sized temporaries are reused, not faulted in again
+            return self._run(graph, ctx)
+
+    def _run(self, graph: Graph, ctx: PassContext) -> PassResult:
         if ctx.pruned is None or ctx.plan is None or ctx.coupling is None or ctx.model is None:
             raise OptionError(f"pass {self.name!r} needs 'rewrite' to run first")
         if self.rounds < 0:

@@ -53,6 +53,7 @@ from ..errors import CalibrationError
 from ..frontends.calib import check_program_batch
 from ..frontends.inputs import ExampleInputs, as_args_kwargs
 from ..ir import Value
+from ..memory import reuse_freed_memory
 from ..rules.readers import reads
 from .coupling import Coupling
 
@@ -681,7 +682,7 @@ def collect_stats(
     rec = _Recorder(gm, todo, len(calib) if isinstance(calib, Sized) else 1)
     total = len(calib) if isinstance(calib, Sized) else 0
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), reuse_freed_memory():  # activation-sized blocks are reused, not faulted in again
         for i, batch in enumerate(calib):
             check_program_batch(program, batch, i)
             rec.batch = i

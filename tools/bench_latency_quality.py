@@ -118,7 +118,7 @@ def main() -> None:
               f"{c['measured_ms']:.2f} (x{c['measured_speedup']:.2f}) | {c['cosine']:.4f} | "
               f"{fmt(c['flops-uniform_cosine_at_same_latency'])} | {fmt(c['flops-global_cosine_at_same_latency'])} |")
     out = {"command": "python tools/bench_latency_quality.py " + " ".join(sys.argv[1:]), "original_ms": orig * 1e3,
-           "eval_sentences": args.eval, "calib_sequences": len(calib) * bq.BATCH, "rows": rows, "compare": compare}
+           "eval_sentences": args.eval, "calib_sentences": len(calib) * bq.BATCH, "rows": rows, "compare": compare}
     Path(args.json).write_text(json.dumps(out, indent=1))
 
 

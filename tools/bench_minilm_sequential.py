@@ -107,7 +107,7 @@ def main() -> None:
     load_before = os.getloadavg()
     model, tok = load()
     sents = sentences()
-    evb, calib = eval_batches(tok, sents[: args.eval]), calib_batches(tok, sents[args.eval :], args.calib)
+    evb, calib = eval_batches(tok, sents[: args.eval]), calib_batches(tok, sents[args.eval :], args.calib, "packed")
     ref = embed(model, evb)
     t0 = time.perf_counter()
     pruned = gp.prune(model, calib[0], flops=args.flops, calib=calib).model

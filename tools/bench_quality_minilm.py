@@ -3,8 +3,9 @@
 The model is wrapped so ``forward(input_ids, attention_mask)`` returns mean-pooled sentence
 embeddings. Sentences come from CPython's ``pydoc_data.topics`` (English prose available offline),
 split on sentence ends, deduplicated and shuffled with a fixed seed; the first ``--eval`` go to
-evaluation, the rest are packed (no padding) into ``--calib`` calibration sequences, so the two
-sets are disjoint. Attention heads and FFN channels are pruned; the hidden size is pinned by the
+evaluation and the next ``--calib`` are the calibration set, one padded sentence per sequence as
+the encoder is deployed (``--calib-layout packed``: sentences packed back to back into ``--calib``
+sequences of 64 tokens, the layout used before), so the two sets are disjoint. Attention heads and FFN channels are pruned; the hidden size is pinned by the
 LayerNorms. For every FLOPs point, criterion and reconstruction setting the table reports
 
     cosine  mean cosine similarity of pruned vs dense embeddings of the evaluation sentences
@@ -30,7 +31,16 @@ import time
 from pathlib import Path
 
 import torch
-from graphprune.models.minilm import BATCH, SEQ, calib_batches, embed, eval_batches, load, sentences
+from graphprune.models.minilm import (
+    BATCH,
+    CALIB_LAYOUTS,
+    SEQ,
+    calib_batches,
+    embed,
+    eval_batches,
+    load,
+    sentences,
+)
 from graphprune.models.minilm import fidelity as fidelity_dict
 from graphprune.passes import default_pipeline
 
@@ -55,7 +65,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, object]]:
     model, tok = load()
     sents = sentences()
     ev, rest = sents[: args.eval], sents[args.eval :]
-    evb, calib = eval_batches(tok, ev), calib_batches(tok, rest, args.calib)
+    evb, calib = eval_batches(tok, ev), calib_batches(tok, rest, args.calib, args.calib_layout)
     ref = embed(model, evb)
     rows: list[dict[str, object]] = []
     for flops in args.flops:
@@ -96,7 +106,7 @@ def rss_check(n_seq: int = 256, layers: int = 12) -> dict[str, object]:
     from graphprune.frontends.torch_export import capture
 
     model, tok = load(layers)
-    calib = calib_batches(tok, sentences(), n_seq)
+    calib = calib_batches(tok, sentences(), n_seq, "packed")  # full 64-token rows, as first measured
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     cap = capture(model, calib[0])
     sites = reader_sites(couple(cap.graph))
@@ -114,7 +124,10 @@ def main() -> None:
     p.add_argument("--flops", type=float, nargs="+", default=[0.8, 0.65, 0.5])
     p.add_argument("--criteria", nargs="+", default=list(CRITERIA))
     p.add_argument("--eval", type=int, default=512, help="evaluation sentences")
-    p.add_argument("--calib", type=int, default=128, help="calibration sequences of 64 tokens")
+    p.add_argument("--calib", type=int, default=256,
+                   help="calibration sentences (--calib-layout sentences) or packed 64-token sequences (packed)")
+    p.add_argument("--calib-layout", default="sentences", choices=CALIB_LAYOUTS,
+                   help="one padded sentence per sequence, as deployed (the minilm source's), or sentences packed back to back")
     p.add_argument("--allocation", default="uniform", choices=["uniform", "global", "greedy"],
                    help="for the named criteria (default/nocalib use the library's defaults)")
     p.add_argument("--reconstruct", nargs="+", default=["", "lsq,bias"], type=lambda v: "" if v == "-" else v,
@@ -123,11 +136,17 @@ def main() -> None:
                    help="reconstruct-lsq correction rounds on the pruned inputs (named criteria with lsq)")
     p.add_argument("--normalize", default="group", choices=["group", "kind"],
                    help="score normalization of the named criteria (the score pass's normalize= option)")
+    p.add_argument("--count-padding", action="store_true",
+                   help="count padding positions in the statistics (how graphprune calibrated before it read attention_mask)")
     p.add_argument("--json", help="write results here")
     p.add_argument("--rss", action="store_true", help="only measure calibration memory on a 12-layer model")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.count_padding:
+        import graphprune.analysis.calibration as calibration
+
+        calibration.PADDING_MASK_NAMES = ()  # no input is taken for the padding mask
     if args.rss:
         out: object = rss_check()
         print(json.dumps(out, indent=2))
@@ -139,7 +158,7 @@ def main() -> None:
             print(f"| {r['flops']} | {r['allocation']} | {r['criterion']} | {r['reconstruct']} | {r['cosine']:.4f} | {r['nn@1']:.3f} "
                   f"| {r['achieved']:.3f} | {r['seconds']} |")
         out = {"command": "python tools/bench_quality_minilm.py " + " ".join(sys.argv[1:]),
-               "eval_sentences": args.eval, "calib_sequences": args.calib, "seq_len": SEQ, "threads": args.threads,
+               "eval_sentences": args.eval, "calib": args.calib, "calib_layout": args.calib_layout, "count_padding": args.count_padding, "seq_len": SEQ, "threads": args.threads,
                "load_average_1_5_15_before": [round(v, 2) for v in load_before],
                "load_average_1_5_15_after": [round(v, 2) for v in os.getloadavg()], "rows": rows}
     if args.json:

@@ -31,7 +31,9 @@ and O(d^2) per distinct Gram input, never the activation set. A graph made only 
 memory-format-agnostic ops (:data:`CHANNELS_LAST_SAFE`) runs its 4-d inputs channels-last, and
 activations reading a fresh single-use intermediate run in place (:func:`inplace_nodes`): the
 same statistics up to float rounding, less forward time and no activation-sized allocation per
-activation.
+activation. Padded token batches: when the graph has an ``attention_mask`` input
+(:data:`PADDING_MASK_NAMES`), the rows of [batch, seq, ...] activations at its zeros are left
+out of every statistic, so a padded batch gives the statistics of its real tokens.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import logging
 import math
 import operator
 import time
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +61,8 @@ from .coupling import Coupling
 
 __all__ = [
     "GRAM_ROWS_PER_DIM", "ChannelStats", "GramAcc", "Site", "add_gram", "channel_sums", "collect_stats", "conv_patches",
-    "gram_key", "reader_sites", "run_program", "shift_gram", "shift_gram_cost",
+    "drop_padding", "flat_inputs", "gram_key", "padding_keep_rows", "padding_mask_index", "reader_sites", "run_program",
+    "shift_gram", "shift_gram_cost",
 ]
 
 log = logging.getLogger(__name__)
@@ -527,6 +530,43 @@ def inplace_nodes(gm: torch.fx.GraphModule) -> frozenset[str]:
     return frozenset(out)
 
 
+# The transformers convention for padded token batches: a [batch, seq] integer input named
+# ``attention_mask``, 0 at padding. Rows of a [batch, seq, ...] activation at padding positions
+# are left out of every statistic: nothing downstream of a padded position is ever used (the
+# mask hides it from attention and pooling), and its hidden states are far from real tokens'.
+PADDING_MASK_NAMES = ("attention_mask",)
+
+
+def padding_mask_index(gm: torch.fx.GraphModule) -> int | None:
+    """Position among the graph's inputs of the padding mask (:data:`PADDING_MASK_NAMES`), if any."""
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for i, n in enumerate(inputs):
+        if n.name in PADDING_MASK_NAMES or str(n.target) in PADDING_MASK_NAMES:
+            return i
+    return None
+
+
+KeepRows = tuple[tuple[int, int], torch.Tensor]  # ([batch, seq] of the mask, flat indices of its real tokens)
+
+
+def padding_keep_rows(mask_index: int | None, flat_inputs: Sequence[Any]) -> KeepRows | None:
+    """The real-token rows of this batch's padding mask, or None (no mask input, or no padding)."""
+    if mask_index is None or mask_index >= len(flat_inputs):
+        return None
+    mask = flat_inputs[mask_index]
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.is_floating_point() or not bool((mask == 0).any()):
+        return None
+    return (int(mask.shape[0]), int(mask.shape[1])), mask.reshape(-1).nonzero().squeeze(1)
+
+
+def drop_padding(x: torch.Tensor, axis: int, keep: KeepRows | None) -> tuple[torch.Tensor, int]:
+    """``x`` without its padding rows when it is a [batch, seq, ...] activation of the masked batch
+    (the axis read, ``axis``, among the trailing ones), as [real tokens, ...]; else unchanged."""
+    if keep is None or x.dim() < 3 or axis < 2 or tuple(x.shape[:2]) != keep[0]:
+        return x, axis
+    return x.detach().flatten(0, 1).index_select(0, keep[1]), axis - 1
+
+
 class _Recorder(torch.fx.Interpreter):
     def __init__(self, gm: torch.fx.GraphModule, sites: dict[str, list[tuple[Site, ChannelStats]]],
                  n_batches: int = 1) -> None:
@@ -539,8 +579,14 @@ class _Recorder(torch.fx.Interpreter):
         self.gram_of: dict[int, GramAcc] = {}  # id(ChannelStats) -> its shared accumulator
         self.batch = 0
         self.seconds = {"sums": 0.0, "gram": 0.0}  # time inside the statistics (the rest is the forward)
+        self.mask_index = padding_mask_index(gm)
+        self.keep_rows: KeepRows | None = None  # this batch's real-token rows
+        self.padding_rows = 0
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
+        self.keep_rows = padding_keep_rows(self.mask_index, args)
+        if self.keep_rows is not None:
+            self.padding_rows += self.keep_rows[0][0] * self.keep_rows[0][1] - len(self.keep_rows[1])
         if self.channels_last:
             args = tuple(a.contiguous(memory_format=torch.channels_last)
                          if isinstance(a, torch.Tensor) and a.dim() == 4 and a.is_floating_point() else a for a in args)
@@ -564,6 +610,7 @@ class _Recorder(torch.fx.Interpreter):
     def _accumulate(self, site: Site, st: ChannelStats, x: torch.Tensor, fx_node: torch.fx.Node) -> None:
         t0 = time.perf_counter()
         axis = site.a_axis % x.dim()
+        x, axis = drop_padding(x, axis, self.keep_rows)
         s, q, n = channel_sums(x, axis)
         st.sum = s if st.sum is None else st.sum + s
         st.sumsq = q if st.sumsq is None else st.sumsq + q
@@ -640,14 +687,18 @@ class _Recorder(torch.fx.Interpreter):
                 st.skipped = st.skipped or acc.skipped
 
 
+def flat_inputs(gm: torch.fx.GraphModule, batch: ExampleInputs) -> list[Any]:
+    """``batch`` as the exported module's placeholders take it (flattened by its input spec)."""
+    args, kwargs = as_args_kwargs(batch)
+    return list(fx_pytree.tree_flatten_spec((args, kwargs), gm._in_spec))
+
+
 def run_program(program: Any, batch: ExampleInputs, interp: torch.fx.Interpreter | None = None) -> Any:
     """Run the exported program's module on one batch (through ``interp`` when given)."""
-    gm = interp.module if interp is not None else program.module()
-    args, kwargs = as_args_kwargs(batch)
-    flat = fx_pytree.tree_flatten_spec((args, kwargs), gm._in_spec)
     if interp is None:
-        return gm(*args, **kwargs)
-    return interp.run(*flat)
+        args, kwargs = as_args_kwargs(batch)
+        return program.module()(*args, **kwargs)
+    return interp.run(*flat_inputs(interp.module, batch))
 
 
 def collect_stats(
@@ -697,6 +748,8 @@ def collect_stats(
             if progress is not None:
                 progress(i + 1, total)
     rec.finish()
+    if rec.padding_rows:
+        log.info("calibration: %d padding positions (attention_mask == 0) left out of the statistics", rec.padding_rows)
     if timings is not None:
         spent = time.perf_counter() - t0
         for key, v in (("forward", spent - rec.seconds["sums"] - rec.seconds["gram"]), ("sums", rec.seconds["sums"]),

@@ -313,7 +313,13 @@ def refit_on_pruned_inputs(
     calib: Iterable[ExampleInputs], ridge: float, rows_per_dim: int,
 ) -> list[Site]:
     """One correction round (see above) for ``sites`` (refit consumers); returns those updated."""
-    from ..analysis.calibration import run_program
+    from ..analysis.calibration import (
+        drop_padding,
+        flat_inputs,
+        padding_keep_rows,
+        padding_mask_index,
+        run_program,
+    )
 
     mods = {s.node: m for s in sites if (m := _consumer_module(pruned, s)) is not None}
     todo = [s for s in sites if s.node in mods]
@@ -325,6 +331,7 @@ def refit_on_pruned_inputs(
     hooks = [mods[s.node].register_forward_pre_hook(
         lambda _m, args, name=s.node: inputs.__setitem__(name, args[0].detach())) for s in todo]
     dense = _Outputs(program.module(), {s.node for s in todo})
+    mask_index = padding_mask_index(dense.module)
     intercept = {s.node: s.bias is not None or can_create_bias(pruned, s) or getattr(mods[s.node], "bias", None) is not None
                  for s in todo}
     try:
@@ -333,9 +340,12 @@ def refit_on_pruned_inputs(
                 run_program(program, batch, dense)
                 args, kwargs = as_args_kwargs(batch)
                 pruned(*args, **kwargs)
+                keep = padding_keep_rows(mask_index, flat_inputs(dense.module, batch))
                 for s in todo:
                     x = inputs.pop(s.node).float()
                     t = dense.out.pop(s.node).float()
+                    if isinstance(mods[s.node], nn.Linear):  # token rows: padding left out
+                        x, t = drop_padding(x, x.dim() - 1, keep)[0], drop_padding(t, t.dim() - 1, keep)[0]
                     _accumulate_targets(acc[s.node], *_target_rows(mods[s.node], x, t, rows[s.node]),
                                         intercept[s.node], b, rows_per_dim)
     finally:

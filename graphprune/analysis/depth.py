@@ -162,19 +162,24 @@ def removed_whole(coupling: Coupling, removed: np.ndarray) -> list[Group]:
 def layer_influence(model: Any, layers: Sequence[Any], batches: Sequence[Any]) -> list[float]:
     """Block influence ``1 - mean cos(x_in, x_out)`` of each module in ``layers`` (a decoder
     layer's first positional or ``hidden_states`` input and first output), over every token of
-    ``batches`` (example-input structures). Reads the model; changes nothing."""
+    ``batches`` (example-input structures) but the padding (zeros of an ``attention_mask`` keyword
+    input). Reads the model; changes nothing."""
     import torch
 
     from ..frontends.inputs import as_args_kwargs
 
     sums = [0.0] * len(layers)
     counts = [0] * len(layers)
+    real: list[Any] = [None]  # this batch's [batch, seq] padding mask (attention_mask keyword), if it pads
 
     def hook(i: int) -> Any:
         def fn(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
             x = args[0] if args else kwargs.get("hidden_states")
             y = out[0] if isinstance(out, (tuple, list)) else out
             cos = torch.nn.functional.cosine_similarity(x.double().flatten(0, -2), y.double().flatten(0, -2), dim=-1)
+            mask = real[0]
+            if mask is not None and tuple(x.shape[:2]) == tuple(mask.shape) and cos.numel() == mask.numel():
+                cos = cos[mask.reshape(-1) != 0]  # padding positions left out, as in the calibration statistics
             sums[i] += float((1 - cos).sum())
             counts[i] += cos.numel()
         return fn
@@ -184,6 +189,9 @@ def layer_influence(model: Any, layers: Sequence[Any], batches: Sequence[Any]) -
         with torch.no_grad():
             for b in batches:
                 args, kwargs = as_args_kwargs(b)
+                mask = kwargs.get("attention_mask")
+                pads = isinstance(mask, torch.Tensor) and mask.dim() == 2 and not mask.is_floating_point()
+                real[0] = mask if pads and bool((mask == 0).any()) else None
                 model(*args, **kwargs)
     finally:
         for h in handles:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from graphprune.passes import default_pipeline
 from torch import nn
 
 import graphprune as gp
@@ -16,7 +17,6 @@ from graphprune.analysis import calibration
 from graphprune.analysis.calibration import collect_stats, reader_sites
 from graphprune.analysis.coupling import couple
 from graphprune.frontends.torch_export import capture
-from graphprune.passes import default_pipeline
 
 VOCAB, SEQ = 50, 8
 
@@ -120,3 +120,32 @@ def test_padded_and_unpadded_calibration_prune_to_the_same_weights(rounds: int, 
     diff = max(float((pa - pc).abs().max()) if pa.shape == pc.shape else float("inf")
                for pa, pc in zip(a.model.state_dict().values(), c.model.state_dict().values(), strict=True))
     assert diff > 1e-2
+
+
+class TokenStack(nn.Module):
+    """Token-wise residual blocks (decoder-layer stand-ins for the block-influence measure)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 16)
+        self.layers = nn.ModuleList(nn.Sequential(nn.Linear(16, 16), nn.Tanh()) for _ in range(3))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.emb(input_ids)
+        for layer in self.layers:
+            h = h + layer(h)
+        return h
+
+
+def test_block_influence_leaves_padding_out() -> None:
+    from graphprune.analysis.depth import layer_influence
+
+    torch.manual_seed(0)
+    net = TokenStack().eval()
+    sents = _sentences()
+    padded = [{"input_ids": i, "attention_mask": m} for i, m in _padded(sents)]
+    unpadded = [{"input_ids": i, "attention_mask": m} for i, m in _unpadded(sents)]
+    got, ref = layer_influence(net, list(net.layers), padded), layer_influence(net, list(net.layers), unpadded)
+    np.testing.assert_allclose(got, ref, rtol=1e-9)
+    counted = layer_influence(net, list(net.layers), [{"input_ids": d["input_ids"]} for d in padded])
+    assert max(abs(a - b) for a, b in zip(counted, ref, strict=True)) > 1e-3  # padding would change it

@@ -48,7 +48,9 @@ def main() -> None:
     ap.add_argument("--speedups", default="1.5,2.0")
     ap.add_argument("--flops", default="0.3,0.4,0.5,0.6,0.7,0.8")
     ap.add_argument("--eval", type=int, default=256)
-    ap.add_argument("--calib", type=int, default=64)
+    ap.add_argument("--calib", type=int, default=64, help="calibration sentences (packed: 64-token sequences)")
+    ap.add_argument("--calib-layout", default="sentences", choices=bq.CALIB_LAYOUTS,
+                    help="as tools/bench_quality_minilm.py; docs/LATENCY.md's table was measured with packed")
     ap.add_argument("--json", default="latency_quality.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -56,7 +58,7 @@ def main() -> None:
     model, tok = bq.load()
     sents = bq.sentences()
     evb = bq.eval_batches(tok, sents[: args.eval])
-    calib = bq.calib_batches(tok, sents[args.eval :], args.calib)
+    calib = bq.calib_batches(tok, sents[args.eval :], args.calib, args.calib_layout)
     x = calib[0]
     ref = bq.embed(model, evb)
     speedups = [float(s) for s in args.speedups.split(",")]

@@ -52,7 +52,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CRITERIA = ("default", "nocalib", "l1", "l2", "random", "wanda", "flap", "taylor", "fisher")
 
 
-__all__ = ["BATCH", "SEQ", "calib_batches", "embed", "eval_batches", "fidelity", "load", "sentences"]
+__all__ = ["BATCH", "CALIB_LAYOUTS", "SEQ", "calib_batches", "embed", "eval_batches", "fidelity", "load", "sentences"]
 
 
 def fidelity(emb: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:

@@ -353,7 +353,7 @@ def prune(
             res.plan = dataclasses.replace(res.plan, provenance={
                 **res.plan.provenance, DROPPED_LAYERS: ",".join(str(i) for i in layer_info["removed"])})
     res.report.update(target_verdict(res.report))
-    if recipe.note and "capture" not in res.report:  # a fragment capture takes no calib= (yet): no advice to pass it
+    if recipe.note:
         res.report["notes"].append(recipe.note)
     return res
 
@@ -514,11 +514,8 @@ def _prune_once(
             if progress:
                 progress("capture")
             cap = capture(model, example_inputs)
-            if cap.fragments is not None and calib is not None:
-                raise OptionError(f"{type(model).__name__} was captured as fragments (torch.export cannot capture it "
-                                  "whole), so calib= criteria and reconstruction are not available; prune it without calib=")
-            ctx = PassContext(model=model, example_inputs=example_inputs, program=cap.program, calib=calib, loss=loss,
-                              seed=seed)
+            ctx = PassContext(model=model, example_inputs=example_inputs, program=cap.program, fragments=cap.fragments,
+                              calib=calib, loss=loss, seed=seed)
             ctx.records.timings["capture"] = cap.seconds
             graph = run_pipeline(passes, cap.graph, ctx, progress)
             if cap.fragments is not None:
@@ -564,11 +561,13 @@ def _check_fragments(cap: Any, ctx: Any, verify: bool) -> dict[str, Any]:
     ctx.records.notes.append(f"torch.export could not capture {type(ctx.model).__name__} whole; captured as fragments "
                      f"{', '.join(info['fragments'])}; glue reading their outputs is a barrier "
                      f"({', '.join(sorted(info['glue_barriers'])) or 'none'})")
-    if ctx.pruned is None or ctx.records.reconstructed or ctx.plan is None:
-        return info
-    masked = ctx.masked if ctx.masked is not None else masked_original(
-        ctx.model, ctx.coupling, ctx.plan.removed_mask(ctx.coupling.n_units))
-    res = check_pre_barrier(masked, ctx.pruned, cap.fragments, cap.args, cap.kwargs)
+    res = ctx.records.pre_barrier_check  # the verify pass's, taken before any reconstruction
+    if res is None:
+        if ctx.pruned is None or ctx.records.reconstructed or ctx.plan is None:
+            return info
+        masked = ctx.masked if ctx.masked is not None else masked_original(
+            ctx.model, ctx.coupling, ctx.plan.removed_mask(ctx.coupling.n_units))
+        res = check_pre_barrier(masked, ctx.pruned, cap.fragments, cap.args, cap.kwargs)
     info["pre_barrier_check"] = res
     if not res["ok"] and verify:
         raise VerificationError(f"pruned {type(ctx.model).__name__} differs from the masked original before the "

@@ -60,6 +60,7 @@ class Records:
     pinned_after_check: list[dict[str, Any]] = field(default_factory=list)  # groups verify pinned
     reconstructed: list[str] = field(default_factory=list)  # reconstruction passes that changed weights
     latency_loop: dict[str, Any] | None = None  # latency-loop's measurements (report["latency"])
+    pre_barrier_check: dict[str, Any] | None = None  # verify, on a fragment capture (report["capture"])
 
 
 @dataclass(init=False, eq=False)
@@ -72,6 +73,7 @@ class PassContext:
     # capture
     program: Any  # torch.export.ExportedProgram (PyTorch source)
     onnx: Any  # graphprune.frontends.PreparedOnnx (ONNX source)
+    fragments: Any  # graphprune.frontends.fragments.FragmentCapture (program is then None)
     # analysis products
     coupling: Any  # graphprune.analysis.Coupling: couple
     scores: np.ndarray | None  # score: normalized per group
@@ -94,9 +96,9 @@ class PassContext:
 
     def __init__(self, model: torch.nn.Module | None, example_inputs: Any, *, program: Any = None,
                  onnx: Any = None, calib: list[Any] | None = None, loss: Any = None, seed: int = 0,
-                 progress: Any = None) -> None:
+                 progress: Any = None, fragments: Any = None) -> None:
         self.given = RunInputs(model, example_inputs, calib, loss, seed, progress)
-        self.program, self.onnx = program, onnx
+        self.program, self.onnx, self.fragments = program, onnx, fragments
         self.coupling = self.scores = self.loss_scores = self.allocation = self.plan = self.latency = None
         self.criterion = ""
         self.calib_stats = CalibStats()

@@ -59,6 +59,9 @@ class ReconstructLsq:
             raise OptionError(f"pass {self.name!r} option rounds={self.rounds} must be >= 0")
         if self.ridge < 0:
             raise OptionError(f"pass {self.name!r} option ridge={self.ridge} must be >= 0")
+        if self.rounds and ctx.program is None:
+            raise OptionError(f"pass {self.name!r} option rounds={self.rounds} runs the dense model as one captured "
+                              "program, and this model was captured as fragments; use rounds=0 (the default)")
         removed = removed_units(ctx)
         if ctx.calib_stats.sites is None:
             ensure_stats(ctx, who=f"pass {self.name!r}")

@@ -18,6 +18,7 @@ import torch
 
 from graphprune.analysis import CRITERIA, NORMALIZERS, CriterionInputs, normalize_global
 from graphprune.analysis.calibration import collect_stats, reader_sites
+from graphprune.analysis.fragment_calibration import collect_fragment_stats
 from graphprune.analysis.gradients import gradient_scores
 from graphprune.errors import CalibrationError, OptionError
 from graphprune.ir import Graph
@@ -49,9 +50,15 @@ def ensure_stats(ctx: PassContext, gram_for: frozenset[str] = frozenset(), who: 
         raise CalibrationError(f"{who} needs calibration data: pass calib=[batch, ...] to prune() (CLI: --calib FILE)")
     if ctx.calib_stats.sites is None:
         ctx.calib_stats.sites = reader_sites(ctx.coupling)
+    def progress(done: int, total: int) -> None:
+        step(ctx.progress, "calibration", done, total)
+
+    if ctx.program is None and ctx.fragments is not None:  # captured as fragments: the model runs itself
+        ctx.calib_stats.stats = collect_fragment_stats(ctx.model, ctx.fragments, ctx.calib_stats.sites, ctx.calib, gram_for,
+                                                       ctx.calib_stats.stats, progress, ctx.records.timings)
+        return
     ctx.calib_stats.stats = collect_stats(ctx.program, ctx.calib_stats.sites, ctx.calib, gram_for, ctx.calib_stats.stats,
-                              progress=lambda done, total: step(ctx.progress, "calibration", done, total),
-                              timings=ctx.records.timings)
+                                          progress=progress, timings=ctx.records.timings)
 
 
 @register_pass
@@ -82,6 +89,10 @@ class Score:
                     f"criterion {self.criterion!r} needs calibration data: pass calib=[batch, ...] to prune() "
                     "(CLI: --calib FILE)"
                 )
+            if ctx.program is None:
+                raise OptionError(f"criterion {self.criterion!r} backpropagates through one captured program, and "
+                                  f"{type(ctx.model).__name__} was captured as fragments (torch.export cannot capture it "
+                                  "whole); use an activation criterion (the default with calib=, wanda, flap, obs)")
             grads = gradient_scores(ctx.program, ctx.coupling, ctx.calib, ctx.loss, ctx.seed)
             inputs = CriterionInputs(ctx.coupling, inputs.weights, gradients=grads, seed=ctx.seed)
         if self.normalize not in NORMALIZERS:

@@ -77,7 +77,23 @@ class Verify:
                 break
             self._replan(graph, ctx)
             self._numeric(ctx)
+        if ctx.fragments is not None and ctx.verification.ok:
+            self._pre_barrier(ctx)
         return self._check(graph, ctx)
+
+    def _pre_barrier(self, ctx: PassContext) -> None:
+        """A fragment capture's oracle on the tensors before the barriers (head outputs before
+        decoding/NMS; ``frontends/fragments.py::check_pre_barrier``), here while the weights are
+        still the masked original's, before any reconstruction pass changes them."""
+        from graphprune.frontends.fragments import check_pre_barrier
+        from graphprune.frontends.inputs import as_args_kwargs
+
+        args, kwargs = as_args_kwargs(ctx.example_inputs)
+        res = check_pre_barrier(ctx.masked, ctx.pruned, ctx.fragments, args, kwargs)
+        ctx.records.pre_barrier_check = res
+        if not res["ok"] and self.strict:
+            raise VerificationError(f"pruned {type(ctx.model).__name__} differs from the masked original before the "
+                                    f"barriers: {res['detail']}")
 
     def _numeric(self, ctx: PassContext) -> None:
         """The oracle on the example inputs (reusing rewrite's check) and ``trials`` random ones."""

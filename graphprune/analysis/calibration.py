@@ -60,8 +60,8 @@ from ..rules.readers import reads
 from .coupling import Coupling
 
 __all__ = [
-    "GRAM_ROWS_PER_DIM", "ChannelStats", "GramAcc", "Site", "add_gram", "channel_sums", "collect_stats", "conv_patches",
-    "drop_padding", "flat_inputs", "gram_key", "padding_keep_rows", "padding_mask_index", "reader_sites", "run_program",
+    "GRAM_ROWS_PER_DIM", "ChannelStats", "GramAcc", "Site", "StatsRecorder", "add_gram", "channel_sums", "collect_stats", "conv_patches",
+    "drop_padding", "flat_call_inputs", "flat_inputs", "gram_key", "padding_keep_rows", "padding_mask_index", "reader_sites", "run_program",
     "shift_gram", "shift_gram_cost",
 ]
 
@@ -567,7 +567,10 @@ def drop_padding(x: torch.Tensor, axis: int, keep: KeepRows | None) -> tuple[tor
     return x.detach().flatten(0, 1).index_select(0, keep[1]), axis - 1
 
 
-class _Recorder(torch.fx.Interpreter):
+class StatsRecorder(torch.fx.Interpreter):
+    """Runs a captured graph, adding each site's statistics for ``sites`` (fx node name -> the
+    sites read there and their running stats) as the node's inputs go by."""
+
     def __init__(self, gm: torch.fx.GraphModule, sites: dict[str, list[tuple[Site, ChannelStats]]],
                  n_batches: int = 1) -> None:
         super().__init__(gm)
@@ -689,7 +692,11 @@ class _Recorder(torch.fx.Interpreter):
 
 def flat_inputs(gm: torch.fx.GraphModule, batch: ExampleInputs) -> list[Any]:
     """``batch`` as the exported module's placeholders take it (flattened by its input spec)."""
-    args, kwargs = as_args_kwargs(batch)
+    return flat_call_inputs(gm, *as_args_kwargs(batch))
+
+
+def flat_call_inputs(gm: torch.fx.GraphModule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    """A call's ``(args, kwargs)`` as the exported module's placeholders take them."""
     return list(fx_pytree.tree_flatten_spec((args, kwargs), gm._in_spec))
 
 
@@ -730,7 +737,7 @@ def collect_stats(
     if not todo:
         return out
     gm = program.module()
-    rec = _Recorder(gm, todo, len(calib) if isinstance(calib, Sized) else 1)
+    rec = StatsRecorder(gm, todo, len(calib) if isinstance(calib, Sized) else 1)
     total = len(calib) if isinstance(calib, Sized) else 0
     t0 = time.perf_counter()
     with torch.no_grad(), reuse_freed_memory():  # activation-sized blocks are reused, not faulted in again

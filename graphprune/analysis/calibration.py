@@ -60,8 +60,8 @@ from ..rules.readers import reads
 from .coupling import Coupling
 
 __all__ = [
-    "GRAM_ROWS_PER_DIM", "ChannelStats", "GramAcc", "Site", "StatsRecorder", "add_gram", "channel_sums", "collect_stats", "conv_patches",
-    "drop_padding", "flat_call_inputs", "flat_inputs", "gram_key", "padding_keep_rows", "padding_mask_index", "reader_sites", "run_program",
+    "GRAM_ROWS_PER_DIM", "ChannelStats", "GramAcc", "Site", "StatsRecorder", "add_gram", "book_timings", "channel_sums", "collect_stats", "conv_patches",
+    "drop_padding", "flat_call_inputs", "flat_inputs", "gram_key", "padding_keep_rows", "padding_mask_index", "pending_sites", "reader_sites", "run_program",
     "shift_gram", "shift_gram_cost",
 ]
 
@@ -708,6 +708,28 @@ def run_program(program: Any, batch: ExampleInputs, interp: torch.fx.Interpreter
     return interp.run(*flat_inputs(interp.module, batch))
 
 
+def pending_sites(sites: Iterable[Site], have: dict[str, ChannelStats],
+                  gram_for: set[str] | frozenset[str]) -> dict[str, list[tuple[Site, ChannelStats]]]:
+    """Fresh stats for the sites not already in ``have`` with what is asked (a Gram for the nodes
+    in ``gram_for``), grouped by site node."""
+    todo: dict[str, list[tuple[Site, ChannelStats]]] = {}
+    for s in sites:
+        got = have.get(s.node)
+        need_gram = s.node in gram_for
+        if got is not None and (got.gram is not None or got.skipped or not need_gram):
+            continue
+        todo.setdefault(s.node, []).append((s, ChannelStats(want_gram=need_gram)))
+    return todo
+
+
+def book_timings(timings: dict[str, float], spent: float, seconds: dict[str, float]) -> None:
+    """Add a calibration pass's ``spent`` seconds to ``timings``, split into the forward and the
+    statistics (``seconds``: a :class:`StatsRecorder`'s sums and Gram time)."""
+    for key, v in (("forward", spent - seconds["sums"] - seconds["gram"]), ("sums", seconds["sums"]),
+                   ("gram", seconds["gram"])):
+        timings[f"calibration:{key}"] = timings.get(f"calibration:{key}", 0.0) + v
+
+
 def collect_stats(
     program: Any,
     sites: list[Site],
@@ -726,14 +748,7 @@ def collect_stats(
     (``calibration:gram``) added.
     """
     out = dict(stats or {})
-    todo: dict[str, list[tuple[Site, ChannelStats]]] = {}
-    for s in sites:
-        have = out.get(s.node)
-        need_gram = s.node in gram_for
-        if have is not None and (have.gram is not None or have.skipped or not need_gram):
-            continue
-        st = ChannelStats(want_gram=need_gram)
-        todo.setdefault(s.node, []).append((s, st))
+    todo = pending_sites(sites, out, gram_for)
     if not todo:
         return out
     gm = program.module()
@@ -758,10 +773,7 @@ def collect_stats(
     if rec.padding_rows:
         log.info("calibration: %d padding positions (attention_mask == 0) left out of the statistics", rec.padding_rows)
     if timings is not None:
-        spent = time.perf_counter() - t0
-        for key, v in (("forward", spent - rec.seconds["sums"] - rec.seconds["gram"]), ("sums", rec.seconds["sums"]),
-                       ("gram", rec.seconds["gram"])):
-            timings[f"calibration:{key}"] = timings.get(f"calibration:{key}", 0.0) + v
+        book_timings(timings, time.perf_counter() - t0, rec.seconds)
     for name, pairs in todo.items():
         for _, st in pairs:
             if st.skipped:

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import CalibrationError
 from ..frontends.inputs import ExampleInputs, as_args_kwargs
 from ..memory import reuse_freed_memory
-from .calibration import ChannelStats, Site, StatsRecorder, flat_call_inputs
+from .calibration import ChannelStats, Site, StatsRecorder, book_timings, flat_call_inputs, pending_sites
 
 __all__ = ["collect_fragment_stats"]
 
@@ -48,17 +48,10 @@ def collect_fragment_stats(
     recorders: list[tuple[Any, StatsRecorder]] = []
     todo_names: list[str] = []
     for frag in fragments.fragments:
-        todo: dict[str, list[tuple[Site, ChannelStats]]] = {}
-        for s in sites:
-            if not s.node.startswith(frag.prefix):
-                continue
-            have = out.get(s.node)
-            need_gram = s.node in gram_for
-            if have is not None and (have.gram is not None or have.skipped or not need_gram):
-                continue
-            todo.setdefault(s.node[len(frag.prefix):], []).append((s, ChannelStats(want_gram=need_gram)))
-            todo_names.append(s.node)
-        if todo:
+        mine = pending_sites((s for s in sites if s.node.startswith(frag.prefix)), out, gram_for)
+        todo_names += list(mine)
+        if mine:  # the fragment's program names its nodes without the prefix
+            todo = {name[len(frag.prefix):]: pairs for name, pairs in mine.items()}
             recorders.append((frag, StatsRecorder(frag.program.module(), todo, n_batches)))
     if not recorders:
         return out
@@ -114,10 +107,7 @@ def collect_fragment_stats(
             for site, st in pairs:
                 out[site.node] = st
     if timings is not None:
-        spent = time.perf_counter() - t0
-        for key, v in (("forward", spent - seconds["sums"] - seconds["gram"]), ("sums", seconds["sums"]),
-                       ("gram", seconds["gram"])):
-            timings[f"calibration:{key}"] = timings.get(f"calibration:{key}", 0.0) + v
+        book_timings(timings, time.perf_counter() - t0, seconds)
     missing = [name for name in todo_names if out.get(name) is None or out[name].n == 0]
     if missing:
         raise CalibrationError(f"calib=: {len(missing)} consumers inside fragments saw no calibration data "

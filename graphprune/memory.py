@@ -7,7 +7,7 @@ reconstruction benchmark (``tools/bench_reconstruct_speed.py``) that was 23 s of
 65 s prune. Inside :func:`reuse_freed_memory` large blocks come from the heap instead
 (``M_MMAP_MAX = 0``) and freed memory is not trimmed (``M_TRIM_THRESHOLD``), so later blocks reuse
 pages already mapped. On exit the defaults are restored and ``malloc_trim(0)`` hands the retained
-pages back, so the cost is a higher peak resident set inside the block (3.5 GB to 4.4 GB on that
+pages back, so the cost is a higher peak resident set inside the block (3.5 GB to 4.5 GB on that
 benchmark), not after it. Nested blocks are counted; only the outermost one sets and restores.
 """
 

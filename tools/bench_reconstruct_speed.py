@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import time
@@ -71,6 +72,7 @@ def main() -> None:
     example = (calib[0][: args.example_batch],)  # calibration batches may have another batch size
     held_out = torch.randn((2, *shape[1:]), generator=g)
 
+    load_before = os.getloadavg()
     u0, s0 = _cpu()
     t0 = time.perf_counter()
     res = gp.prune(model, example, flops=args.flops, criterion=args.criterion, calib=calib,
@@ -100,6 +102,9 @@ def main() -> None:
         "example_batch": args.example_batch, "heldout_rel_err": round(rel_err, 5),
         "wall_s": round(wall, 2), "cpu_user_s": round(u1 - u0, 2), "cpu_system_s": round(s1 - s0, 2),
         "cpu_total_s": round(u1 - u0 + s1 - s0, 2), "commit": _commit(),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "load_average_1_5_15_before": [round(v, 2) for v in load_before],
+        "load_average_1_5_15_after": [round(v, 2) for v in os.getloadavg()],
         "reconstruction": res.report["reconstruction"], "notes": res.report["notes"],
     }
     if args.json:

@@ -585,9 +585,12 @@ class StatsRecorder(torch.fx.Interpreter):
         self.mask_index = padding_mask_index(gm)
         self.keep_rows: KeepRows | None = None  # this batch's real-token rows
         self.padding_rows = 0
+        # the last activation read and its unpadded rows: (x, axis, (rows, axis)); one batch only
+        self._unpadded: tuple[torch.Tensor, int, tuple[torch.Tensor, int]] | None = None
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         self.keep_rows = padding_keep_rows(self.mask_index, args)
+        self._unpadded = None
         if self.keep_rows is not None:
             self.padding_rows += self.keep_rows[0][0] * self.keep_rows[0][1] - len(self.keep_rows[1])
         if self.channels_last:
@@ -613,7 +616,11 @@ class StatsRecorder(torch.fx.Interpreter):
     def _accumulate(self, site: Site, st: ChannelStats, x: torch.Tensor, fx_node: torch.fx.Node) -> None:
         t0 = time.perf_counter()
         axis = site.a_axis % x.dim()
-        x, axis = drop_padding(x, axis, self.keep_rows)
+        if self.keep_rows is not None:  # sites reading one tensor (q/k/v) come in a row: one copy for all
+            last = self._unpadded
+            if last is None or last[0] is not x or last[1] != axis:
+                last = self._unpadded = (x, axis, drop_padding(x, axis, self.keep_rows))
+            x, axis = last[2]
         s, q, n = channel_sums(x, axis)
         st.sum = s if st.sum is None else st.sum + s
         st.sumsq = q if st.sumsq is None else st.sumsq + q

@@ -16,7 +16,14 @@ __all__ = [
     "PlanError",
     "SourceError",
     "VerificationError",
+    "exception_line",
 ]
+
+
+def exception_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters of it), for one-line errors
+    that quote an exception raised by the user's model or a library."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
 class GraphpruneError(Exception):

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from graphprune.errors import ExportError, OptionError, VerificationError
+from graphprune.errors import ExportError, OptionError, VerificationError, exception_line
 from graphprune.frontends.torch_export import dynamic_dims, second_size_inputs
 from graphprune.ir import Graph
 from graphprune.rewrite import NotDynamic, NotRewritable, rewrite_fx, rewrite_module, rewrite_onnx
@@ -60,7 +60,7 @@ class Rewrite:
             except NotRewritable as exc:
                 reason = str(exc)
             except Exception as exc:  # the user's forward() failing on new shapes is expected here
-                reason = f"forward of the rewritten module failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                reason = f"forward of the rewritten module failed: {exception_line(exc)}"
             if ctx.program is None:  # captured as fragments: no whole program for the fx route
                 raise VerificationError(
                     f"{graph.name} was captured as fragments (torch.export cannot capture it whole), so only the "
@@ -91,7 +91,7 @@ def fx_route(graph: Graph, ctx: PassContext) -> Any:
         res = verify_pruned(ctx.model, pruned, ctx.coupling, removed, alt, masked=ctx.masked)
         why = "" if res.ok else (res.detail or f"max error {res.max_abs_err:.3g} > {res.tolerance:.3g}")
     except Exception as exc:  # the masked original or the pruned module failing at the second size
-        why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        why = exception_line(exc)
     ctx.records.timings["verify"] = ctx.records.timings.get("verify", 0.0) + time.perf_counter() - t0
     if not why:
         users = [n.name for n in pruned.graph.nodes if n.op == "placeholder"]

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from graphprune.errors import OptionError, VerificationError
+from graphprune.errors import OptionError, VerificationError, exception_line
 from graphprune.ir import Graph
 from graphprune.progress import step
 from graphprune.rewrite import rewrite_fx, rewrite_module
@@ -211,5 +211,4 @@ def _run_check(check: Callable[[], VerifyResult]) -> VerifyResult:
     try:
         return check()
     except Exception as exc:  # the pruned model's forward raising: a wrong rule, not the user's input
-        text = str(exc).splitlines()[0][:200] if str(exc) else ""
-        return VerifyResult(False, math.inf, 0.0, 0.0, 1, f"the pruned model failed to run: {type(exc).__name__}: {text}")
+        return VerifyResult(False, math.inf, 0.0, 0.0, 1, f"the pruned model failed to run: {exception_line(exc)}")

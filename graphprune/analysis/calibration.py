@@ -51,7 +51,7 @@ import torch
 import torch.fx._pytree as fx_pytree
 import torch.nn.functional as F
 
-from ..errors import CalibrationError
+from ..errors import CalibrationError, exception_line
 from ..frontends.calib import check_program_batch
 from ..frontends.inputs import ExampleInputs, as_args_kwargs
 from ..ir import Value
@@ -61,7 +61,7 @@ from .coupling import Coupling
 
 __all__ = [
     "GRAM_ROWS_PER_DIM", "ChannelStats", "GramAcc", "Site", "StatsRecorder", "add_gram", "book_timings", "channel_sums", "collect_stats", "conv_patches",
-    "drop_padding", "flat_call_inputs", "flat_inputs", "gram_key", "padding_keep_rows", "padding_mask_index", "pending_sites", "reader_sites", "run_program",
+    "drop_padding", "flat_call_inputs", "flat_inputs", "gram_key", "padding_keep_rows", "padding_mask_index", "pending_sites", "real_token_rows", "reader_sites", "run_program",
     "shift_gram", "shift_gram_cost",
 ]
 
@@ -549,14 +549,19 @@ def padding_mask_index(gm: torch.fx.GraphModule) -> int | None:
 KeepRows = tuple[tuple[int, int], torch.Tensor]  # ([batch, seq] of the mask, flat indices of its real tokens)
 
 
+def real_token_rows(mask: Any) -> KeepRows | None:
+    """The real-token rows of a padding mask (a [batch, seq] integer tensor, 0 at padding), or
+    None when ``mask`` is not one or pads nothing."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.is_floating_point() or not bool((mask == 0).any()):
+        return None
+    return (int(mask.shape[0]), int(mask.shape[1])), mask.reshape(-1).nonzero().squeeze(1)
+
+
 def padding_keep_rows(mask_index: int | None, flat_inputs: Sequence[Any]) -> KeepRows | None:
     """The real-token rows of this batch's padding mask, or None (no mask input, or no padding)."""
     if mask_index is None or mask_index >= len(flat_inputs):
         return None
-    mask = flat_inputs[mask_index]
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.is_floating_point() or not bool((mask == 0).any()):
-        return None
-    return (int(mask.shape[0]), int(mask.shape[1])), mask.reshape(-1).nonzero().squeeze(1)
+    return real_token_rows(flat_inputs[mask_index])
 
 
 def drop_padding(x: torch.Tensor, axis: int, keep: KeepRows | None) -> tuple[torch.Tensor, int]:
@@ -770,8 +775,8 @@ def collect_stats(
                 run_program(program, batch, rec)
             except Exception as exc:  # a batch the captured graph cannot run
                 raise CalibrationError(
-                    f"calib= batch {i} could not be run through the captured graph ({type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); batches must match the example inputs "
+                    f"calib= batch {i} could not be run through the captured graph ({exception_line(exc)}); "
+                    "batches must match the example inputs "
                     "except in the batch (and sequence) dims the capture kept symbolic"
                 ) from exc
             if progress is not None:

@@ -167,19 +167,20 @@ def layer_influence(model: Any, layers: Sequence[Any], batches: Sequence[Any]) -
     import torch
 
     from ..frontends.inputs import as_args_kwargs
+    from .calibration import PADDING_MASK_NAMES, real_token_rows
 
     sums = [0.0] * len(layers)
     counts = [0] * len(layers)
-    real: list[Any] = [None]  # this batch's [batch, seq] padding mask (attention_mask keyword), if it pads
+    real: list[Any] = [None]  # this batch's real-token rows (calibration.real_token_rows), if it pads
 
     def hook(i: int) -> Any:
         def fn(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> None:
             x = args[0] if args else kwargs.get("hidden_states")
             y = out[0] if isinstance(out, (tuple, list)) else out
             cos = torch.nn.functional.cosine_similarity(x.double().flatten(0, -2), y.double().flatten(0, -2), dim=-1)
-            mask = real[0]
-            if mask is not None and tuple(x.shape[:2]) == tuple(mask.shape) and cos.numel() == mask.numel():
-                cos = cos[mask.reshape(-1) != 0]  # padding positions left out, as in the calibration statistics
+            keep = real[0]
+            if keep is not None and tuple(x.shape[:2]) == keep[0] and cos.numel() == keep[0][0] * keep[0][1]:
+                cos = cos.index_select(0, keep[1])  # padding positions left out, as in the calibration statistics
             sums[i] += float((1 - cos).sum())
             counts[i] += cos.numel()
         return fn
@@ -189,9 +190,8 @@ def layer_influence(model: Any, layers: Sequence[Any], batches: Sequence[Any]) -
         with torch.no_grad():
             for b in batches:
                 args, kwargs = as_args_kwargs(b)
-                mask = kwargs.get("attention_mask")
-                pads = isinstance(mask, torch.Tensor) and mask.dim() == 2 and not mask.is_floating_point()
-                real[0] = mask if pads and bool((mask == 0).any()) else None
+                masks = [kwargs[name] for name in PADDING_MASK_NAMES if name in kwargs]
+                real[0] = real_token_rows(masks[0]) if masks else None
                 model(*args, **kwargs)
     finally:
         for h in handles:

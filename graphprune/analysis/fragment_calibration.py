@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CalibrationError
+from ..errors import CalibrationError, exception_line
 from ..frontends.inputs import ExampleInputs, as_args_kwargs
 from ..memory import reuse_freed_memory
 from .calibration import ChannelStats, Site, StatsRecorder, book_timings, flat_call_inputs, pending_sites
@@ -70,7 +70,7 @@ def collect_fragment_stats(
             except Exception as exc:  # the fragment's program cannot take this call's inputs
                 raise CalibrationError(
                     f"calib= batch {current[0]}: fragment {frag.path or '(root)'} (captured on the example inputs) "
-                    f"could not run on this batch's inputs ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                    f"could not run on this batch's inputs ({exception_line(exc)}); "
                     "give calibration batches the example inputs' shapes") from exc
         return fn
 
@@ -90,8 +90,8 @@ def collect_fragment_stats(
                     raise
                 except Exception as exc:
                     raise CalibrationError(
-                        f"calib= batch {i} could not be run through {type(model).__name__} ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); batches must be what the model takes, "
+                        f"calib= batch {i} could not be run through {type(model).__name__} ({exception_line(exc)}); "
+                        "batches must be what the model takes, "
                         "like the example inputs") from exc
                 if progress is not None:
                     progress(i + 1, total)
